@@ -1,0 +1,75 @@
+"""Shared fixtures: a small toy labelled sample, the tiny backbone, and the CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from i2pscan.toydata import make_toy_dataset
+
+CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+
+
+@pytest.fixture(scope="session")
+def toy_dir(tmp_path_factory) -> Path:
+    """Toy sample, GenImage layout: <generator>/{train,val}/{nature,ai}, 80 px tiles."""
+    root = tmp_path_factory.mktemp("toy")
+    make_toy_dataset(root, train_per_class=48, val_per_class=24, tile=80, generators=("tconv", "nearest"), seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from i2pscan.backbone import load_backbone
+
+    return load_backbone("i2p-tiny")
+
+
+@pytest.fixture
+def run_cli():
+    """Invoke the CLI in-process; returns click's Result (stdout and stderr kept apart)."""
+    from i2pscan.cli import cli
+
+    def run(*args, input=None, env=None):
+        runner = CliRunner(env=env)
+        return runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+def corpus() -> Path:
+    path = CORPORA / "robustness"
+    if not path.is_dir():
+        pytest.skip("../shared/corpora is not present on this machine")
+    return path
+
+
+def write_corrupt_files(folder: Path) -> list[Path]:
+    """A truncated JPEG, an empty file, a text file named .png; returns their paths."""
+    from i2pscan.data import save_image
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    good = folder / "_good.jpg"
+    save_image(np.full((64, 64, 3), 127, np.uint8), good)
+    data = good.read_bytes()
+    good.unlink()
+    truncated = folder / "truncated.jpg"
+    truncated.write_bytes(data[: len(data) // 2])
+    empty = folder / "empty.png"
+    empty.write_bytes(b"")
+    text = folder / "notes.png"
+    text.write_text("this is not an image\n")
+    return [truncated, empty, text]
+
+
+@pytest.fixture
+def chdir(tmp_path):
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(old)
