@@ -147,6 +147,103 @@ def calibrate(data, out, backbone, pretrained, top_k, gamma, folds, view, max_pe
     _log(f"calibration written to {out}")
 
 
+@cli.command()
+@click.argument("data", type=click.Path(exists=True, path_type=str))
+@click.option("--calibration", "calibration_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Calibration file from `i2pscan calibrate` (same backbone).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Detector file to write (.safetensors); a training log (.log.jsonl) is written beside it.")
+@click.option("--pretrained", default=None, metavar="TAG|PATH",
+              help="Backbone weights, when the calibration's recorded source is not available here.")
+@click.option("--strategy", type=click.Choice(["i2p", "low-sensitivity", "task-fisher", "random", "head-only", "full"]),
+              default="i2p", show_default=True, help="Which backbone weights may move.")
+@click.option("--rho", type=click.FloatRange(0, 1, min_open=True), default=0.01, show_default=True,
+              help="Fraction of eligible backbone weights that are tuned.")
+@click.option("--q", "q", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="i2p: the fraction of weights with the lowest sensitivity that are candidates.")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Training epochs.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimiser steps.")
+@click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batches per optimiser step (gradient accumulation).")
+@click.option("--lr-backbone", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="Learning rate of the backbone delta.")
+@click.option("--lr-head", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Learning rate of the head.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Decay of the delta toward the pretrained weights (never of the weights themselves).")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Head-only steps on cached frozen features before task saliency is measured.")
+@click.option("--contrastive-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of the supervised-contrastive term on the projected features.")
+@click.option("--val", "val_data", type=click.Path(exists=True, path_type=str), default=None,
+              help="Validation data (same forms as DATA); default: hold out --val-split of DATA.")
+@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
+              help="Fraction of DATA held out for validation when --val is not given.")
+@click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="Threshold: flag at most this fraction of validation real images.")
+@click.option("--sensitivity-samples", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images used to estimate intrinsic sensitivity.")
+@click.option("--saliency-samples", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images used to estimate task saliency.")
+@click.option("--sensitivity-target", type=click.Choice(["embedding", "taps"]), default="embedding", show_default=True,
+              help="Representation whose movement sensitivity measures: the CLIP embedding or the tapped features.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Choose the mask, print what would be tuned, and stop.")
+@_sample_options
+@_seed_option
+@_device_option
+@_loader_options
+@_quiet_option
+@_command
+def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, max_steps, accumulate, lr_backbone,
+             lr_head, weight_decay, warmup_steps, contrastive_weight, val_data, val_split, target_fpr,
+             sensitivity_samples, saliency_samples, sensitivity_target, resume, dry_run, max_per_class, subset, split,
+             seed, device, batch_size, workers, quiet):
+    """Train a detector on labelled DATA: sparse updates inside a low-sensitivity subspace.
+
+    Uses the backbone and critical layers of --calibration. Only a fraction --rho of the attention
+    and MLP weights of blocks 1..L* move (chosen by --strategy), plus a small head over the
+    critical layers. Keeps the epoch with the best validation AUC, fits a temperature and a
+    threshold at --target-fpr, and writes the detector to --out. Ctrl-C leaves a checkpoint;
+    run again with --resume to continue.
+    """
+    from .backbone import default_batch_size, load_backbone, resolve_device
+    from .calibrate import Calibration
+    from .data import default_workers, load_labelled
+    from .finetune import FinetuneConfig, finetune as run_finetune
+
+    where = resolve_device(device)
+    config = FinetuneConfig(strategy=strategy, rho=rho, q=q, epochs=epochs, max_steps=max_steps,
+                            batch_size=batch_size or default_batch_size(where), accumulate=accumulate,
+                            lr_backbone=lr_backbone, lr_head=lr_head, weight_decay=weight_decay,
+                            warmup_steps=warmup_steps, contrastive_weight=contrastive_weight, val_split=val_split,
+                            target_fpr=target_fpr, sensitivity_samples=sensitivity_samples,
+                            saliency_samples=saliency_samples, sensitivity_target=sensitivity_target, seed=seed,
+                            workers=default_workers() if workers is None else workers)
+    cal = Calibration.load(calibration_file)
+    train = load_labelled(data, max_per_class=max_per_class, seed=seed, subsets=subset, split=split)
+    val = load_labelled(val_data) if val_data else None
+    model = load_backbone(cal.backbone["name"], pretrained or _calibration_weights(cal), device=where,
+                          quick_gelu=cal.backbone["model_config"].get("quick_gelu"))
+    result = run_finetune(model, cal, train, out, config, val=val, resume=resume, dry_run=dry_run)
+    if dry_run:
+        return
+    v = result.meta["training"]["validation"]
+    _log(f"detector written to {out} ({os.path.getsize(out):,} bytes): best epoch "
+         f"{result.meta['training']['best_epoch']}, validation AUC {v['val_auc']:.4f}, "
+         f"threshold {result.meta['threshold']:.4f}")
+
+
+def _calibration_weights(cal) -> str:
+    """The weights a calibration was made with: its tag, or the shipped file of a tiny backbone."""
+    from .backbone import TINY_BACKBONES, tiny_weights_path
+
+    name, tag = cal.backbone["name"], cal.backbone.get("pretrained")
+    if name in TINY_BACKBONES and tag == tiny_weights_path(name).name:
+        return str(tiny_weights_path(name))
+    return tag or "default"
+
+
 @cli.command("demo-data")
 @click.argument("out", type=click.Path(file_okay=False, path_type=str))
 @click.option("--train-per-class", type=click.IntRange(min=2), default=160, show_default=True,

@@ -1,0 +1,234 @@
+"""Detector files and the Detector that scores images (DESIGN §1.3, §2).
+
+A detector file is safetensors: the head's tensors (``head.*``), and for every tuned backbone
+tensor its flat indices and delta values (``delta.<name>.indices`` / ``delta.<name>.values``; a
+dense delta has no indices), with JSON metadata that says everything needed to rebuild and trust
+it. Loading checks all of it before any work and refuses a mismatch in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import open_clip
+import torch
+
+from . import tensorfile
+from .backbone import TINY_BACKBONES, Backbone, load_backbone, tiny_weights_path
+from .data import CropTransform, Preprocess, decode
+from .errors import I2PError
+from .features import autocast
+from .head import DetectorHead, HeadConfig
+from .sensitivity import eligible_parameters
+
+KIND = "detector"
+META_KEYS = {
+    "i2pscan_version", "created", "backbone", "preprocessing", "view", "last_block", "head", "threshold",
+    "threshold_logit", "temperature", "target_fpr", "mask", "training", "calibration",
+}
+
+
+@dataclass
+class Delta:
+    """The change to one backbone tensor: values at flat ``indices`` (or dense when ``None``)."""
+
+    indices: torch.Tensor | None
+    values: torch.Tensor
+
+
+def apply_delta(param: torch.Tensor, delta: Delta) -> None:
+    """theta0 + scatter(delta), in place; entries outside the indices are untouched bit for bit."""
+    values = delta.values.to(param.device, param.dtype)
+    if delta.indices is None:
+        param.data.add_(values)
+    else:
+        param.data.view(-1).index_add_(0, delta.indices.to(param.device, torch.long), values)
+
+
+def write_detector(path: str | os.PathLike, meta: dict, head: DetectorHead, deltas: dict[str, Delta]) -> None:
+    missing = META_KEYS - set(meta)
+    if missing:
+        raise ValueError(f"detector metadata lacks {sorted(missing)}")
+    tensors = {f"head.{k}": v for k, v in head.state_dict().items()}
+    for name, d in deltas.items():
+        if d.indices is not None:
+            small = d.indices.numel() == 0 or int(d.indices.max()) < 2**31
+            tensors[f"delta.{name}.indices"] = d.indices.to(torch.int32 if small else torch.int64)
+        tensors[f"delta.{name}.values"] = d.values.float()
+    tensorfile.write(path, KIND, tensors, meta)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Detector:
+    """A backbone cut after L* with its delta merged in, and the head: images in, probabilities out.
+
+    ``Detector.load(path)`` is the way in; ``score`` the way out.
+    """
+
+    def __init__(self, backbone: Backbone, head: DetectorHead, meta: dict, sha256: str, path: str):
+        self.backbone = backbone
+        self.head = head.eval()
+        self.meta = meta
+        self.sha256 = sha256
+        self.path = path
+
+    @property
+    def id(self) -> str:
+        """Content hash of the detector file: what reports record as the detector's identity."""
+        return self.sha256
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"])
+
+    @property
+    def threshold_logit(self) -> float:
+        """Flag when the head's logit is at least this (the probability threshold, exactly)."""
+        return float(self.meta["threshold_logit"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta["temperature"])
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.head.config.layers)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.meta["preprocessing"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", pretrained: str | None = None) -> "Detector":
+        """Read and verify a detector file, then build the model on ``device``.
+
+        ``pretrained`` points at the backbone's weights when the recorded source is not available
+        here (a local file on another machine, or an offline machine with a copy of the weights).
+        Raises I2PError when the file is not a detector, is damaged, or does not match the backbone.
+        """
+        path = os.fspath(path)
+        _, meta, tensors = tensorfile.read(path, (KIND,))
+        unknown = set(meta) - META_KEYS - {"notes"}
+        if unknown:
+            raise I2PError(f"{path}: unknown metadata key(s) {', '.join(sorted(unknown))} "
+                           f"(format {tensorfile.FORMAT_VERSION}): written by a newer i2pscan?")
+        if META_KEYS - set(meta):
+            raise I2PError(f"{path}: metadata lacks {', '.join(sorted(META_KEYS - set(meta)))}; not a complete detector")
+        recorded = meta["backbone"]
+        backbone = load_backbone(recorded["name"], _weights_source(recorded, pretrained, path), device=device,
+                                 quick_gelu=bool(recorded.get("model_config", {}).get("quick_gelu", False)))
+        if backbone.sha256 != recorded["sha256"]:
+            raise I2PError(f"{path}: backbone weights differ from those it was trained on "
+                           f"(sha256 {backbone.sha256[:12]}… here, {recorded['sha256'][:12]}… recorded)")
+        if backbone.preprocessing()["crop_size"] != meta["preprocessing"]["crop_size"]:
+            raise I2PError(f"{path}: crop size {meta['preprocessing']['crop_size']} does not match the backbone")
+        last_block = int(meta["last_block"])
+        if not 1 <= last_block <= backbone.num_blocks:
+            raise I2PError(f"{path}: L* = {last_block} is outside the backbone's 1..{backbone.num_blocks} blocks")
+        eligible = eligible_parameters(backbone, last_block)
+        backbone.truncate(last_block)
+        for name, delta in _deltas(tensors, path).items():
+            if name not in eligible:
+                raise I2PError(f"{path}: delta for {name}, which is not a tunable tensor of blocks 1..{last_block}")
+            param = eligible[name]
+            _check_delta(name, delta, param, path)
+            apply_delta(param, delta)
+        head = _build_head(meta, tensors, path, backbone.device)
+        return cls(backbone, head, meta, file_sha256(path), path)
+
+    @torch.no_grad()
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Raw head logits of preprocessed crops [B, 3, S, S] (uncalibrated)."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        with autocast(self.device):
+            taps = self.backbone.taps(pixels, self.layers, self.meta["view"])
+            logits, _ = self.head(taps)
+        return logits.float()
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated probability of being synthetic: sigmoid(logit / temperature)."""
+        return torch.sigmoid(logits / self.temperature)
+
+    def score(self, images: torch.Tensor | Sequence) -> np.ndarray:
+        """Calibrated probabilities (float32) for a batch of preprocessed crops, or for a list of
+        PIL images or file paths (centre crop; NaN for a file that cannot be decoded)."""
+        if isinstance(images, torch.Tensor):
+            return self.probabilities(self.logits(images)).cpu().numpy().astype(np.float32)
+        transform = CropTransform(self.preprocess, 1)
+        out = np.full(len(images), np.nan, np.float32)
+        crops, where = [], []
+        for i, image in enumerate(images):
+            if isinstance(image, (str, os.PathLike)):
+                image = decode(os.fspath(image)).image
+            if image is not None:
+                crops.append(transform(image.convert("RGB"), i))
+                where.append(i)
+        if crops:
+            out[where] = self.score(torch.cat(crops))
+        return out
+
+
+def _weights_source(recorded: dict, override: str | None, path: str) -> str:
+    if override:
+        return override
+    name, tag = recorded["name"], recorded.get("pretrained")
+    if name in TINY_BACKBONES and tag == tiny_weights_path(name).name:
+        return str(tiny_weights_path(name))
+    if tag and open_clip.get_pretrained_cfg(name, tag):
+        return tag
+    local = recorded.get("pretrained_path")
+    if local and os.path.isfile(local):
+        return local
+    raise I2PError(f"{path} was trained on {name} weights from a local file ({tag}); "
+                   f"pass --pretrained PATH to that file")
+
+
+def _deltas(tensors: dict[str, torch.Tensor], path: str) -> dict[str, Delta]:
+    deltas: dict[str, Delta] = {}
+    for key in tensors:
+        if key.startswith("delta.") and key.endswith(".values"):
+            name = key[len("delta."):-len(".values")]
+            deltas[name] = Delta(tensors.get(f"delta.{name}.indices"), tensors[key])
+        elif key.startswith("delta.") and not key.endswith(".indices"):
+            raise I2PError(f"{path}: unexpected tensor {key}")
+    return deltas
+
+
+def _check_delta(name: str, delta: Delta, param: torch.Tensor, path: str) -> None:
+    if delta.indices is None:
+        if delta.values.shape != param.shape:
+            raise I2PError(f"{path}: dense delta for {name} has shape {tuple(delta.values.shape)}, "
+                           f"the backbone's is {tuple(param.shape)}")
+        return
+    idx = delta.indices
+    if idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1 or idx.shape != delta.values.shape:
+        raise I2PError(f"{path}: delta for {name} has malformed indices")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= param.numel()):
+        raise I2PError(f"{path}: delta indices for {name} fall outside the tensor")
+    if idx.numel() != torch.unique(idx).numel():
+        raise I2PError(f"{path}: delta indices for {name} repeat")
+
+
+def _build_head(meta: dict, tensors: dict[str, torch.Tensor], path: str, device: torch.device) -> DetectorHead:
+    head = DetectorHead(HeadConfig.from_dict(meta["head"]["config"]))
+    state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+    try:
+        head.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise I2PError(f"{path}: head tensors do not match its recorded configuration") from exc
+    return head.to(device)

@@ -1,0 +1,583 @@
+"""Sparse, sensitivity-masked fine-tuning: theta = theta0 + scatter(delta) (DESIGN §1.2).
+
+Only the masked entries (``delta``) and the head learn; the optimiser holds state for nothing
+else, so memory grows with rho, not with the model. Weight decay acts on delta, pulling theta
+toward theta0. Each completed epoch leaves a checkpoint beside the output, from which
+``resume=True`` continues to the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import __version__, console, tensorfile
+from .backbone import Backbone
+from .calibrate import Calibration
+from .data import Augment, CropTransform, ImageFiles, LabelledSample, Preprocess, TrainTransform, loader, split_stratified
+from .detector import Delta, write_detector
+from .errors import I2PError
+from .features import autocast, extract
+from .head import DetectorHead, HeadConfig, supervised_contrastive
+from .sensitivity import (
+    STRATEGIES,
+    Mask,
+    build_mask,
+    eligible_parameters,
+    intrinsic_sensitivity,
+    needs_scores,
+    print_mask,
+    task_saliency,
+)
+
+CHECKPOINT_KIND = "checkpoint"
+_RESUMABLE_CHANGES = ("epochs", "max_steps", "workers")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    strategy: str = "i2p"
+    rho: float = 0.01
+    q: float = 0.5
+    epochs: int = 5
+    max_steps: int | None = None
+    batch_size: int = 32
+    accumulate: int = 1
+    lr_backbone: float = 1e-4
+    lr_head: float = 1e-3
+    weight_decay: float = 0.05
+    head_weight_decay: float = 1e-4
+    warmup_steps: int = 300
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
+    val_split: float = 0.2
+    target_fpr: float = 0.05
+    sensitivity_samples: int = 256
+    saliency_samples: int = 256
+    sensitivity_target: str = "embedding"
+    proj_dim: int | None = None
+    augment: Augment = field(default_factory=Augment)
+    seed: int = 0
+    workers: int = 0
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise I2PError(f"--strategy must be one of {', '.join(STRATEGIES)}")
+        if not 0 < self.rho <= 1 or not 0 < self.q <= 1:
+            raise I2PError("--rho and --q must be in (0, 1]")
+        if not 0 < self.target_fpr < 1:
+            raise I2PError("--target-fpr must be in (0, 1)")
+        if not 0 < self.val_split < 1:
+            raise I2PError("--val-split must be in (0, 1)")
+        if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
+            raise I2PError("--epochs, --batch-size and --accumulate must be at least 1")
+        if self.sensitivity_target not in ("embedding", "taps"):
+            raise I2PError("--sensitivity-target must be embedding or taps")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FinetuneResult:
+    path: str
+    meta: dict
+    mask: Mask
+    log: list[dict]
+
+
+def checkpoint_path(out: str | os.PathLike) -> str:
+    return _beside(out, ".checkpoint.safetensors")
+
+
+def log_path(out: str | os.PathLike) -> str:
+    return _beside(out, ".log.jsonl")
+
+
+def _beside(out, suffix: str) -> str:
+    out = os.fspath(out)
+    stem = out[: -len(".safetensors")] if out.endswith(".safetensors") else out
+    return stem + suffix
+
+
+class SparseDelta(nn.Module):
+    """Parametrization W = W0 + scatter(values at indices); dense when ``indices`` is None."""
+
+    def __init__(self, indices: torch.Tensor | None, shape: torch.Size, device: torch.device):
+        super().__init__()
+        self.dense = indices is None
+        self.register_buffer("indices", None if self.dense else indices.to(device, torch.long))
+        self.values = nn.Parameter(torch.zeros(shape if self.dense else (len(indices),), device=device))
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        if self.dense:
+            return original + self.values
+        return original.reshape(-1).index_add(0, self.indices, self.values.to(original.dtype)).view_as(original)
+
+
+def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample, out: str | os.PathLike,
+             config: FinetuneConfig = FinetuneConfig(), val: LabelledSample | None = None, resume: bool = False,
+             dry_run: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None) -> FinetuneResult | Mask:
+    """Train a detector on ``train`` and write it to ``out``; returns what was written.
+
+    ``val``: validation sample; by default ``config.val_split`` of ``train`` (stratified) is held
+    out. The backbone is consumed: it is truncated after L* and tuned in place. ``dry_run`` stops
+    after choosing the mask and returns it. ``on_epoch_end(epoch, metrics)`` is called after each
+    epoch's checkpoint is written. Raises I2PError for a calibration of another backbone, a
+    checkpoint in the way (or missing with ``resume``), or data with no usable images.
+    """
+    out = os.fspath(out)
+    _check_calibration(backbone, calibration)
+    if val is None:
+        train_idx, val_idx = split_stratified(train, config.val_split, config.seed)
+        train, val = train.subset(train_idx), train.subset(val_idx)
+    _check_classes(train, "training")
+    _check_classes(val, "validation")
+    ckpt = checkpoint_path(out)
+    state = None
+    if resume:
+        if not os.path.exists(ckpt):
+            raise I2PError(f"nothing to resume: no checkpoint {ckpt}")
+        state = _load_checkpoint(ckpt, config, train, val, backbone)
+    elif os.path.exists(ckpt) and not dry_run:
+        raise I2PError(f"an interrupted run left {ckpt}: pass --resume to continue it, or delete it to start over")
+
+    device = backbone.device
+    layers = list(calibration.critical)
+    last_block = calibration.last_block
+    view = calibration.view
+    torch.manual_seed(config.seed)
+    in_dim = backbone.width * (2 if view == "cls+patchmean" else 1)
+    head = DetectorHead(HeadConfig.for_layers(layers, calibration.importance, in_dim, config.proj_dim)).to(device)
+    params = eligible_parameters(backbone, last_block)
+
+    if state is None:
+        _warm_up_head(backbone, head, train, view, config)
+        mask = _choose_mask(backbone, head, params, train, view, layers, config)
+    else:
+        mask = state["mask"]
+    print_mask(mask)
+    if dry_run:
+        return mask
+
+    backbone.truncate(last_block)
+    deltas = _attach(backbone, params, mask)
+    optimizer = torch.optim.AdamW([
+        {"params": [d.values for d in deltas.values()], "lr": config.lr_backbone, "weight_decay": config.weight_decay},
+        {"params": list(head.parameters()), "lr": config.lr_head, "weight_decay": config.head_weight_decay},
+    ])
+    run = _RunState()
+    if state is not None:
+        _restore(state, deltas, head, optimizer, run)
+        console.log(f"resuming after epoch {run.epoch} of {config.epochs}")
+    else:
+        run.best = _snapshot(deltas, head, None)
+
+    trainer = _Trainer(backbone, head, deltas, optimizer, train, val, view, config)
+    ckpt_meta = {"train_fingerprint": train.fingerprint(), "val_fingerprint": val.fingerprint(),
+                 "backbone_sha256": backbone.sha256, "config": config.to_dict()}
+    for epoch in range(run.epoch, config.epochs):
+        if config.max_steps is not None and run.step >= config.max_steps:
+            break
+        started = time.monotonic()
+        train_loss = trainer.train_epoch(epoch, run)
+        metrics, val_scored = trainer.validate()
+        entry = {"epoch": epoch + 1, "step": run.step, "train_loss": train_loss, **metrics,
+                 "seconds": round(time.monotonic() - started, 3)}
+        run.log.append(entry)
+        if metrics["val_auc"] > run.best_auc:
+            run.best_auc, run.best_epoch = metrics["val_auc"], epoch + 1
+            run.best = _snapshot(deltas, head, val_scored)
+        run.epoch = epoch + 1
+        _save_checkpoint(ckpt, mask, deltas, head, optimizer, run, ckpt_meta)
+        _write_log(log_path(out), run.log)
+        console.log("epoch {epoch}: loss {train_loss:.4f}, val AUC {val_auc:.4f}, AP {val_ap:.4f}, "
+                    "acc {val_acc:.4f}".format(**entry))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, entry)
+
+    meta = _finish(run, deltas, head, val, calibration, backbone, mask, config, train, trainer.failures)
+    write_detector(out, meta, head, {n: Delta(d.indices, d.values.detach()) for n, d in deltas.items()})
+    _write_log(log_path(out), run.log)
+    os.remove(ckpt)
+    return FinetuneResult(out, meta, mask, run.log)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_calibration(backbone: Backbone, cal: Calibration) -> None:
+    if cal.backbone["sha256"] != backbone.sha256 or cal.backbone["name"] != backbone.name:
+        raise I2PError(f"the calibration was made with {cal.backbone['name']} (weights "
+                       f"{cal.backbone['sha256'][:12]}…), not {backbone.name} ({backbone.sha256[:12]}…): "
+                       f"calibrate again with this backbone")
+    if backbone.run_blocks != backbone.num_blocks:
+        raise I2PError("finetune needs an untruncated backbone")
+
+
+def _check_classes(sample: LabelledSample, what: str) -> None:
+    counts = np.bincount(sample.labels, minlength=2)
+    if counts.min() < 1:
+        raise I2PError(f"the {what} data has {counts[0]} real and {counts[1]} fake images; both are needed")
+
+
+def _warm_up_head(backbone: Backbone, head: DetectorHead, train: LabelledSample, view: str,
+                  config: FinetuneConfig) -> None:
+    """Head-only training on frozen centre-crop features: a task loss needs a head (DESIGN §1.2 step 2)."""
+    if config.warmup_steps < 1:
+        return
+    layers = list(head.config.layers)
+    ex = extract(backbone, train.paths, layers, view, config.batch_size, config.workers, description="warm-up: features")
+    if not ex.kept:
+        raise I2PError("none of the training images could be decoded")
+    labels = torch.as_tensor(train.labels[ex.kept], dtype=torch.float32)
+    opt = torch.optim.AdamW(head.parameters(), lr=config.lr_head, weight_decay=config.head_weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    device = backbone.device
+    head.train()
+    batches_per_epoch = math.ceil(len(labels) / config.batch_size)
+    for step in range(config.warmup_steps):
+        if step % batches_per_epoch == 0:
+            order = torch.randperm(len(labels), generator=generator)
+        i = (step % batches_per_epoch) * config.batch_size
+        idx = order[i:i + config.batch_size]
+        taps = {b: ex.features[b][idx].to(device) for b in layers}
+        logits, _ = head(taps)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def _choose_mask(backbone: Backbone, head: DetectorHead, params, train: LabelledSample, view: str,
+                 layers: list[int], config: FinetuneConfig) -> Mask:
+    need_s, need_t = needs_scores(config.strategy)
+    sensitivity = saliency = None
+    if need_s:
+        idx = _subsample(len(train.items), config.sensitivity_samples, config.seed)
+        sensitivity = intrinsic_sensitivity(backbone, params, _pixel_batches(backbone, train.subset(idx), config),
+                                            total=len(idx), target=config.sensitivity_target, layers=layers,
+                                            seed=config.seed, view=view)
+    if need_t:
+        idx = _subsample(len(train.items), config.saliency_samples, config.seed + 1)
+        saliency = task_saliency(backbone, head, params, _pixel_batches(backbone, train.subset(idx), config, labels=True),
+                                 total=len(idx), view=view, seed=config.seed)
+    return build_mask(config.strategy, params, config.rho, config.q, sensitivity, saliency, seed=config.seed)
+
+
+def _subsample(n: int, k: int, seed: int) -> list[int]:
+    if k >= n:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].tolist())
+
+
+def _pixel_batches(backbone: Backbone, sample: LabelledSample, config: FinetuneConfig, labels: bool = False):
+    preprocess = Preprocess.from_dict(backbone.preprocessing())
+    dataset = ImageFiles(sample.paths, CropTransform(preprocess, 1))
+    device = backbone.device
+    for batch in loader(dataset, config.batch_size, config.workers, pin_memory=device.type == "cuda"):
+        if batch.pixels is None:
+            continue
+        pixels = batch.pixels.to(device, non_blocking=True)
+        if labels:
+            y = torch.as_tensor(sample.labels[[batch.items[i].index for i in batch.ok]])
+            yield pixels, y
+        else:
+            yield pixels
+
+
+def _attach(backbone: Backbone, params: dict[str, nn.Parameter], mask: Mask) -> dict[str, SparseDelta]:
+    """Register a SparseDelta on every tuned tensor; returns them by parameter name."""
+    deltas = {}
+    modules = dict(backbone.visual.named_modules())
+    for name, indices in mask.indices.items():
+        if indices is not None and len(indices) == 0:
+            continue
+        owner, attr = name.rsplit(".", 1)
+        delta = SparseDelta(indices, params[name].shape, backbone.device)
+        parametrize.register_parametrization(modules[owner], attr, delta, unsafe=True)
+        deltas[name] = delta
+    return deltas
+
+
+@dataclass
+class _RunState:
+    epoch: int = 0
+    step: int = 0
+    best_auc: float = -1.0
+    best_epoch: int = 0
+    best: dict | None = None
+    log: list[dict] = field(default_factory=list)
+
+
+def _snapshot(deltas: dict[str, SparseDelta], head: DetectorHead, val: tuple[np.ndarray, np.ndarray] | None) -> dict:
+    """A copy of the tunable state, with the validation (logits, labels) it scored."""
+    return {
+        "deltas": {n: d.values.detach().clone() for n, d in deltas.items()},
+        "head": {k: v.detach().clone() for k, v in head.state_dict().items()},
+        "val_logits": None if val is None else np.array(val[0], copy=True),
+        "val_labels": None if val is None else np.array(val[1], copy=True),
+    }
+
+
+class _Trainer:
+    def __init__(self, backbone, head, deltas, optimizer, train, val, view, config: FinetuneConfig):
+        self.backbone, self.head, self.deltas, self.optimizer = backbone, head, deltas, optimizer
+        self.train, self.val, self.view, self.config = train, val, view, config
+        self.layers = list(head.config.layers)
+        preprocess = Preprocess.from_dict(backbone.preprocessing())
+        self.transform = TrainTransform(preprocess, config.augment, config.seed)
+        self.val_transform = CropTransform(preprocess, 1)
+        self.failures: dict[str, str] = {}
+
+    def _forward(self, pixels):
+        with autocast(self.backbone.device):
+            return self.head(self.backbone.taps(pixels, self.layers, self.view))
+
+    def train_epoch(self, epoch: int, run: _RunState) -> float:
+        c, device = self.config, self.backbone.device
+        self.transform.epoch = epoch
+        dataset = ImageFiles(self.train.paths, self.transform)
+        batches = loader(dataset, c.batch_size, c.workers, pin_memory=device.type == "cuda",
+                         shuffle_seed=c.seed * 100_003 + epoch)
+        self.head.train()
+        total, count, micro = 0.0, 0, 0
+        self.optimizer.zero_grad(set_to_none=True)
+        with console.progress(len(dataset), f"epoch {epoch + 1}/{c.epochs}") as bar:
+            for batch in batches:
+                for item in batch.items:
+                    if item.info.error:
+                        self.failures[self.train.paths[item.index]] = item.info.error
+                if batch.pixels is not None:
+                    labels = torch.as_tensor(self.train.labels[[batch.items[i].index for i in batch.ok]],
+                                             dtype=torch.float32, device=device)
+                    logits, embedding = self._forward(batch.pixels.to(device, non_blocking=True))
+                    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+                    if c.contrastive_weight > 0:
+                        loss = loss + c.contrastive_weight * supervised_contrastive(
+                            embedding, labels, c.contrastive_temperature)
+                    (loss / c.accumulate).backward()
+                    micro += 1
+                    total += loss.item() * len(labels)
+                    count += len(labels)
+                    if micro % c.accumulate == 0:
+                        self._step(run)
+                bar.advance(len(batch.items), postfix=f"loss {total / max(count, 1):.4f}")
+                if c.max_steps is not None and run.step >= c.max_steps:
+                    break
+        if micro % c.accumulate:
+            self._step(run)
+        if count == 0:
+            raise I2PError("none of the training images could be decoded")
+        return total / count
+
+    def _step(self, run: _RunState) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        run.step += 1
+
+    @torch.no_grad()
+    def validate(self) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+        logits, labels = predict(self.backbone, self.head, self.val, self.view, self.config.batch_size,
+                                 self.config.workers, self.val_transform, "validate")
+        self.head.train()
+        return validation_metrics(logits, labels), (logits, labels)
+
+
+@torch.no_grad()
+def predict(backbone, head, sample: LabelledSample, view: str, batch_size: int, workers: int, transform,
+            description: str) -> tuple[np.ndarray, np.ndarray]:
+    """Head logits and labels of the images in ``sample`` that decode (centre crop)."""
+    head.eval()
+    device = backbone.device
+    logits, labels = [], []
+    dataset = ImageFiles(sample.paths, transform)
+    with parametrize.cached(), console.progress(len(dataset), description) as bar:
+        for batch in loader(dataset, batch_size, workers, pin_memory=device.type == "cuda"):
+            if batch.pixels is not None:
+                with autocast(device):
+                    out, _ = head(backbone.taps(batch.pixels.to(device, non_blocking=True), list(head.config.layers),
+                                                view))
+                logits.append(out.float().cpu())
+                labels.extend(int(sample.labels[batch.items[i].index]) for i in batch.ok)
+            bar.advance(len(batch.items))
+    if not logits:
+        raise I2PError("none of the validation images could be decoded")
+    return torch.cat(logits).numpy(), np.asarray(labels)
+
+
+def validation_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.float64)
+    both = len(set(labels.tolist())) == 2
+    return {
+        "val_auc": float(roc_auc_score(labels, logits)) if both else float("nan"),
+        "val_ap": float(average_precision_score(labels, logits)) if both else float("nan"),
+        "val_acc": float(np.mean((logits > 0) == labels)),
+        "val_loss": float(nn.functional.binary_cross_entropy_with_logits(z, y)),
+    }
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The T minimising the BCE of sigmoid(logit / T) on held-out data (Guo et al. 2017), within bounds."""
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.float64)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(z / log_t.clamp(lo, hi).exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().clamp(lo, hi).exp())
+
+
+def threshold_at_fpr(real_logits: np.ndarray, fpr: float) -> float:
+    """The lowest logit threshold (flag when logit >= it, in float32) that flags at most ``fpr`` of
+    ``real_logits``."""
+    z = np.sort(np.asarray(real_logits, np.float32))[::-1]
+    k = int(math.floor(fpr * len(z)))
+    if k >= len(z):
+        return float(np.float32(-np.inf))
+    return float(np.nextafter(z[k], np.float32(np.inf)))
+
+
+def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, failures) -> dict:
+    if run.best is None or run.best["val_logits"] is None:
+        raise I2PError("training ran no epoch; nothing to save")
+    for name, values in run.best["deltas"].items():
+        deltas[name].values.data.copy_(values)
+    head.load_state_dict(run.best["head"])
+    head.eval()
+    logits, labels = run.best["val_logits"], run.best["val_labels"]
+    temperature = fit_temperature(logits, labels)
+    threshold_logit = threshold_at_fpr(logits[labels == 0], config.target_fpr)
+    threshold = float(1.0 / (1.0 + math.exp(-threshold_logit / temperature))) if math.isfinite(threshold_logit) else 0.0
+    best_metrics = next(e for e in run.log if e["epoch"] == run.best_epoch)
+    if failures:
+        console.warn(f"{len(failures)} training image(s) could not be decoded and were skipped")
+    return {
+        "i2pscan_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "backbone": {**backbone.identity(), "pretrained_path": os.path.abspath(backbone.pretrained)
+                     if backbone.pretrained and os.path.isfile(backbone.pretrained) else None},
+        "preprocessing": backbone.preprocessing(),
+        "view": calibration.view,
+        "last_block": calibration.last_block,
+        "head": {"config": head.config.to_dict(), "layers": list(head.config.layers),
+                 "gate": [float(w) for w in head.layer_weights().detach().cpu()]},
+        "threshold": threshold,
+        "threshold_logit": threshold_logit,
+        "temperature": temperature,
+        "target_fpr": config.target_fpr,
+        "mask": {"strategy": mask.strategy, "rho": mask.rho, "q": mask.q, "trainable": mask.trainable,
+                 "eligible": mask.eligible,
+                 "per_block": {str(b): {"trainable": t, "eligible": e} for b, (t, e) in mask.per_block().items()},
+                 "tensors": sorted(deltas)},
+        "training": {
+            "config": config.to_dict(),
+            "counts": {"train": _counts(train), "val": _counts(val)},
+            "fingerprint": train.fingerprint(),
+            "val_fingerprint": val.fingerprint(),
+            "best_epoch": run.best_epoch,
+            "epochs": run.epoch,
+            "steps": run.step,
+            "validation": {k: v for k, v in best_metrics.items() if k.startswith("val_")},
+            "skipped": len(failures),
+        },
+        "calibration": {"critical_layers": calibration.critical, "fingerprint": calibration.sample.get("fingerprint"),
+                        "importance": [float(w) for w in calibration.importance]},
+    }
+
+
+def _counts(sample: LabelledSample) -> dict:
+    c = sample.counts()
+    return {"real": c["real"], "fake": c["fake"], "subsets": c["subsets"]}
+
+
+def _write_log(path: str, log: list[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        for entry in log:
+            fh.write(json.dumps(entry) + "\n")
+    os.replace(tmp, path)
+
+
+# -- checkpoints: safetensors tensors + JSON, written after every epoch -------------------------
+
+
+def _save_checkpoint(path, mask: Mask, deltas, head, optimizer, run: _RunState, meta: dict) -> None:
+    tensors = {}
+    for name, idx in mask.indices.items():
+        if idx is not None:
+            tensors[f"mask.{name}"] = idx
+    for name, d in deltas.items():
+        tensors[f"delta.{name}"] = d.values.detach()
+        tensors[f"best.delta.{name}"] = run.best["deltas"][name]
+    for k, v in head.state_dict().items():
+        tensors[f"head.{k}"] = v
+    for k, v in run.best["head"].items():
+        tensors[f"best.head.{k}"] = v
+    if run.best["val_logits"] is not None:
+        tensors["best.val_logits"] = torch.as_tensor(run.best["val_logits"])
+        tensors["best.val_labels"] = torch.as_tensor(run.best["val_labels"])
+    opt_state = optimizer.state_dict()
+    for pid, st in opt_state["state"].items():
+        for key, value in st.items():
+            tensors[f"optim.{pid}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    meta = {**meta, "epoch": run.epoch, "step": run.step, "best_auc": run.best_auc, "best_epoch": run.best_epoch,
+            "log": run.log, "param_groups": opt_state["param_groups"], "strategy": mask.strategy,
+            "rho": mask.rho, "q": mask.q, "numels": mask.numels,
+            "dense": [n for n, idx in mask.indices.items() if idx is None]}
+    tensorfile.write(path, CHECKPOINT_KIND, tensors, meta)
+
+
+def _load_checkpoint(path, config: FinetuneConfig, train, val, backbone) -> dict:
+    _, meta, tensors = tensorfile.read(path, (CHECKPOINT_KIND,))
+    now, saved = json.loads(json.dumps(config.to_dict())), meta["config"]
+    differs = [k for k in now if k not in _RESUMABLE_CHANGES and now[k] != saved.get(k)]
+    if differs:
+        raise I2PError(f"cannot resume {path}: option(s) {', '.join(differs)} differ from the interrupted run")
+    if meta["train_fingerprint"] != train.fingerprint() or meta["val_fingerprint"] != val.fingerprint():
+        raise I2PError(f"cannot resume {path}: the training or validation data differ from the interrupted run")
+    if meta["backbone_sha256"] != backbone.sha256:
+        raise I2PError(f"cannot resume {path}: it was trained on other backbone weights")
+    indices = {n: tensors[f"mask.{n}"] for n in meta["numels"] if f"mask.{n}" in tensors}
+    indices.update({n: None for n in meta["dense"]})
+    mask = Mask(meta["strategy"], indices, meta["numels"], meta["rho"], meta["q"])
+    return {"mask": mask, "meta": meta, "tensors": tensors}
+
+
+def _restore(state: dict, deltas, head, optimizer, run: _RunState) -> None:
+    meta, t = state["meta"], state["tensors"]
+    for name, d in deltas.items():
+        d.values.data.copy_(t[f"delta.{name}"])
+    head.load_state_dict({k[len("head."):]: v for k, v in t.items() if k.startswith("head.")})
+    opt_state: dict = {"state": {}, "param_groups": meta["param_groups"]}
+    for key, value in t.items():
+        if key.startswith("optim."):
+            _, pid, field_name = key.split(".", 2)
+            opt_state["state"].setdefault(int(pid), {})[field_name] = value
+    optimizer.load_state_dict(opt_state)
+    run.epoch, run.step = meta["epoch"], meta["step"]
+    run.best_auc, run.best_epoch, run.log = meta["best_auc"], meta["best_epoch"], meta["log"]
+    run.best = {
+        "deltas": {n: t[f"best.delta.{n}"] for n in deltas},
+        "head": {k[len("best.head."):]: v for k, v in t.items() if k.startswith("best.head.")},
+        "val_logits": t["best.val_logits"].numpy() if "best.val_logits" in t else None,
+        "val_labels": t["best.val_labels"].numpy() if "best.val_labels" in t else None,
+    }
