@@ -244,6 +244,179 @@ def _calibration_weights(cal) -> str:
     return tag or "default"
 
 
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--detector", "-d", "detector_file", envvar="I2PSCAN_DETECTOR", required=True,
+              type=click.Path(dir_okay=False, path_type=str),
+              help="Detector file from `i2pscan finetune` [env: I2PSCAN_DETECTOR].")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="REPORT.parquet",
+              help="Write a Parquet report with one row per file (written in closed shards, resumable).")
+@click.option("--resume", is_flag=True, help="Finish (or extend) the report of an interrupted scan; needs -o.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report.")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True,
+              help="stdout: a line per file, or one JSON object per file.")
+@click.option("--flagged-only", is_flag=True, help="stdout: only the files flagged as synthetic (paths, or JSON rows).")
+@click.option("-0", "--null", "null", is_flag=True, help="With --flagged-only: NUL-separated paths, for xargs -0.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Flag at this calibrated probability instead of the detector's threshold.")
+@click.option("--crops", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Crops per image at native resolution: centre, then corners, then a grid.")
+@click.option("--combine", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
+              help="How the logits of several crops are combined.")
+@click.option("--hash", "want_hash", is_flag=True, help="Add the sha256 of every file to the report.")
+@click.option("--ext", "extensions", multiple=True, metavar="EXT[,EXT]",
+              help="File extensions picked up in folders (default: jpg jpeg png webp bmp gif tif tiff, and "
+                   "avif heic heif where a decoder is installed); repeatable.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths (below a folder) or names matching GLOB; repeatable.")
+@click.option("--hidden", is_flag=True, help="Also scan hidden files and folders.")
+@click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links in folders (loops are detected).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Refuse images larger than this many pixels as decompression bombs [default: 178,956,970].")
+@click.option("--pretrained", default=None, metavar="TAG|PATH",
+              help="Backbone weights, when the detector's recorded source is not available here.")
+@click.option("--flush-rows", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Rows per report shard: at most this many files are scanned again after a kill.")
+@_device_option
+@_loader_options
+@_quiet_option
+@_command
+def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, null, threshold, crops, combine,
+         want_hash, extensions, exclude, hidden, follow_symlinks, max_pixels, pretrained, flush_rows, device,
+         batch_size, workers, quiet):
+    """Score every image under PATHS (files, folders, or - for paths on stdin).
+
+    \b
+    stdout carries results only; progress and the summary go to stderr. Exit codes:
+      0  done, nothing flagged        1  done, at least one image flagged
+      2  usage or configuration error 3  done, nothing flagged, some files unreadable
+    Quarantine what is flagged:
+      i2pscan scan photos/ -d detector.safetensors --flagged-only -0 | xargs -0 mv -t quarantine/
+    """
+    from . import scan as scan_mod
+    from .backbone import default_batch_size, resolve_device
+    from .data import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, default_workers
+    from .detector import Detector
+    from .report import ReportWriter
+
+    if resume and not output:
+        raise click.UsageError("--resume needs -o REPORT.parquet")
+    if null and not flagged_only:
+        raise click.UsageError("-0 goes with --flagged-only")
+    where = resolve_device(device)
+    exts = tuple(e.strip() for x in extensions for e in x.split(",") if e.strip()) or IMAGE_EXTENSIONS
+    files = scan_mod.discover(paths, scan_mod.DiscoverOptions(exts, hidden, follow_symlinks, tuple(exclude)),
+                              stdin=sys.stdin.buffer)
+    options = scan_mod.ScanOptions(crops=crops, combine=combine, threshold=threshold, want_hash=want_hash,
+                                   batch_size=batch_size or default_batch_size(where),
+                                   workers=default_workers() if workers is None else workers,
+                                   max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    detector = Detector.load(detector_file, device=where, pretrained=pretrained)
+    started = _now()
+    writer = None
+    if output:
+        writer = ReportWriter(output, {"i2pscan_version": __version__, "detector_id": detector.id,
+                                       "detector_path": os.path.abspath(detector_file), "detector": detector.meta,
+                                       "options": options.to_dict(), "inputs": list(paths), "started": started},
+                              resume=resume, overwrite=overwrite, shard_rows=flush_rows)
+    if not files:
+        _log(f"no image files found (extensions: {' '.join(exts)}; --ext, --hidden change what is picked up)")
+    emit = _row_printer(fmt, flagged_only, null, stop_when_closed=writer is None)
+    try:
+        summary = scan_mod.scan(detector, files, options, writer, on_row=emit)
+    except _StdoutClosed:  # `i2pscan scan ... | head`: the reader has what it wanted
+        _exit(EXIT_CLEAN)
+    except KeyboardInterrupt:
+        if writer is not None:
+            writer.flush()
+            _log(f"interrupted; finished rows are in {writer.parts}: run the same command with --resume to finish")
+        raise
+    if writer is not None:
+        writer.close({p: i for i, p in enumerate(files)}, {"finished": _now()})
+    _log(f"{summary.files} file(s) scanned in {summary.seconds:.1f} s ({summary.images_per_second:.1f}/s): "
+         f"{summary.flagged} flagged as synthetic (threshold {summary.threshold:.4f}), {summary.errors} unreadable"
+         + (f"; {summary.skipped_done} already in the report" if summary.skipped_done else "")
+         + (f"; report: {output}" if output else ""))
+    flagged = summary.flagged or (writer is not None and _report_has_flags(output))
+    _exit(EXIT_FLAGGED if flagged else EXIT_UNREADABLE if summary.errors else EXIT_CLEAN)
+
+
+def _exit(code: int) -> None:
+    """End the command with an exit code (works under click's runner as well as from the shell)."""
+    click.get_current_context().exit(code)
+
+
+class _StdoutClosed(Exception):
+    pass
+
+
+def _row_printer(fmt: str, flagged_only: bool, null: bool, stop_when_closed: bool):
+    """A callback printing each row to stdout as asked. When the reader goes away (a closed
+    pipe), printing stops; the scan stops too unless a report is being written."""
+    from .report import row_json, row_line
+
+    stdout = sys.stdout.buffer
+    state = {"closed": False}
+
+    def emit(row: dict) -> None:
+        if state["closed"] or (flagged_only and row["verdict"] != "synthetic"):
+            return
+        if fmt == "jsonl":
+            data = (row_json(row) + "\n").encode("utf-8")
+        elif flagged_only:
+            raw = row["path_raw"] if row["path_raw"] is not None else row["path"].encode("utf-8")
+            data = raw + (b"\0" if null else b"\n")
+        else:
+            data = (row_line(row) + "\n").encode("utf-8", "backslashreplace")
+        try:
+            stdout.write(data)
+            stdout.flush()
+        except BrokenPipeError:
+            state["closed"] = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush stays quiet
+            if stop_when_closed:
+                raise _StdoutClosed() from None
+
+    return emit
+
+
+def _report_has_flags(path: str) -> bool:
+    from .report import read_report
+
+    return read_report(path, top=0).synthetic > 0
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+@cli.command()
+@click.argument("report_file", metavar="REPORT.parquet", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="How many flagged files to list.")
+@_command
+def report(report_file, top):
+    """Summarise a scan report: counts, the detector and options used, and the top flagged files."""
+    from .report import read_report
+
+    s = read_report(report_file, top)
+    from . import console
+
+    meta = s.meta
+    det = meta.get("detector", {})
+    rows = [["report", report_file], ["files", s.files], ["flagged as synthetic", s.synthetic], ["real", s.real],
+            ["unreadable", s.errors],
+            ["detector", f"{meta.get('detector_path', '?')} ({str(meta.get('detector_id', '?'))[:12]}…), "
+                         f"{det.get('backbone', {}).get('name', '?')}"],
+            ["scanned", f"{meta.get('started', '?')} to {meta.get('finished', '?')} with i2pscan "
+                        f"{meta.get('i2pscan_version', '?')}"]]
+    console.table(None, ["", ""], rows, to_stdout=True)
+    if s.top:
+        console.table(f"top {len(s.top)} flagged", ["score", "path"], [[r["score"], r["path"]] for r in s.top],
+                      to_stdout=True)
+
+
 @cli.command("demo-data")
 @click.argument("out", type=click.Path(file_okay=False, path_type=str))
 @click.option("--train-per-class", type=click.IntRange(min=2), default=160, show_default=True,

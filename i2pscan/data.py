@@ -445,12 +445,23 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def worker_init(_worker_id: int) -> None:
-    """DataLoader workers decode; one torch thread each leaves the cores to decoding."""
+    """DataLoader workers decode; one torch thread each leaves the cores to decoding.
+
+    C decoders (libtiff above all) print warnings about damaged files straight to file
+    descriptor 2; in workers that stream goes to /dev/null so that stderr stays readable. Errors
+    still arrive: as error rows, or as the DataLoader's own exceptions in the main process.
+    """
     torch.set_num_threads(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+PREFETCH_FACTOR = 4
 
 
 def loader(dataset: ImageFiles, batch_size: int, workers: int, pin_memory: bool = False,
-           shuffle_seed: int | None = None) -> torch.utils.data.DataLoader:
+           shuffle_seed: int | None = None, timeout_s: float = 0) -> torch.utils.data.DataLoader:
     generator = None
     if shuffle_seed is not None:
         generator = torch.Generator().manual_seed(shuffle_seed)
@@ -464,7 +475,8 @@ def loader(dataset: ImageFiles, batch_size: int, workers: int, pin_memory: bool 
         pin_memory=pin_memory,
         worker_init_fn=worker_init if workers > 0 else None,
         persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
+        timeout=timeout_s if workers > 0 else 0,
     )
 
 

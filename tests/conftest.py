@@ -73,3 +73,24 @@ def chdir(tmp_path):
     os.chdir(tmp_path)
     yield tmp_path
     os.chdir(old)
+
+
+@pytest.fixture(scope="session")
+def detector_file(tmp_path_factory, toy_dir) -> Path:
+    """A detector trained on the toy tconv generator with the tiny backbone (a few seconds)."""
+    from i2pscan import console
+    from i2pscan.backbone import load_backbone
+    from i2pscan.calibrate import CalibrateConfig, calibrate
+    from i2pscan.data import Augment, load_labelled
+    from i2pscan.finetune import FinetuneConfig, finetune
+
+    console.set_quiet(True)
+    folder = tmp_path_factory.mktemp("detector")
+    sample = load_labelled(toy_dir / "tconv" / "train")
+    cal = calibrate(load_backbone("i2p-tiny"), sample, CalibrateConfig(top_k=2, folds=3))
+    out = folder / "detector.safetensors"
+    finetune(load_backbone("i2p-tiny"), cal, sample, out,
+             FinetuneConfig(epochs=2, batch_size=16, sensitivity_samples=32, saliency_samples=32,
+                            augment=Augment(blur_p=0.1, jpeg_p=0.1, jpeg_quality=(80, 100)), lr_backbone=1e-3))
+    console.set_quiet(False)
+    return out

@@ -1,0 +1,248 @@
+"""Scan reports: Parquet rows written as closed shards while scanning, merged atomically at the end.
+
+A Parquet file whose writer never closed cannot be read at all, so rows go to small, complete
+shard files in ``REPORT.parts/`` beside the report (each written to a temporary name, then
+renamed). A scan killed at any moment leaves only whole shards; ``--resume`` reads them, skips
+the files they hold, and the final merge writes every file exactly once, sorted in discovery
+order, to a temporary file that is then renamed over the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import I2PError
+
+SCHEMA = pa.schema([
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("path_raw", pa.binary()),
+    pa.field("size_bytes", pa.int64()),
+    pa.field("mtime", pa.timestamp("us", tz="UTC")),
+    pa.field("format", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("score", pa.float32()),
+    pa.field("logit", pa.float32()),
+    pa.field("verdict", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("sha256", pa.string()),
+])
+COLUMNS = SCHEMA.names
+META_KEY = b"i2pscan"
+
+
+def path_columns(path: str) -> tuple[str, bytes | None]:
+    """(``path`` as text, ``path_raw``): a name that is not valid UTF-8 keeps its exact bytes in
+    ``path_raw`` and shows them backslash-escaped in ``path``."""
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), raw
+
+
+def row_key(row: dict) -> str:
+    """The identity of a row's file, as discovery spells it (surrogate-escaped str)."""
+    raw = row.get("path_raw")
+    return os.fsdecode(raw) if raw is not None else row["path"]
+
+
+def mtime_of(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+class ReportWriter:
+    """Rows in, one Parquet report out; resumable.
+
+    ``resume``: continue from the shards (or the finished report) of an earlier scan of the same
+    detector. ``overwrite``: replace an existing report or abandoned shards. Without either, an
+    existing report or work folder is an error, so nothing is ever lost silently.
+    """
+
+    def __init__(self, path: str, meta: dict, resume: bool = False, overwrite: bool = False,
+                 shard_rows: int = 2048, shard_seconds: float = 30.0):
+        self.path = os.fspath(path)
+        self.parts = self.path + ".parts"
+        self.meta = meta
+        self.shard_rows = shard_rows
+        self.shard_seconds = shard_seconds
+        self._buffer: list[dict] = []
+        self._last_flush = time.monotonic()
+        self._done: dict[str, None] = {}
+        if resume and overwrite:
+            raise I2PError("--resume and --overwrite contradict each other")
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise I2PError(f"cannot write the report: folder {folder} does not exist")
+        if os.path.isdir(self.path):
+            raise I2PError(f"{self.path} is a folder; -o needs a file name")
+        if resume:
+            self._resume()
+        else:
+            if os.path.exists(self.parts) and not overwrite:
+                raise I2PError(f"an interrupted scan left {self.parts}: pass --resume to finish it, "
+                               f"or --overwrite to start over")
+            if os.path.exists(self.path) and not overwrite:
+                raise I2PError(f"{self.path} exists: pass --overwrite to replace it, or --resume to extend it")
+            if os.path.exists(self.parts):
+                shutil.rmtree(self.parts)
+        os.makedirs(self.parts, exist_ok=True)
+        self._next_shard = 1 + max([_shard_number(n) for n in os.listdir(self.parts)] or [0])
+
+    def _resume(self) -> None:
+        if not os.path.exists(self.parts) and os.path.exists(self.path):
+            os.makedirs(self.parts)  # a finished report: extend it with files it does not hold yet
+            os.replace(self.path, os.path.join(self.parts, "shard-000000.parquet"))
+        if not os.path.exists(self.parts):
+            return
+        for name in sorted(os.listdir(self.parts)):
+            if not name.startswith("shard-"):
+                continue
+            shard = os.path.join(self.parts, name)
+            theirs = _read_meta(shard).get("detector_id")
+            if theirs != self.meta.get("detector_id"):
+                raise I2PError(f"cannot resume: {shard} was made by detector {str(theirs)[:12]}…, "
+                               f"this scan uses {self.meta.get('detector_id', '')[:12]}…; pass --overwrite to start over")
+            for row in pq.read_table(shard, columns=["path", "path_raw"]).to_pylist():
+                self._done[row_key(row)] = None
+
+    @property
+    def done(self) -> set[str]:
+        """Files that earlier runs already wrote (resume)."""
+        return set(self._done)
+
+    def add(self, row: dict) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self.shard_rows or time.monotonic() - self._last_flush >= self.shard_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered rows as one complete shard file."""
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
+        table = table.replace_schema_metadata({META_KEY: json.dumps(self.meta).encode()})
+        name = os.path.join(self.parts, f"shard-{self._next_shard:06d}.parquet")
+        _atomic_write(table, name)
+        self._next_shard += 1
+        self._buffer = []
+
+    def close(self, order: dict[str, int], finished_meta: dict) -> pa.Table:
+        """Merge every shard into the report, sorted by ``order`` (unknown paths last), atomically."""
+        self.flush()
+        shards = sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts) if n.startswith("shard-"))
+        tables = [pq.read_table(s).replace_schema_metadata(None).cast(SCHEMA) for s in shards]
+        table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+        keys = [row_key(r) for r in table.select(["path", "path_raw"]).to_pylist()]
+        first = {}
+        for i, k in enumerate(keys):  # a file written twice (killed between shard and bookkeeping) counts once
+            first.setdefault(k, i)
+        unknown = len(order)
+        rows = sorted(first.values(), key=lambda i: (order.get(keys[i], unknown), keys[i]))
+        table = table.take(pa.array(rows, pa.int64()))
+        table = table.replace_schema_metadata({META_KEY: json.dumps({**self.meta, **finished_meta}).encode()})
+        _atomic_write(table, self.path)
+        shutil.rmtree(self.parts, ignore_errors=True)
+        return table
+
+
+def _shard_number(name: str) -> int:
+    try:
+        return int(name.split("-", 1)[1].split(".", 1)[0])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _atomic_write(table: pa.Table, path: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_meta(path: str) -> dict:
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise I2PError(f"cannot read {path}: {exc}") from exc
+    return json.loads(raw) if raw else {}
+
+
+# -- reading reports back ----------------------------------------------------------------------
+
+
+@dataclass
+class ReportSummary:
+    files: int
+    synthetic: int
+    real: int
+    errors: int
+    meta: dict
+    top: list[dict]
+
+
+def read_report(path: str, top: int = 20) -> ReportSummary:
+    """Counts and the ``top`` highest-scoring flagged files of a report. Raises I2PError."""
+    if not os.path.isfile(path):
+        raise I2PError(f"report not found: {path}")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise I2PError(f"{path} is not a readable Parquet report: {exc}") from exc
+    missing = {"path", "verdict", "score"} - set(table.column_names)
+    if missing:
+        raise I2PError(f"{path} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
+    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    counts = {v: n for v, n in zip(*_value_counts(table.column("verdict")))}
+    flagged = table.filter(pc.equal(table.column("verdict"), "synthetic"))
+    flagged = flagged.take(pc.sort_indices(flagged, sort_keys=[("score", "descending")])[:top])
+    return ReportSummary(table.num_rows, counts.get("synthetic", 0), counts.get("real", 0), counts.get("error", 0),
+                         meta, flagged.to_pylist())
+
+
+def _value_counts(column) -> tuple[list, list]:
+    vc = pc.value_counts(column)
+    return vc.field("values").to_pylist(), vc.field("counts").to_pylist()
+
+
+# -- rows as text, for stdout -------------------------------------------------------------------
+
+
+def row_json(row: dict) -> str:
+    """One JSON object per image; raw path bytes, when present, as base64."""
+    out = {k: row.get(k) for k in COLUMNS if k != "path_raw"}
+    if out["mtime"] is not None:
+        out["mtime"] = out["mtime"].isoformat()
+    for k in ("score", "logit"):
+        if out[k] is not None:
+            out[k] = None if math.isnan(out[k]) else round(float(out[k]), 6)
+    if row.get("path_raw") is not None:
+        out["path_raw_b64"] = base64.b64encode(row["path_raw"]).decode()
+    return json.dumps(out, ensure_ascii=False)
+
+
+def row_line(row: dict) -> str:
+    """``score  verdict  path`` (or ``-  error  path: message``), aligned for reading."""
+    if row["verdict"] == "error":
+        return f"{'-':>6}  {'error':<9}  {row['path']}: {row['error']}"
+    return f"{row['score']:6.4f}  {row['verdict']:<9}  {row['path']}"

@@ -1,0 +1,285 @@
+"""The batch scanner: find files, decode them in worker processes, score them, yield one row each.
+
+Every input file gives exactly one row: a score and a verdict, or an ``error`` verdict with a
+message. Rows come out in discovery order. A decoder that crashes its worker process costs that
+one file an error row (the batch it was in is retried file by file), never the run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+
+from . import console
+from .data import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    PREFETCH_FACTOR,
+    Batch,
+    CropTransform,
+    Decoded,
+    ImageFiles,
+    Item,
+    collate,
+    loader,
+)
+from .detector import Detector
+from .errors import I2PError
+from .report import ReportWriter, mtime_of, path_columns
+
+COMBINE = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class DiscoverOptions:
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    hidden: bool = False
+    follow_symlinks: bool = False
+    exclude: tuple[str, ...] = ()
+
+
+def discover(inputs: Sequence[str], options: DiscoverOptions = DiscoverOptions(),
+             stdin: Iterable[bytes] | None = None) -> list[str]:
+    """Expand files, folders (recursively, sorted) and ``-`` (paths on stdin) into a file list.
+
+    A file named explicitly is scanned whatever its extension; in folders, files are picked by
+    extension (case-insensitive), hidden names are skipped unless ``hidden``, symlinks are not
+    followed unless ``follow_symlinks`` (then without loops), and ``exclude`` globs match the path
+    below the folder or the bare name. Each file appears once. Raises I2PError, before any work,
+    for an input that does not exist.
+    """
+    found: dict[str, None] = {}
+    expanded: list[str] = []
+    for item in inputs:
+        if item == "-":
+            expanded.extend(_stdin_paths(stdin))
+        else:
+            expanded.append(item)
+    for path in expanded:
+        if not os.path.lexists(path):
+            raise I2PError(f"no such file or folder: {path}")
+    extensions = tuple(e.lower().lstrip(".") for e in options.extensions)
+    for path in expanded:
+        if os.path.isdir(path) and (options.follow_symlinks or not os.path.islink(path) or path.endswith(os.sep)):
+            for f in _walk(path, extensions, options):
+                found.setdefault(f, None)
+        else:
+            found.setdefault(path, None)
+    return list(found)
+
+
+def _stdin_paths(stdin: Iterable[bytes] | None) -> list[str]:
+    data = (stdin if stdin is not None else sys.stdin.buffer).read()
+    sep = b"\0" if b"\0" in data else b"\n"
+    return [os.fsdecode(p.rstrip(b"\r") if sep == b"\n" else p) for p in data.split(sep) if p.strip()]
+
+
+def _walk(root: str, extensions: tuple[str, ...], options: DiscoverOptions) -> Iterator[str]:
+    seen: set[tuple[int, int]] = set()
+
+    def excluded(rel: str, name: str) -> bool:
+        return any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(name, g) for g in options.exclude)
+
+    def visit(folder: str, rel_folder: str) -> Iterator[str]:
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:  # a symlink loop, or a folder reached twice
+                return
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            console.warn(f"cannot list {folder}: {exc.strerror or exc}")
+            return
+        for entry in entries:
+            name = entry.name
+            rel = os.path.join(rel_folder, name) if rel_folder else name
+            if (name.startswith(".") and not options.hidden) or excluded(rel, name):
+                continue
+            try:
+                is_link = entry.is_symlink()
+                if is_link and not options.follow_symlinks:
+                    continue
+                if entry.is_dir(follow_symlinks=True):
+                    yield from visit(entry.path, rel)
+                elif os.path.splitext(name)[1][1:].lower() in extensions:
+                    yield entry.path
+            except OSError:
+                yield entry.path  # unreadable entry: let decoding report it as an error row
+
+    yield from visit(root, "")
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    crops: int = 1
+    combine: str = "mean"
+    threshold: float | None = None  # a probability overriding the detector's threshold
+    batch_size: int = 32
+    workers: int = 0
+    want_hash: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_timeout_s: float = 600.0
+
+    def __post_init__(self):
+        if self.crops < 1:
+            raise I2PError("--crops must be at least 1")
+        if self.combine not in COMBINE:
+            raise I2PError(f"--combine must be one of {', '.join(COMBINE)}")
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise I2PError("--threshold must be a probability strictly between 0 and 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ScanSummary:
+    files: int = 0
+    flagged: int = 0
+    errors: int = 0
+    skipped_done: int = 0  # already in the report (resume)
+    seconds: float = 0.0
+    threshold: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.files / self.seconds if self.seconds > 0 else 0.0
+
+
+def threshold_logit(detector: Detector, threshold: float | None) -> float:
+    """The logit at or above which a file is flagged: the detector's, or the given probability's."""
+    if threshold is None:
+        return detector.threshold_logit
+    return detector.temperature * math.log(threshold / (1.0 - threshold))
+
+
+def scan(detector: Detector, paths: Sequence[str], options: ScanOptions = ScanOptions(),
+         writer: ReportWriter | None = None, on_row: Callable[[dict], None] | None = None) -> ScanSummary:
+    """Score ``paths`` (skipping those ``writer`` already holds) and send each row to ``writer``
+    and ``on_row``, in input order. Returns counts and timing."""
+    done = writer.done if writer is not None else set()
+    todo = [p for p in paths if p not in done]
+    cut = threshold_logit(detector, options.threshold)
+    summary = ScanSummary(skipped_done=len(paths) - len(todo),
+                          threshold=options.threshold if options.threshold is not None else detector.threshold)
+    dataset = ImageFiles(todo, CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
+                         max_pixels=options.max_pixels)
+    started = time.monotonic()
+    with console.progress(len(todo), "scan") as bar:
+        for batch in robust_batches(dataset, options.batch_size, options.workers,
+                                    pin_memory=detector.device.type == "cuda", timeout_s=options.batch_timeout_s):
+            logits = _batch_logits(detector, batch, options)
+            for pos, item in enumerate(batch.items):
+                row = _row(todo[item.index], item, logits.get(pos), detector, cut)
+                summary.files += 1
+                summary.flagged += row["verdict"] == "synthetic"
+                summary.errors += row["verdict"] == "error"
+                if writer is not None:
+                    writer.add(row)
+                if on_row is not None:
+                    on_row(row)
+            bar.advance(len(batch.items), postfix=f"{summary.flagged} flagged, {summary.errors} errors")
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _batch_logits(detector: Detector, batch: Batch, options: ScanOptions) -> dict[int, float]:
+    if batch.pixels is None:
+        return {}
+    logits = detector.logits(batch.pixels).view(len(batch.ok), options.crops)
+    combined = logits.mean(dim=1) if options.combine == "mean" else logits.max(dim=1).values
+    return dict(zip(batch.ok, combined.cpu().tolist()))
+
+
+def _row(path: str, item: Item, logit: float | None, detector: Detector, cut: float) -> dict:
+    info = item.info
+    text, raw = path_columns(path)
+    scored = logit is not None and info.error is None
+    score = float(detector.probabilities(torch.tensor(logit))) if scored else None
+    return {
+        "path": text,
+        "path_raw": raw,
+        "size_bytes": info.size_bytes,
+        "mtime": mtime_of(info.mtime),
+        "format": info.format,
+        "width": info.width,
+        "height": info.height,
+        "score": score,
+        "logit": logit if scored else None,
+        "verdict": ("synthetic" if logit >= cut else "real") if scored else "error",
+        "error": None if scored else (info.error or "not scored"),
+        "sha256": info.sha256,
+    }
+
+
+# -- decoding that survives a crashing decoder ------------------------------------------------------
+
+
+class _Subset(torch.utils.data.Dataset):
+    """Some files of an ImageFiles; items keep their index in the whole dataset."""
+
+    def __init__(self, dataset: ImageFiles, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]
+
+
+def robust_batches(dataset: ImageFiles, batch_size: int, workers: int, pin_memory: bool = False,
+                   timeout_s: float = 600.0) -> Iterator[Batch]:
+    """Batches of ``dataset`` in order. If a worker process dies (a decoder crash) or stalls past
+    ``timeout_s``, every file that may have been in flight is retried alone in a fresh worker;
+    the one that fails again becomes an error row and the scan goes on. With ``workers=0`` there
+    is no isolation: a crash in the decoder ends the process."""
+    pending = list(range(len(dataset)))
+    if workers == 0:
+        for batch in loader(_Subset(dataset, pending), batch_size, 0, pin_memory):
+            yield batch
+        return
+    in_flight = batch_size * workers * PREFETCH_FACTOR
+    while pending:
+        position = 0
+        try:
+            for batch in loader(_Subset(dataset, pending), batch_size, workers, pin_memory, timeout_s=timeout_s):
+                yield batch
+                position += len(batch.items)
+            return
+        except RuntimeError as exc:
+            if "DataLoader" not in str(exc):
+                raise
+            suspects = pending[position:position + in_flight]
+            pending = pending[position + in_flight:]
+            console.warn(f"a decoding worker failed ({_one_line(exc)}); retrying {len(suspects)} file(s) one by one")
+            for index in suspects:
+                yield _alone(dataset, index, pin_memory, timeout_s)
+
+
+def _alone(dataset: ImageFiles, index: int, pin_memory: bool, timeout_s: float) -> Batch:
+    """One file decoded in its own worker process; an error row if that process dies or hangs."""
+    try:
+        for batch in loader(_Subset(dataset, [index]), 1, 1, pin_memory, timeout_s=timeout_s):
+            return batch
+    except RuntimeError as exc:
+        if "DataLoader" not in str(exc):
+            raise
+    info = Decoded(image=None, error="the decoder crashed or hung on this file")
+    try:
+        st = os.stat(dataset.paths[index])
+        info.size_bytes, info.mtime = st.st_size, st.st_mtime
+    except OSError:
+        pass
+    return collate([Item(index=index, pixels=None, info=info)])
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160]
