@@ -246,7 +246,9 @@ def print_summary(cal: Calibration) -> None:
 
 def plot(cal: Calibration, path: str | os.PathLike) -> None:
     """AUC and importance per block as a PNG (needs matplotlib: pip install 'i2pscan[plot]')."""
-    plt = _pyplot()
+    from .plots import pyplot
+
+    plt = pyplot()
     blocks = np.arange(1, cal.num_blocks + 1)
     fig, ax1 = plt.subplots(figsize=(max(6, cal.num_blocks * 0.35), 3.5))
     colors = ["tab:red" if b in cal.critical else "tab:blue" for b in blocks]
@@ -261,14 +263,3 @@ def plot(cal: Calibration, path: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise I2PError("plots need matplotlib: pip install 'i2pscan[plot]'") from exc
-    return plt

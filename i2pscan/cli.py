@@ -393,6 +393,66 @@ def _now() -> str:
 
 
 @cli.command()
+@click.argument("data", type=click.Path(exists=True, path_type=str))
+@click.option("--detector", "-d", "detector_file", envvar="I2PSCAN_DETECTOR", required=True,
+              type=click.Path(dir_okay=False, path_type=str),
+              help="Detector file from `i2pscan finetune` [env: I2PSCAN_DETECTOR].")
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="FILE",
+              help="Also write the table: .parquet, .csv or .md.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=str), default=None, metavar="DIR",
+              help="Write ROC curves and score histograms as PNGs into DIR (needs matplotlib).")
+@click.option("--perturb", "perturbations", multiple=True, metavar="KIND:VALUE",
+              help="Degrade images before scoring: jpeg:65, jpeg:30, blur:3, blur:5, resize:0.5, or none "
+                   "(clean); repeatable, one evaluation each.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Use this calibrated probability as the threshold instead of the detector's.")
+@click.option("--crops", type=click.IntRange(min=1), default=1, show_default=True, help="Crops per image.")
+@click.option("--combine", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
+              help="How the logits of several crops are combined.")
+@click.option("--pretrained", default=None, metavar="TAG|PATH",
+              help="Backbone weights, when the detector's recorded source is not available here.")
+@_sample_options
+@_seed_option
+@_device_option
+@_loader_options
+@_quiet_option
+@_command
+def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops, combine, pretrained, max_per_class,
+             subset, split, seed, device, batch_size, workers, quiet):
+    """Measure a detector on labelled DATA: accuracy, AP, AUC per subset (generator).
+
+    DATA takes the forms `calibrate` takes (GenImage's <generator>/val/{ai,nature} and
+    ForenSynths' <set>/[class/]{0_real,1_fake} work as they are; the first folder names the
+    subset). Prints per subset and overall: accuracy on real, fake and their mean at the
+    detector's threshold and at 0.5, AP, AUC, best-threshold accuracy, TPR at 1% and 5% FPR, and
+    the unweighted mean over subsets.
+    """
+    from .backbone import default_batch_size, resolve_device
+    from .data import default_workers, load_labelled, parse_perturbation
+    from .detector import Detector
+    from .evaluate import CLEAN, evaluate as run_evaluate, plot, print_result, write_result
+    from .scan import ScanOptions
+
+    if out and not out.lower().endswith((".parquet", ".csv", ".md")):
+        raise click.UsageError("--out must end in .parquet, .csv or .md")
+    perturbs = tuple(CLEAN if p == CLEAN else parse_perturbation(p) for p in perturbations) or (CLEAN,)
+    where = resolve_device(device)
+    sample = load_labelled(data, max_per_class=max_per_class, seed=seed, subsets=subset, split=split)
+    detector = Detector.load(detector_file, device=where, pretrained=pretrained)
+    options = ScanOptions(crops=crops, combine=combine, threshold=threshold,
+                          batch_size=batch_size or default_batch_size(where),
+                          workers=default_workers() if workers is None else workers)
+    result = run_evaluate(detector, sample, options, perturbs)
+    print_result(result)
+    if out:
+        write_result(result, out)
+        _log(f"table written to {out}")
+    if plot_dir:
+        for path in plot(result, plot_dir):
+            _log(f"plot: {path}")
+
+
+@cli.command()
 @click.argument("report_file", metavar="REPORT.parquet", type=click.Path(exists=True, dir_okay=False, path_type=str))
 @click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="How many flagged files to list.")
 @_command

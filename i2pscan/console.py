@@ -8,6 +8,7 @@ job's log file shows it is alive.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -23,8 +24,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False)
+def _console(stderr: bool) -> Console:
+    # A terminal gets rich's own width; a pipe or file gets wide lines rather than wrapped cells.
+    width = None if os.environ.get("COLUMNS") else 200
+    console = Console(stderr=stderr, highlight=False, soft_wrap=not stderr)
+    if not console.is_terminal and width:
+        console = Console(stderr=stderr, highlight=False, soft_wrap=not stderr, width=width)
+    return console
+
+
+stdout = _console(stderr=False)
+stderr = _console(stderr=True)
 
 _quiet = False
 
@@ -97,7 +107,7 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[obj
         return
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for i, name in enumerate(columns):
-        numeric = bool(rows) and all(isinstance(r[i], (int, float)) or r[i] is None for r in rows)
+        numeric = bool(rows) and all(_is_number(r[i]) for r in rows)
         t.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         t.add_row(*[_fmt(v) for v in row])
@@ -118,6 +128,16 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], marks:
         note = marks[i] if i < len(marks) else ""
         console.print(f"  {label:>{pad}} {'█' * n}{' ' * (width - n)} {value:6.3f} {note}".rstrip(),
                       markup=False)
+
+
+def _is_number(v: object) -> bool:
+    if v is None or isinstance(v, (int, float)):
+        return True
+    try:
+        float(str(v).replace(",", ""))
+        return True
+    except ValueError:
+        return False
 
 
 def _fmt(v: object) -> str:

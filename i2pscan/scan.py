@@ -126,6 +126,7 @@ class ScanOptions:
     want_hash: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch_timeout_s: float = 600.0
+    perturbation: str | None = None  # evaluation only: degrade each image first (data.perturb)
 
     def __post_init__(self):
         if self.crops < 1:
@@ -170,7 +171,7 @@ def scan(detector: Detector, paths: Sequence[str], options: ScanOptions = ScanOp
     summary = ScanSummary(skipped_done=len(paths) - len(todo),
                           threshold=options.threshold if options.threshold is not None else detector.threshold)
     dataset = ImageFiles(todo, CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
-                         max_pixels=options.max_pixels)
+                         max_pixels=options.max_pixels, perturbation=options.perturbation)
     started = time.monotonic()
     with console.progress(len(todo), "scan") as bar:
         for batch in robust_batches(dataset, options.batch_size, options.workers,

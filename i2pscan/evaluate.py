@@ -1,0 +1,222 @@
+"""Accuracy, AP and friends per subset (generator), as the field reports them.
+
+Scores come from the same pipeline as ``scan`` (same crops, same decoding). Per subset and
+overall: accuracy on real, on fake and their mean at the detector's threshold and at 0.5,
+average precision, ROC AUC, the best-threshold ("oracle") mean accuracy, and TPR at 1% and 5%
+FPR; plus the unweighted mean over subsets, as GenImage and RINE report it. Files that cannot be
+decoded are counted and left out of the metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from . import console
+from .data import LabelledSample
+from .detector import Detector
+from .errors import I2PError
+from .scan import ScanOptions, scan, threshold_logit
+
+METRICS = ("acc_real", "acc_fake", "acc", "acc_real_05", "acc_fake_05", "acc_05", "ap", "auc", "oracle_acc",
+           "tpr_at_fpr_1", "tpr_at_fpr_5")
+CLEAN = "none"
+
+
+@dataclass
+class Scores:
+    """Per-file results of one evaluation pass (decodable files only)."""
+
+    perturbation: str
+    subsets: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray
+    errors: dict[str, int] = field(default_factory=dict)  # subset -> files that could not be decoded
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict]  # one per (perturbation, subset), then "overall" and "mean" per perturbation
+    scores: list[Scores]
+    threshold_logit: float
+
+
+def metrics(labels: np.ndarray, logits: np.ndarray, cut: float) -> dict:
+    """Every metric of METRICS for one group; NaN where a class is missing."""
+    labels = np.asarray(labels, bool)
+    logits = np.asarray(logits, np.float64)
+    real, fake = logits[~labels], logits[labels]
+    out = {
+        "acc_real": _mean(real < cut), "acc_fake": _mean(fake >= cut),
+        "acc_real_05": _mean(real < 0.0), "acc_fake_05": _mean(fake >= 0.0),
+    }
+    out["acc"] = (out["acc_real"] + out["acc_fake"]) / 2
+    out["acc_05"] = (out["acc_real_05"] + out["acc_fake_05"]) / 2
+    if len(real) and len(fake):
+        out["ap"] = float(average_precision_score(labels, logits))
+        out["auc"] = float(roc_auc_score(labels, logits))
+        fpr, tpr, thresholds = roc_curve(labels, logits, drop_intermediate=False)
+        out["oracle_acc"] = float(np.max((tpr + 1 - fpr) / 2))
+        out["tpr_at_fpr_1"] = float(tpr[fpr <= 0.01].max())
+        out["tpr_at_fpr_5"] = float(tpr[fpr <= 0.05].max())
+    else:
+        out.update(ap=math.nan, auc=math.nan, oracle_acc=math.nan, tpr_at_fpr_1=math.nan, tpr_at_fpr_5=math.nan)
+    return out
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(np.mean(x)) if len(x) else math.nan
+
+
+def evaluate(detector: Detector, sample: LabelledSample, options: ScanOptions = ScanOptions(),
+             perturbations: tuple[str, ...] = (CLEAN,)) -> EvalResult:
+    """Score ``sample`` once per perturbation (``none`` is clean) and compute the metrics."""
+    cut = threshold_logit(detector, options.threshold)
+    subset_of = {it.path: it.subset for it in sample.items}
+    label_of = {it.path: it.label for it in sample.items}
+    rows, all_scores = [], []
+    for perturbation in perturbations:
+        collected: list[dict] = []
+        opts = replace(options, perturbation=None if perturbation == CLEAN else perturbation)
+        scan(detector, sample.paths, opts, on_row=collected.append)
+        ok = [r for r in collected if r["verdict"] != "error"]
+        errors: dict[str, int] = {}
+        for r in collected:
+            if r["verdict"] == "error":
+                errors[subset_of[_key(r)]] = errors.get(subset_of[_key(r)], 0) + 1
+        s = Scores(perturbation, np.asarray([subset_of[_key(r)] for r in ok]),
+                   np.asarray([label_of[_key(r)] for r in ok], np.int64),
+                   np.asarray([r["logit"] for r in ok], np.float64), errors)
+        all_scores.append(s)
+        rows.extend(_rows(s, cut))
+    return EvalResult(rows, all_scores, cut)
+
+
+def _key(row: dict) -> str:
+    return os.fsdecode(row["path_raw"]) if row.get("path_raw") is not None else row["path"]
+
+
+def _rows(s: Scores, cut: float) -> list[dict]:
+    out = []
+    names = sorted(set(s.subsets.tolist()) | set(s.errors))
+    for name in names:
+        sel = s.subsets == name
+        out.append(_row(s.perturbation, name, s.labels[sel], s.logits[sel], s.errors.get(name, 0), cut))
+    if len(names) > 1:
+        out.append(_row(s.perturbation, "overall", s.labels, s.logits, sum(s.errors.values()), cut))
+        mean = {"perturbation": s.perturbation, "subset": "mean",
+                "n_real": sum(r["n_real"] for r in out[:len(names)]),
+                "n_fake": sum(r["n_fake"] for r in out[:len(names)]), "errors": sum(s.errors.values())}
+        for m in METRICS:
+            values = [r[m] for r in out[:len(names)] if not math.isnan(r[m])]
+            mean[m] = float(np.mean(values)) if values else math.nan
+        out.append(mean)
+    return out
+
+
+def _row(perturbation, subset, labels, logits, errors, cut) -> dict:
+    return {"perturbation": perturbation, "subset": subset, "n_real": int((labels == 0).sum()),
+            "n_fake": int((labels == 1).sum()), "errors": errors, **metrics(labels, logits, cut)}
+
+
+# -- output --------------------------------------------------------------------------------------
+
+_HEADERS = {"perturbation": "perturbation", "subset": "subset", "n_real": "real", "n_fake": "fake",
+            "errors": "errors", "acc_real": "acc real", "acc_fake": "acc fake", "acc": "acc", "acc_05": "acc@0.5",
+            "ap": "AP", "auc": "AUC", "oracle_acc": "oracle acc", "tpr_at_fpr_1": "TPR@1%FPR",
+            "tpr_at_fpr_5": "TPR@5%FPR"}
+_SHOWN = ("subset", "n_real", "n_fake", "errors", "acc_real", "acc_fake", "acc", "acc_05", "ap", "auc", "oracle_acc",
+          "tpr_at_fpr_1", "tpr_at_fpr_5")
+
+
+def print_result(result: EvalResult) -> None:
+    for perturbation in dict.fromkeys(r["perturbation"] for r in result.rows):
+        rows = [r for r in result.rows if r["perturbation"] == perturbation]
+        title = "evaluation" + ("" if perturbation == CLEAN else f" under {perturbation}")
+        console.table(title, [_HEADERS[k] for k in _SHOWN], [[_cell(r[k]) for k in _SHOWN] for r in rows],
+                      to_stdout=True)
+
+
+def _cell(v):
+    if isinstance(v, float):
+        return None if math.isnan(v) else f"{v:.3f}"
+    return v
+
+
+def write_result(result: EvalResult, path: str) -> None:
+    """``.parquet``, ``.csv`` or ``.md``, chosen by the suffix; one row per (perturbation, subset)."""
+    columns = ["perturbation", "subset", "n_real", "n_fake", "errors", *METRICS]
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist([{c: r[c] for c in columns} for r in result.rows]), path)
+    elif lower.endswith(".csv"):
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(result.rows)
+    elif lower.endswith(".md"):
+        with open(path, "w") as fh:
+            fh.write("| " + " | ".join(_HEADERS.get(c, c) for c in columns) + " |\n")
+            fh.write("|" + "---|" * len(columns) + "\n")
+            for r in result.rows:
+                fh.write("| " + " | ".join(_md(r[c]) for c in columns) + " |\n")
+    else:
+        raise I2PError(f"--out {path}: use a .parquet, .csv or .md file name")
+
+
+def _md(v) -> str:
+    if isinstance(v, float):
+        return "–" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def plot(result: EvalResult, folder: str) -> list[str]:
+    """ROC curves and score histograms (real vs fake) per subset, as PNGs in ``folder``."""
+    from .plots import pyplot
+
+    plt = pyplot()
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    for s in result.scores:
+        tag = "" if s.perturbation == CLEAN else "-" + s.perturbation.replace(":", "")
+        names = sorted(set(s.subsets.tolist()))
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for name in names:
+            sel = s.subsets == name
+            if len(set(s.labels[sel].tolist())) == 2:
+                fpr, tpr, _ = roc_curve(s.labels[sel], s.logits[sel])
+                ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(s.labels[sel], s.logits[sel]):.3f})")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_xlabel("false positive rate (real flagged)")
+        ax.set_ylabel("true positive rate (synthetic flagged)")
+        ax.set_title("ROC" + ("" if s.perturbation == CLEAN else f" under {s.perturbation}"))
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(folder, f"roc{tag}.png")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            sel = s.subsets == name
+            bins = np.linspace(float(s.logits.min()), float(s.logits.max()) + 1e-9, 40)
+            ax.hist(s.logits[sel & (s.labels == 0)], bins=bins, alpha=0.6, label="real")
+            ax.hist(s.logits[sel & (s.labels == 1)], bins=bins, alpha=0.6, label="fake")
+            ax.axvline(result.threshold_logit, color="k", ls="--", lw=0.8, label="threshold")
+            ax.set_title(name)
+            ax.set_xlabel("logit")
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(folder, f"scores{tag}.png")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,113 @@
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from i2pscan.data import save_image
+from i2pscan.detector import Detector
+from i2pscan.evaluate import CLEAN, METRICS, evaluate, metrics, plot, write_result
+from i2pscan.scan import ScanOptions
+
+
+def test_metrics_match_hand_counts_and_sklearn():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    logits = np.array([-3.0, -1.0, 0.5, 2.0, -0.5, 1.0, 3.0, 4.0])
+    m = metrics(labels, logits, cut=1.5)
+    assert m["acc_real"] == 3 / 4 and m["acc_fake"] == 2 / 4 and m["acc"] == 5 / 8
+    assert m["acc_real_05"] == 2 / 4 and m["acc_fake_05"] == 3 / 4 and m["acc_05"] == 5 / 8
+    assert m["auc"] == pytest.approx(roc_auc_score(labels, logits))
+    assert m["ap"] == pytest.approx(average_precision_score(labels, logits))
+    # best threshold between 0.5 and 1.0 (or -0.5/0.5): 3 of 4 right on each side
+    assert m["oracle_acc"] == pytest.approx(0.75)
+    # the highest real is 2.0: at FPR 0 only 3.0 and 4.0 are caught
+    assert m["tpr_at_fpr_1"] == pytest.approx(0.5) and m["tpr_at_fpr_5"] == pytest.approx(0.5)
+
+
+def test_metrics_with_one_class_are_nan_not_errors():
+    m = metrics(np.array([1, 1]), np.array([0.3, 2.0]), cut=1.0)
+    assert m["acc_fake"] == 0.5 and math.isnan(m["auc"]) and math.isnan(m["acc_real"])
+
+
+@pytest.fixture
+def controlled(tmp_path, detector_file, monkeypatch):
+    """Images whose grey level *is* the logit the patched detector returns."""
+    rng = np.random.default_rng(0)
+    truth = []
+    for subset in ("ganA", "ganB"):
+        for label, folder in ((0, "nature"), (1, "ai")):
+            for i in range(12):
+                level = int(rng.integers(0, 256))
+                (tmp_path / subset / folder).mkdir(parents=True, exist_ok=True)
+                save_image(np.full((70, 70, 3), level, np.uint8), tmp_path / subset / folder / f"{i}.png")
+                truth.append((subset, label, (level - 128) / 16.0))
+
+    def logits(self, pixels):
+        mean, std = self.preprocess.mean[0], self.preprocess.std[0]
+        level = (pixels[:, 0].mean(dim=(1, 2)) * std + mean) * 255
+        return (level.round() - 128) / 16.0
+
+    monkeypatch.setattr(Detector, "logits", logits)
+    return Detector.load(detector_file), tmp_path, truth
+
+
+def test_evaluate_gives_exactly_the_expected_metrics(controlled):
+    detector, root, truth = controlled
+    from i2pscan.data import load_labelled
+
+    result = evaluate(detector, load_labelled(root), ScanOptions(workers=0))
+    rows = {r["subset"]: r for r in result.rows}
+    assert list(rows) == ["ganA", "ganB", "overall", "mean"]
+    cut = detector.threshold_logit
+    for name in ("ganA", "ganB"):
+        labels = np.array([t[1] for t in truth if t[0] == name])
+        logits = np.array([t[2] for t in truth if t[0] == name])
+        expected = metrics(labels, logits, cut)
+        for m in METRICS:
+            assert rows[name][m] == pytest.approx(expected[m]), (name, m)
+        assert rows[name]["auc"] == pytest.approx(roc_auc_score(labels, logits))
+        assert rows[name]["n_real"] == rows[name]["n_fake"] == 12
+    for m in METRICS:
+        assert rows["mean"][m] == pytest.approx((rows["ganA"][m] + rows["ganB"][m]) / 2)
+    all_labels = np.array([t[1] for t in truth])
+    assert rows["overall"]["ap"] == pytest.approx(average_precision_score(all_labels, [t[2] for t in truth]))
+
+
+def test_outputs_and_plots(controlled, tmp_path):
+    detector, root, _ = controlled
+    from i2pscan.data import load_labelled
+
+    result = evaluate(detector, load_labelled(root), ScanOptions(workers=0), (CLEAN, "blur:2"))
+    assert {r["perturbation"] for r in result.rows} == {"none", "blur:2"}
+    import pandas as pd
+
+    for suffix in ("parquet", "csv", "md"):
+        write_result(result, str(tmp_path / f"t.{suffix}"))
+    assert len(pd.read_parquet(tmp_path / "t.parquet")) == 8
+    assert len(pd.read_csv(tmp_path / "t.csv")) == 8
+    assert (tmp_path / "t.md").read_text().count("\n") == 10
+    written = plot(result, str(tmp_path / "plots"))
+    assert len(written) == 4 and all(open(p, "rb").read(4) == b"\x89PNG" for p in written)
+
+
+def test_evaluate_cli_on_genimage_layout(toy_dir, detector_file, run_cli, tmp_path):
+    r = run_cli("evaluate", toy_dir, "--split", "val", "-d", detector_file, "--out", tmp_path / "e.csv",
+                "--perturb", "none", "--perturb", "jpeg:65", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    assert "tconv" in r.stdout and "nearest" in r.stdout and "mean" in r.stdout and "under jpeg:65" in r.stdout
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "e.csv")
+    assert set(table["subset"]) == {"tconv", "nearest", "overall", "mean"}
+    tconv = table[(table["subset"] == "tconv") & (table["perturbation"] == "none")].iloc[0]
+    assert tconv["auc"] > 0.85 and tconv["n_real"] == 24
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--perturb", "jpeg:200"], "--perturb jpeg:200"),
+    (["--out", "x.txt"], "--out must end in"),
+    (["--subset", "nope"], "no subset named nope"),
+])
+def test_evaluate_cli_errors(toy_dir, detector_file, run_cli, args, message):
+    r = run_cli("evaluate", toy_dir, "-d", detector_file, *args)
+    assert r.exit_code == 2 and message in r.stderr
