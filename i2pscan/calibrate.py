@@ -258,7 +258,7 @@ def plot(cal: Calibration, path: str | os.PathLike) -> None:
     ax2 = ax1.twinx()
     ax2.plot(blocks, cal.scores.auc, "k.-", label="held-out AUC")
     ax2.set_ylabel("AUC")
-    ax2.set_ylim(min(0.45, float(cal.scores.auc.min()) - 0.02), 1.0)
+    ax2.set_ylim(min(0.45, float(cal.scores.auc.min()) - 0.02), 1.02)
     ax1.set_title(f"{cal.backbone['name']}: layer importance (red: critical layers S)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -491,7 +491,7 @@ def demo_data(out, train_per_class, val_per_class, tile, seed, quiet):
     """Write a small toy labelled sample to OUT, offline, for trying the pipeline.
 
     Real images are tiles of the photographs bundled with scikit-image; "synthetic" ones come from
-    three toy upsampling generators (tconv, nearest, bilinear), in GenImage's layout
+    three toy upsampling generators (tconv, pixelshuffle, bilinear), in GenImage's layout
     OUT/<generator>/{train,val}/{nature,ai}. It demonstrates the pipeline, not real detection.
     """
     from .toydata import make_toy_dataset

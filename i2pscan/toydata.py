@@ -1,11 +1,12 @@
 """A small labelled toy sample, made offline: photographs cut into tiles, and "generated" tiles.
 
 Real images are tiles of the photographs bundled with scikit-image. Synthetic ones come from toy
-generators that, like real image generators, synthesise at a lower resolution and upsample,
-leaving a periodic trace: a transposed convolution with random weights (``tconv``), nearest
-neighbour upsampling followed by a random 3x3 filter (``nearest``), bilinear upsampling
-(``bilinear``). The layout is GenImage's, ``OUT/<generator>/{train,val}/{nature,ai}``, so one
-generator can train a detector and the others test how it generalises.
+generators that, like real image generators, synthesise at half resolution and upsample with
+weights of their own, leaving a period-2 trace that differs in detail from one to the next: a
+transposed convolution (``tconv``, as in GAN decoders), a sub-pixel convolution
+(``pixelshuffle``, as in super-resolution networks), and bilinear upsampling with a per-phase
+gain (``bilinear``). The layout is GenImage's, ``OUT/<generator>/{train,val}/{nature,ai}``, so
+that one generator trains a detector and the others test how it generalises.
 
 This demonstrates the pipeline; it says nothing about real generators.
 """
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from .data import save_image
 from .errors import I2PError
 
-GENERATORS = ("tconv", "nearest", "bilinear")
+GENERATORS = ("tconv", "pixelshuffle", "bilinear")
 _PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
            "brick", "grass", "gravel", "camera", "moon", "coins", "clock", "cell")
 
@@ -66,7 +67,7 @@ def _to_uint8(t: torch.Tensor) -> np.ndarray:
 
 
 class ToyGenerator:
-    """One upsampling generator with weights drawn once from its seed."""
+    """One 2x upsampling generator with weights drawn once from its seed."""
 
     def __init__(self, kind: str, seed: int):
         if kind not in GENERATORS:
@@ -75,20 +76,25 @@ class ToyGenerator:
         g = torch.Generator().manual_seed(seed)
         if kind == "tconv":
             k = 1.0 + 0.35 * torch.randn(3, 1, 4, 4, generator=g)
-            self.kernel = k / k.sum(dim=(2, 3), keepdim=True) * 4.0
-        elif kind == "nearest":
-            k = 1.0 + 0.5 * torch.rand(3, 1, 3, 3, generator=g)
-            self.kernel = k / k.sum(dim=(2, 3), keepdim=True)
+            self.kernel = k / k.sum(dim=(2, 3), keepdim=True) * 4.0  # each output phase gets its own gain
+        elif kind == "pixelshuffle":
+            identity = torch.zeros(12, 1, 3, 3)
+            identity[:, 0, 1, 1] = 1.0
+            self.kernel = identity + 0.12 * torch.randn(12, 1, 3, 3, generator=g)  # 4 sub-pixel filters per colour
+        else:
+            self.gain = 1.0 + 0.10 * torch.randn(3, 2, 2, generator=g)
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         low = _downsample(tile)
         if self.kind == "tconv":
             up = F.conv_transpose2d(low, self.kernel, stride=2, padding=1, groups=3)
-        elif self.kind == "nearest":
-            up = F.conv2d(F.pad(F.interpolate(low, scale_factor=2, mode="nearest"), (1, 1, 1, 1), mode="replicate"),
-                          self.kernel, groups=3)
+        elif self.kind == "pixelshuffle":
+            x = F.pad(low, (1, 1, 1, 1), mode="replicate").repeat_interleave(4, dim=1)
+            up = F.pixel_shuffle(F.conv2d(x, self.kernel, groups=12), 2)
         else:
             up = F.interpolate(low, scale_factor=2, mode="bilinear", align_corners=False)
+            h, w = up.shape[-2:]
+            up = up * self.gain.repeat(1, h // 2, w // 2)[None]
         return _to_uint8(up)
 
 

@@ -17,7 +17,7 @@ CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 def toy_dir(tmp_path_factory) -> Path:
     """Toy sample, GenImage layout: <generator>/{train,val}/{nature,ai}, 80 px tiles."""
     root = tmp_path_factory.mktemp("toy")
-    make_toy_dataset(root, train_per_class=48, val_per_class=24, tile=80, generators=("tconv", "nearest"), seed=1)
+    make_toy_dataset(root, train_per_class=48, val_per_class=24, tile=80, generators=("tconv", "pixelshuffle"), seed=1)
     return root
 
 

@@ -65,7 +65,7 @@ def test_calibrate_finds_the_informative_blocks_of_a_real_forward(toy_dir):
 
 
 def test_calibration_round_trip_and_determinism(tmp_path, toy_dir, tiny_backbone):
-    sample = load_labelled(toy_dir / "nearest" / "train", max_per_class=30, seed=2)
+    sample = load_labelled(toy_dir / "pixelshuffle" / "train", max_per_class=30, seed=2)
     a = calibrate(tiny_backbone, sample, CalibrateConfig(seed=1))
     b = calibrate(tiny_backbone, sample, CalibrateConfig(seed=1))
     np.testing.assert_array_equal(a.scores.auc, b.scores.auc)

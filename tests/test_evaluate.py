@@ -94,11 +94,11 @@ def test_evaluate_cli_on_genimage_layout(toy_dir, detector_file, run_cli, tmp_pa
     r = run_cli("evaluate", toy_dir, "--split", "val", "-d", detector_file, "--out", tmp_path / "e.csv",
                 "--perturb", "none", "--perturb", "jpeg:65", "--workers", "0")
     assert r.exit_code == 0, r.stderr
-    assert "tconv" in r.stdout and "nearest" in r.stdout and "mean" in r.stdout and "under jpeg:65" in r.stdout
+    assert "tconv" in r.stdout and "pixelshuffle" in r.stdout and "mean" in r.stdout and "under jpeg:65" in r.stdout
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "e.csv")
-    assert set(table["subset"]) == {"tconv", "nearest", "overall", "mean"}
+    assert set(table["subset"]) == {"tconv", "pixelshuffle", "overall", "mean"}
     tconv = table[(table["subset"] == "tconv") & (table["perturbation"] == "none")].iloc[0]
     assert tconv["auc"] > 0.85 and tconv["n_real"] == 24
 

@@ -155,7 +155,7 @@ def test_dry_run_returns_the_mask_and_writes_nothing(tmp_path, cal, sample):
 def test_batched_sensitivity_matches_per_sample_estimate(toy_dir):
     backbone = load_backbone("i2p-tiny")
     params = eligible_parameters(backbone, 2)
-    paths = load_labelled(toy_dir / "nearest" / "train", max_per_class=8).paths
+    paths = load_labelled(toy_dir / "pixelshuffle" / "train", max_per_class=8).paths
     from i2pscan.data import CropTransform, ImageFiles, Preprocess, collate
 
     pp = Preprocess.from_dict(backbone.preprocessing())

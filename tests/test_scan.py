@@ -107,7 +107,7 @@ def test_scan_report_rows_types_and_metadata(tmp_path, toy_dir, detector_file, r
 
 def test_report_reads_in_pandas_duckdb_polars(tmp_path, toy_dir, detector_file, run_cli):
     report = tmp_path / "r.parquet"
-    run_cli("scan", toy_dir / "nearest" / "val", "-d", detector_file, "-o", report, "--workers", "0", "-q")
+    run_cli("scan", toy_dir / "pixelshuffle" / "val", "-d", detector_file, "-o", report, "--workers", "0", "-q")
     import duckdb
     import pandas as pd
     import polars as pl

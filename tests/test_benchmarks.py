@@ -1,0 +1,24 @@
+"""Benchmark and ablation scripts run end to end (their numbers are not asserted: they are measurements)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.slow
+def test_ablation_runs_every_strategy_on_the_tiny_backbone(toy_dir, tmp_path):
+    out = tmp_path / "ablation.md"
+    r = subprocess.run([sys.executable, "ablation.py", str(toy_dir), "--train", "tconv", "--epochs", "1",
+                        "--workers", "0", "--out", str(out), "--work", str(tmp_path / "work")],
+                       cwd=BENCH, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = out.read_text().splitlines()
+    assert table[0].startswith("| strategy | AUC pixelshuffle |")
+    strategies = [line.split("|")[1].strip() for line in table[2:]]
+    assert strategies == ["i2p", "low-sensitivity", "task-fisher", "random", "head-only", "full"]
+    for name in strategies:
+        assert (tmp_path / "work" / f"{name}.safetensors").exists()
