@@ -41,6 +41,22 @@ def _sample_options(f):
     return f
 
 
+def _scoring_options(f):
+    """What scan and evaluate share: the detector, its weights, threshold and crops."""
+    f = click.option("--combine", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
+                     help="How the logits of several crops are combined.")(f)
+    f = click.option("--crops", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Crops per image at native resolution: centre, then corners, then a grid.")(f)
+    f = click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help="Flag at this calibrated probability instead of the detector's threshold.")(f)
+    f = click.option("--pretrained", default=None, metavar="TAG|PATH",
+                     help="Backbone weights, when the detector's recorded source is not available here.")(f)
+    f = click.option("--detector", "-d", "detector_file", envvar="I2PSCAN_DETECTOR", required=True,
+                     type=click.Path(dir_okay=False, path_type=str),
+                     help="Detector file from `i2pscan finetune` [env: I2PSCAN_DETECTOR].")(f)
+    return f
+
+
 def _quiet_option(f):
     return click.option("-q", "--quiet", is_flag=True, help="No progress or log lines on stderr.")(f)
 
@@ -246,9 +262,7 @@ def _calibration_weights(cal) -> str:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--detector", "-d", "detector_file", envvar="I2PSCAN_DETECTOR", required=True,
-              type=click.Path(dir_okay=False, path_type=str),
-              help="Detector file from `i2pscan finetune` [env: I2PSCAN_DETECTOR].")
+@_scoring_options
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="REPORT.parquet",
               help="Write a Parquet report with one row per file (written in closed shards, resumable).")
 @click.option("--resume", is_flag=True, help="Finish (or extend) the report of an interrupted scan; needs -o.")
@@ -257,12 +271,6 @@ def _calibration_weights(cal) -> str:
               help="stdout: a line per file, or one JSON object per file.")
 @click.option("--flagged-only", is_flag=True, help="stdout: only the files flagged as synthetic (paths, or JSON rows).")
 @click.option("-0", "--null", "null", is_flag=True, help="With --flagged-only: NUL-separated paths, for xargs -0.")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="Flag at this calibrated probability instead of the detector's threshold.")
-@click.option("--crops", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Crops per image at native resolution: centre, then corners, then a grid.")
-@click.option("--combine", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
-              help="How the logits of several crops are combined.")
 @click.option("--hash", "want_hash", is_flag=True, help="Add the sha256 of every file to the report.")
 @click.option("--ext", "extensions", multiple=True, metavar="EXT[,EXT]",
               help="File extensions picked up in folders (default: jpg jpeg png webp bmp gif tif tiff, and "
@@ -272,8 +280,6 @@ def _calibration_weights(cal) -> str:
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links in folders (loops are detected).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Refuse images larger than this many pixels as decompression bombs [default: 178,956,970].")
-@click.option("--pretrained", default=None, metavar="TAG|PATH",
-              help="Backbone weights, when the detector's recorded source is not available here.")
 @click.option("--flush-rows", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Rows per report shard: at most this many files are scanned again after a kill.")
 @_device_option
@@ -296,7 +302,7 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     from .backbone import default_batch_size, resolve_device
     from .data import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, default_workers
     from .detector import Detector
-    from .report import ReportWriter
+    from .report import ReportWriter, verdict_counts
 
     if resume and not output:
         raise click.UsageError("--resume needs -o REPORT.parquet")
@@ -311,13 +317,10 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
                                    workers=default_workers() if workers is None else workers,
                                    max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     detector = Detector.load(detector_file, device=where, pretrained=pretrained)
-    started = _now()
     writer = None
     if output:
-        writer = ReportWriter(output, {"i2pscan_version": __version__, "detector_id": detector.id,
-                                       "detector_path": os.path.abspath(detector_file), "detector": detector.meta,
-                                       "options": options.to_dict(), "inputs": list(paths), "started": started},
-                              resume=resume, overwrite=overwrite, shard_rows=flush_rows)
+        writer = ReportWriter(output, scan_mod.report_metadata(detector, options, paths), resume=resume,
+                              overwrite=overwrite, shard_rows=flush_rows)
     if not files:
         _log(f"no image files found (extensions: {' '.join(exts)}; --ext, --hidden change what is picked up)")
     emit = _row_printer(fmt, flagged_only, null, stop_when_closed=writer is None)
@@ -330,14 +333,12 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
             writer.flush()
             _log(f"interrupted; finished rows are in {writer.parts}: run the same command with --resume to finish")
         raise
-    if writer is not None:
-        writer.close({p: i for i, p in enumerate(files)}, {"finished": _now()})
-    _log(f"{summary.files} file(s) scanned in {summary.seconds:.1f} s ({summary.images_per_second:.1f}/s): "
-         f"{summary.flagged} flagged as synthetic (threshold {summary.threshold:.4f}), {summary.errors} unreadable"
-         + (f"; {summary.skipped_done} already in the report" if summary.skipped_done else "")
-         + (f"; report: {output}" if output else ""))
-    flagged = summary.flagged or (writer is not None and _report_has_flags(output))
-    _exit(EXIT_FLAGGED if flagged else EXIT_UNREADABLE if summary.errors else EXIT_CLEAN)
+    flagged, errors = summary.flagged, summary.errors
+    if writer is not None:  # a resumed scan answers for the whole report, earlier runs included
+        counts = verdict_counts(writer.close({p: i for i, p in enumerate(files)}, {"finished": scan_mod.now()}))
+        flagged, errors = counts.get("synthetic", 0), counts.get("error", 0)
+    _log(summary.describe() + (f"; report: {output}" if output else ""))
+    _exit(EXIT_FLAGGED if flagged else EXIT_UNREADABLE if errors else EXIT_CLEAN)
 
 
 def _exit(code: int) -> None:
@@ -380,23 +381,9 @@ def _row_printer(fmt: str, flagged_only: bool, null: bool, stop_when_closed: boo
     return emit
 
 
-def _report_has_flags(path: str) -> bool:
-    from .report import read_report
-
-    return read_report(path, top=0).synthetic > 0
-
-
-def _now() -> str:
-    import datetime
-
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 @cli.command()
 @click.argument("data", type=click.Path(exists=True, path_type=str))
-@click.option("--detector", "-d", "detector_file", envvar="I2PSCAN_DETECTOR", required=True,
-              type=click.Path(dir_okay=False, path_type=str),
-              help="Detector file from `i2pscan finetune` [env: I2PSCAN_DETECTOR].")
+@_scoring_options
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="FILE",
               help="Also write the table: .parquet, .csv or .md.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=str), default=None, metavar="DIR",
@@ -404,13 +391,6 @@ def _now() -> str:
 @click.option("--perturb", "perturbations", multiple=True, metavar="KIND:VALUE",
               help="Degrade images before scoring: jpeg:65, jpeg:30, blur:3, blur:5, resize:0.5, or none "
                    "(clean); repeatable, one evaluation each.")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="Use this calibrated probability as the threshold instead of the detector's.")
-@click.option("--crops", type=click.IntRange(min=1), default=1, show_default=True, help="Crops per image.")
-@click.option("--combine", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
-              help="How the logits of several crops are combined.")
-@click.option("--pretrained", default=None, metavar="TAG|PATH",
-              help="Backbone weights, when the detector's recorded source is not available here.")
 @_sample_options
 @_seed_option
 @_device_option

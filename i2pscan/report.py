@@ -213,16 +213,17 @@ def read_report(path: str, top: int = 20) -> ReportSummary:
     if missing:
         raise I2PError(f"{path} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
     meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-    counts = {v: n for v, n in zip(*_value_counts(table.column("verdict")))}
+    counts = verdict_counts(table)
     flagged = table.filter(pc.equal(table.column("verdict"), "synthetic"))
     flagged = flagged.take(pc.sort_indices(flagged, sort_keys=[("score", "descending")])[:top])
     return ReportSummary(table.num_rows, counts.get("synthetic", 0), counts.get("real", 0), counts.get("error", 0),
                          meta, flagged.to_pylist())
 
 
-def _value_counts(column) -> tuple[list, list]:
-    vc = pc.value_counts(column)
-    return vc.field("values").to_pylist(), vc.field("counts").to_pylist()
+def verdict_counts(table: pa.Table) -> dict[str, int]:
+    """{verdict: rows} of a report table."""
+    vc = pc.value_counts(table.column("verdict"))
+    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
 
 
 # -- rows as text, for stdout -------------------------------------------------------------------

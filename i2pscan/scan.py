@@ -13,11 +13,12 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from . import console
+from . import __version__, console
 from .data import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -152,6 +153,22 @@ class ScanSummary:
     @property
     def images_per_second(self) -> float:
         return self.files / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        """The one-line summary printed after a scan."""
+        text = (f"{self.files} file(s) scanned in {self.seconds:.1f} s ({self.images_per_second:.1f}/s): "
+                f"{self.flagged} flagged as synthetic (threshold {self.threshold:.4f}), {self.errors} unreadable")
+        return text + (f"; {self.skipped_done} already in the report" if self.skipped_done else "")
+
+
+def report_metadata(detector: Detector, options: ScanOptions, inputs: Sequence[str]) -> dict:
+    """What a report records about how it was made."""
+    return {"i2pscan_version": __version__, "detector_id": detector.id, "detector_path": os.path.abspath(detector.path),
+            "detector": detector.meta, "options": options.to_dict(), "inputs": list(inputs), "started": now()}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def threshold_logit(detector: Detector, threshold: float | None) -> float:
