@@ -3,13 +3,18 @@
     python benchmarks/bench_finetune.py [--steps 3] [--rho 0.01] [--batch-size 2]
 
 ViT-L-14 with random weights (costs do not depend on the weights), truncated after block 12 and
-trained on random 224x224 images, the way i2pscan/finetune.py trains: ``SparseDelta``
-parametrizations on the tuned tensors (``_attach``), taps of S = {4, 8, 12} into a
-``DetectorHead``, BCE loss, backward, one AdamW step over the delta values and the head.
+trained on random 224x224 images, the way i2pscan/finetune.py trains (``_attach``), taps of
+S = {4, 8, 12} into a ``DetectorHead``, BCE loss, backward, one AdamW step over the delta values
+and the head.
 
 * ``i2p`` (rho, q = 0.5) gets its mask from ``build_mask`` fed seeded random sensitivity and
-  saliency scores: the step cost depends only on how many entries are tuned, not on which.
-* ``head-only`` tunes no backbone weight; ``full`` tunes every eligible weight (dense deltas).
+  saliency scores: the step cost depends only on how many entries are tuned, not on which. The
+  tuned blocks' attention and MLP linears are swapped for i2pscan.sparse modules, whose custom
+  autograd function adds x Sᵀ (CSR sparse-dense products) to the frozen x W0ᵀ and returns the
+  gradient of the tuned entries only: no dense W0 + delta, no dense dL/dW.
+* ``head-only`` tunes no backbone weight; ``full`` tunes every eligible weight (dense deltas:
+  parametrizations W0 + delta; the step here does not enter ``parametrize.cached()``, as the
+  trainer's does, so MultiheadAttention recomputes in_proj_weight at each of its reads).
 
 Each strategy runs in a fresh child process (this script with ``--one STRATEGY``) that loads the
 backbone, truncates it, frees what it dropped (gc, malloc_trim), resets its peak-RSS mark

@@ -39,6 +39,7 @@ from .sensitivity import (
     print_mask,
     task_saliency,
 )
+from .sparse import SparseAttention, SparseDelta, SparseLinear
 
 CHECKPOINT_KIND = "checkpoint"
 _RESUMABLE_CHANGES = ("epochs", "max_steps", "workers")
@@ -110,19 +111,20 @@ def _beside(out, suffix: str) -> str:
     return stem + suffix
 
 
-class SparseDelta(nn.Module):
-    """Parametrization W = W0 + scatter(values at indices); dense when ``indices`` is None."""
+class DenseDelta(nn.Module):
+    """Parametrization W = W0 + values of a wholly tuned tensor (strategy ``full``); ``indices`` is None.
 
-    def __init__(self, indices: torch.Tensor | None, shape: torch.Size, device: torch.device):
+    Sparse masks do not use a parametrization: see ``i2pscan.sparse`` and ``_attach``.
+    """
+
+    indices = None
+
+    def __init__(self, shape: torch.Size, device: torch.device):
         super().__init__()
-        self.dense = indices is None
-        self.register_buffer("indices", None if self.dense else indices.to(device, torch.long))
-        self.values = nn.Parameter(torch.zeros(shape if self.dense else (len(indices),), device=device))
+        self.values = nn.Parameter(torch.zeros(shape, device=device))
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        if self.dense:
-            return original + self.values
-        return original.reshape(-1).index_add(0, self.indices, self.values.to(original.dtype)).view_as(original)
+        return original + self.values
 
 
 def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample, out: str | os.PathLike,
@@ -296,18 +298,43 @@ def _pixel_batches(backbone: Backbone, sample: LabelledSample, config: FinetuneC
             yield pixels
 
 
-def _attach(backbone: Backbone, params: dict[str, nn.Parameter], mask: Mask) -> dict[str, SparseDelta]:
-    """Register a SparseDelta on every tuned tensor; returns them by parameter name."""
-    deltas = {}
+def _attach(backbone: Backbone, params: dict[str, nn.Parameter], mask: Mask) -> dict[str, SparseDelta | DenseDelta]:
+    """Make every tuned tensor trainable; returns, by parameter name, objects with ``values`` (the
+    Parameter that trains) and ``indices`` (flat indices into the tensor; None when dense).
+
+    A sparse mask swaps the block's modules for ones that add the delta without a dense copy of
+    the weights (``i2pscan.sparse``): ``attn`` becomes a SparseAttention when its in- or
+    out-projection is tuned, ``mlp.c_fc``/``mlp.c_proj`` SparseLinears. They keep the same frozen
+    Parameters under the same names. A dense delta (``full``) is a parametrization W0 + values.
+    """
+    deltas: dict[str, SparseDelta | DenseDelta] = {}
+    tuned = {n: idx for n, idx in mask.indices.items() if idx is None or len(idx)}
+    sparse = {n: idx for n, idx in tuned.items() if idx is not None}
+    for i, block in enumerate(backbone.blocks):
+        prefix = f"transformer.resblocks.{i}."
+        in_proj, out_proj = sparse.get(prefix + "attn.in_proj_weight"), sparse.get(prefix + "attn.out_proj.weight")
+        if in_proj is not None or out_proj is not None:
+            block.attn = SparseAttention(block.attn, in_proj, out_proj)
+            if in_proj is not None:
+                deltas[prefix + "attn.in_proj_weight"] = block.attn.in_proj_delta
+            if out_proj is not None:
+                deltas[prefix + "attn.out_proj.weight"] = block.attn.out_proj.delta
+        for fc in ("c_fc", "c_proj"):
+            indices = sparse.get(f"{prefix}mlp.{fc}.weight")
+            if indices is not None:
+                setattr(block.mlp, fc, SparseLinear(getattr(block.mlp, fc), indices))
+                deltas[f"{prefix}mlp.{fc}.weight"] = getattr(block.mlp, fc).delta
+    unplaced = set(sparse) - set(deltas)
+    if unplaced:
+        raise I2PError(f"cannot tune {sorted(unplaced)[0]}: not an attention or MLP weight of a kept block")
     modules = dict(backbone.visual.named_modules())
-    for name, indices in mask.indices.items():
-        if indices is not None and len(indices) == 0:
-            continue
-        owner, attr = name.rsplit(".", 1)
-        delta = SparseDelta(indices, params[name].shape, backbone.device)
-        parametrize.register_parametrization(modules[owner], attr, delta, unsafe=True)
-        deltas[name] = delta
-    return deltas
+    for name in tuned:
+        if tuned[name] is None:
+            owner, attr = name.rsplit(".", 1)
+            delta = DenseDelta(params[name].shape, backbone.device)
+            parametrize.register_parametrization(modules[owner], attr, delta, unsafe=True)
+            deltas[name] = delta
+    return {n: deltas[n] for n in tuned}
 
 
 @dataclass
@@ -341,7 +368,9 @@ class _Trainer:
         self.failures: dict[str, str] = {}
 
     def _forward(self, pixels):
-        with autocast(self.backbone.device):
+        # cached: a dense (``full``) parametrization is computed once per forward, not at every
+        # read of the weight (MultiheadAttention reads in_proj_weight several times)
+        with parametrize.cached(), autocast(self.backbone.device):
             return self.head(self.backbone.taps(pixels, self.layers, self.view))
 
     def train_epoch(self, epoch: int, run: _RunState) -> float:
