@@ -226,7 +226,7 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
     from .backbone import default_batch_size, load_backbone, resolve_device
     from .calibrate import Calibration
     from .data import default_workers, load_labelled
-    from .finetune import FinetuneConfig, finetune as run_finetune
+    from .finetune import FinetuneConfig, finetune as run_finetune, plan_mask
 
     where = resolve_device(device)
     config = FinetuneConfig(strategy=strategy, rho=rho, q=q, epochs=epochs, max_steps=max_steps,
@@ -241,9 +241,10 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
     val = load_labelled(val_data) if val_data else None
     model = load_backbone(cal.backbone["name"], pretrained or _calibration_weights(cal), device=where,
                           quick_gelu=cal.backbone["model_config"].get("quick_gelu"))
-    result = run_finetune(model, cal, train, out, config, val=val, resume=resume, dry_run=dry_run)
     if dry_run:
+        plan_mask(model, cal, train, config, val=val)
         return
+    result = run_finetune(model, cal, train, out, config, val=val, resume=resume)
     v = result.meta["training"]["validation"]
     _log(f"detector written to {out} ({os.path.getsize(out):,} bytes): best epoch "
          f"{result.meta['training']['best_epoch']}, validation AUC {v['val_auc']:.4f}, "

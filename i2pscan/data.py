@@ -149,8 +149,13 @@ def _open_checked(data: bytes, max_pixels: int, result: Decoded) -> Image.Image 
     return image
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
 def _oriented(image: Image.Image) -> Image.Image:
     try:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (1, None):
+            return image  # exif_transpose would copy the whole image for nothing
         return ImageOps.exif_transpose(image)
     except Exception:  # broken EXIF: keep the stored orientation rather than lose the image
         return image
@@ -290,10 +295,11 @@ class CropTransform:
 
     def __call__(self, image: Image.Image, index: int) -> torch.Tensor:
         s = self.preprocess.crop_size
-        pixels = np.asarray(image)
         crops = []
         for x, y in crop_origins(image.width, image.height, s, self.n_crops):
-            crops.append(self.preprocess.normalise(pixels[y:y + s, x:x + s]))
+            # crop in Pillow first: converting a whole 12 MP image to an array costs as much as decoding it
+            box = (x, y, min(x + s, image.width), min(y + s, image.height))
+            crops.append(self.preprocess.normalise(np.asarray(image.crop(box))))
         return torch.stack(crops)
 
 

@@ -129,49 +129,36 @@ class DenseDelta(nn.Module):
 
 def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample, out: str | os.PathLike,
              config: FinetuneConfig = FinetuneConfig(), val: LabelledSample | None = None, resume: bool = False,
-             dry_run: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None) -> FinetuneResult | Mask:
+             on_epoch_end: Callable[[int, dict], None] | None = None) -> FinetuneResult:
     """Train a detector on ``train`` and write it to ``out``; returns what was written.
 
     ``val``: validation sample; by default ``config.val_split`` of ``train`` (stratified) is held
-    out. The backbone is consumed: it is truncated after L* and tuned in place. ``dry_run`` stops
-    after choosing the mask and returns it. ``on_epoch_end(epoch, metrics)`` is called after each
-    epoch's checkpoint is written. Raises I2PError for a calibration of another backbone, a
-    checkpoint in the way (or missing with ``resume``), or data with no usable images.
+    out. The backbone is consumed: it is truncated after L* and tuned in place.
+    ``on_epoch_end(epoch, metrics)`` is called after each epoch's checkpoint is written. Raises
+    I2PError for a calibration of another backbone, a checkpoint in the way (or missing with
+    ``resume``), or data with no usable images.
     """
     out = os.fspath(out)
     _check_calibration(backbone, calibration)
-    if val is None:
-        train_idx, val_idx = split_stratified(train, config.val_split, config.seed)
-        train, val = train.subset(train_idx), train.subset(val_idx)
-    _check_classes(train, "training")
-    _check_classes(val, "validation")
+    train, val = _split(train, val, config)
     ckpt = checkpoint_path(out)
     state = None
     if resume:
         if not os.path.exists(ckpt):
             raise I2PError(f"nothing to resume: no checkpoint {ckpt}")
         state = _load_checkpoint(ckpt, config, train, val, backbone)
-    elif os.path.exists(ckpt) and not dry_run:
+    elif os.path.exists(ckpt):
         raise I2PError(f"an interrupted run left {ckpt}: pass --resume to continue it, or delete it to start over")
 
-    device = backbone.device
-    layers = list(calibration.critical)
-    last_block = calibration.last_block
-    view = calibration.view
-    torch.manual_seed(config.seed)
-    in_dim = backbone.width * (2 if view == "cls+patchmean" else 1)
-    head = DetectorHead(HeadConfig.for_layers(layers, calibration.importance, in_dim, config.proj_dim)).to(device)
-    params = eligible_parameters(backbone, last_block)
-
+    head = _new_head(backbone, calibration, config)
+    params = eligible_parameters(backbone, calibration.last_block)
     if state is None:
-        _warm_up_head(backbone, head, train, view, config)
-        mask = _choose_mask(backbone, head, params, train, view, layers, config)
+        mask = _plan(backbone, head, params, train, calibration, config)
     else:
         mask = state["mask"]
-    print_mask(mask)
-    if dry_run:
-        return mask
+        print_mask(mask)
 
+    view, last_block = calibration.view, calibration.last_block
     backbone.truncate(last_block)
     deltas = _attach(backbone, params, mask)
     optimizer = torch.optim.AdamW([
@@ -216,6 +203,40 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def plan_mask(backbone: Backbone, calibration: Calibration, train: LabelledSample,
+              config: FinetuneConfig = FinetuneConfig(), val: LabelledSample | None = None) -> Mask:
+    """The mask ``finetune`` would train with the same arguments (``--dry-run``): holds out the
+    same validation split, warms up a head, scores the weights, prints and returns the mask.
+    Writes nothing; the backbone is left as it was."""
+    _check_calibration(backbone, calibration)
+    train, _ = _split(train, val, config)
+    params = eligible_parameters(backbone, calibration.last_block)
+    return _plan(backbone, _new_head(backbone, calibration, config), params, train, calibration, config)
+
+
+def _plan(backbone, head, params, train, calibration, config) -> Mask:
+    _warm_up_head(backbone, head, train, calibration.view, config)
+    mask = _choose_mask(backbone, head, params, train, calibration.view, list(calibration.critical), config)
+    print_mask(mask)
+    return mask
+
+
+def _split(train: LabelledSample, val: LabelledSample | None, config: FinetuneConfig):
+    if val is None:
+        train_idx, val_idx = split_stratified(train, config.val_split, config.seed)
+        train, val = train.subset(train_idx), train.subset(val_idx)
+    _check_classes(train, "training")
+    _check_classes(val, "validation")
+    return train, val
+
+
+def _new_head(backbone: Backbone, calibration: Calibration, config: FinetuneConfig) -> DetectorHead:
+    torch.manual_seed(config.seed)
+    in_dim = backbone.width * (2 if calibration.view == "cls+patchmean" else 1)
+    config_ = HeadConfig.for_layers(calibration.critical, calibration.importance, in_dim, config.proj_dim)
+    return DetectorHead(config_).to(backbone.device)
 
 
 def _check_calibration(backbone: Backbone, cal: Calibration) -> None:

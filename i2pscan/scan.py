@@ -195,7 +195,7 @@ def scan(detector: Detector, paths: Sequence[str], options: ScanOptions = ScanOp
                                     pin_memory=detector.device.type == "cuda", timeout_s=options.batch_timeout_s):
             logits = _batch_logits(detector, batch, options)
             for pos, item in enumerate(batch.items):
-                row = _row(todo[item.index], item, logits.get(pos), detector, cut)
+                row = _row(todo[item.index], item, logits.get(pos), cut)
                 summary.files += 1
                 summary.flagged += row["verdict"] == "synthetic"
                 summary.errors += row["verdict"] == "error"
@@ -208,19 +208,21 @@ def scan(detector: Detector, paths: Sequence[str], options: ScanOptions = ScanOp
     return summary
 
 
-def _batch_logits(detector: Detector, batch: Batch, options: ScanOptions) -> dict[int, float]:
+def _batch_logits(detector: Detector, batch: Batch, options: ScanOptions) -> dict[int, tuple[float, float]]:
+    """{position in batch: (combined logit, calibrated score)} for the items that decoded."""
     if batch.pixels is None:
         return {}
     logits = detector.logits(batch.pixels).view(len(batch.ok), options.crops)
     combined = logits.mean(dim=1) if options.combine == "mean" else logits.max(dim=1).values
-    return dict(zip(batch.ok, combined.cpu().tolist()))
+    scores = detector.probabilities(combined)
+    return dict(zip(batch.ok, zip(combined.cpu().tolist(), scores.cpu().tolist())))
 
 
-def _row(path: str, item: Item, logit: float | None, detector: Detector, cut: float) -> dict:
+def _row(path: str, item: Item, scored: tuple[float, float] | None, cut: float) -> dict:
     info = item.info
     text, raw = path_columns(path)
-    scored = logit is not None and info.error is None
-    score = float(detector.probabilities(torch.tensor(logit))) if scored else None
+    ok = scored is not None and info.error is None
+    logit, score = scored if ok else (None, None)
     return {
         "path": text,
         "path_raw": raw,
@@ -230,9 +232,9 @@ def _row(path: str, item: Item, logit: float | None, detector: Detector, cut: fl
         "width": info.width,
         "height": info.height,
         "score": score,
-        "logit": logit if scored else None,
-        "verdict": ("synthetic" if logit >= cut else "real") if scored else "error",
-        "error": None if scored else (info.error or "not scored"),
+        "logit": logit,
+        "verdict": ("synthetic" if logit >= cut else "real") if ok else "error",
+        "error": None if ok else (info.error or "not scored"),
         "sha256": info.sha256,
     }
 

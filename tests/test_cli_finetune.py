@@ -62,7 +62,6 @@ def test_finetune_errors(trained, toy_dir, run_cli, tmp_path, case, message):
     elif case == "calibration":
         args[3] = trained / "det.safetensors"
     elif case == "weights":
-        from i2pscan.backbone import load_backbone
         other = tmp_path / "other.safetensors"
         import open_clip
         torch.manual_seed(1)

@@ -10,7 +10,7 @@ from i2pscan.calibrate import CalibrateConfig, calibrate
 from i2pscan.data import Augment, load_labelled
 from i2pscan.detector import Detector
 from i2pscan.errors import I2PError
-from i2pscan.finetune import FinetuneConfig, checkpoint_path, finetune, fit_temperature, log_path, threshold_at_fpr
+from i2pscan.finetune import FinetuneConfig, finetune, fit_temperature, log_path, plan_mask, threshold_at_fpr
 from i2pscan.sensitivity import STRATEGIES, build_mask, eligible_parameters, intrinsic_sensitivity
 
 LIGHT = Augment(blur_p=0.1, jpeg_p=0.1, jpeg_quality=(80, 100), blur_sigma=(0.0, 1.0))
@@ -147,9 +147,11 @@ def test_head_only_and_contrastive_run(tmp_path, cal, sample):
 
 
 def test_dry_run_returns_the_mask_and_writes_nothing(tmp_path, cal, sample):
-    mask = finetune(load_backbone("i2p-tiny"), cal, sample, tmp_path / "d.safetensors", _config(), dry_run=True)
+    backbone = load_backbone("i2p-tiny")
+    mask = plan_mask(backbone, cal, sample, _config())
     assert mask.trainable == round(0.01 * mask.eligible)
     assert list(tmp_path.iterdir()) == []
+    assert backbone.run_blocks == 6 and not any(p.requires_grad for p in backbone.visual.parameters())
 
 
 def test_batched_sensitivity_matches_per_sample_estimate(toy_dir):

@@ -183,7 +183,7 @@ def test_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file, run_cli
 
 
 def test_bad_files_become_error_rows(tmp_path, detector_file, run_cli, chdir):
-    bad = write_corrupt_files(tmp_path / "in")
+    write_corrupt_files(tmp_path / "in")
     _img(tmp_path / "in" / "ok.png")
     vanished = _img(tmp_path / "in" / "gone.png")  # vanishes between discovery and decoding
     from i2pscan.scan import ScanOptions, scan
@@ -291,7 +291,6 @@ def test_resume_refuses_another_detector(tmp_path, detector_file, run_cli, chdir
     _img(tmp_path / "a.png")
     parts = tmp_path / "r.parquet.parts"
     parts.mkdir()
-    import pyarrow as pa
     from i2pscan.report import SCHEMA
 
     table = SCHEMA.empty_table().replace_schema_metadata({b"i2pscan": json.dumps({"detector_id": "other"}).encode()})

@@ -1,0 +1,139 @@
+"""Scan throughput: end to end on a folder of large JPEGs, and where the time goes.
+
+    python benchmarks/bench_scan.py [--device cpu] [--per-size 4] [--workers N]
+
+Writes photo-like JPEGs of 2, 6 and 12 megapixels (quality 90) to a temporary folder, then, in
+one run on the same files:
+
+* decode only: the scan's DataLoader (workers decode and centre-crop; no model);
+* end to end (``i2pscan.scan.scan``: discovery list in, rows out) for the tiny backbone, and for
+  the ViT-L-14 architecture with early exit after block 12 and with all 24 blocks;
+* model only: the same backbones on already-cropped tensors, so that the share of decoding in
+  the end-to-end time can be read off.
+
+ViT-L-14 uses random weights (timing does not depend on them) and a random head; ratios are
+against the full 24-block ViT-L-14 scan measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from _table import machine, print_table
+from i2pscan import console
+from i2pscan.backbone import load_backbone, resolve_device
+from i2pscan.data import CropTransform, ImageFiles, Preprocess, default_workers, loader, save_image
+from i2pscan.detector import Detector
+from i2pscan.head import DetectorHead, HeadConfig
+from i2pscan.scan import ScanOptions, scan
+
+SIZES = {"2 MP": (1632, 1224), "6 MP": (3000, 2000), "12 MP": (4000, 3000)}
+
+
+def make_jpegs(folder: str, per_size: int) -> list[str]:
+    """Photo-like content (a scikit-image photograph, resized, plus sensor-like noise)."""
+    from PIL import Image
+
+    try:
+        import skimage.data
+
+        base = Image.fromarray(skimage.data.astronaut())
+    except ImportError:
+        base = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), np.uint8))
+    rng = np.random.default_rng(0)
+    paths = []
+    for label, (w, h) in SIZES.items():
+        for i in range(per_size):
+            img = np.asarray(base.resize((w, h), Image.Resampling.BICUBIC)).astype(np.int16)
+            img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+            path = os.path.join(folder, f"{label.replace(' ', '')}-{i}.jpg")
+            save_image(img, path, quality=90)
+            paths.append(path)
+    return paths
+
+
+def detector_for(name: str, pretrained, last_block: int, device) -> Detector:
+    backbone = load_backbone(name, pretrained, device=device)
+    backbone.truncate(last_block)
+    layers = sorted({max(1, last_block // 3), max(1, 2 * last_block // 3), last_block})
+    head = DetectorHead(HeadConfig.for_layers(layers, [1.0] * last_block, backbone.width)).to(device)
+    meta = {"threshold": 0.5, "threshold_logit": 0.0, "temperature": 1.0, "view": "cls",
+            "preprocessing": backbone.preprocessing()}
+    return Detector(backbone, head, meta, sha256="benchmark", path="(in memory)")
+
+
+def scan_rate(detector: Detector, paths: list[str], options: ScanOptions) -> float:
+    scan(detector, paths[:2], options)  # warm-up: workers, allocator, kernels
+    started = time.perf_counter()
+    summary = scan(detector, paths, options)
+    assert summary.errors == 0
+    return len(paths) / (time.perf_counter() - started)
+
+
+def decode_rate(paths: list[str], preprocess: Preprocess, options: ScanOptions) -> float:
+    dataset = ImageFiles(paths, CropTransform(preprocess, 1))
+    started = time.perf_counter()
+    n = sum(len(b.items) for b in loader(dataset, options.batch_size, options.workers))
+    return n / (time.perf_counter() - started)
+
+
+@torch.no_grad()
+def model_rate(detector: Detector, n: int, batch: int) -> float:
+    s = detector.preprocess.crop_size
+    pixels = torch.randn(batch, 3, s, s, device=detector.device)
+    detector.logits(pixels)
+    started = time.perf_counter()
+    for _ in range(max(1, n // batch)):
+        detector.logits(pixels)
+    if detector.device.type == "cuda":
+        torch.cuda.synchronize()
+    return max(1, n // batch) * batch / (time.perf_counter() - started)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--per-size", type=int, default=4, help="JPEGs per size (2, 6, 12 MP)")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    args = p.parse_args()
+    console.set_quiet(True)
+    device = resolve_device(args.device)
+    workers = default_workers() if args.workers is None else args.workers
+    options = ScanOptions(batch_size=args.batch_size, workers=workers)
+    print(f"machine: {machine()}; device {device}; {workers} decoding workers; batch {args.batch_size}")
+    with tempfile.TemporaryDirectory() as folder:
+        paths = make_jpegs(folder, args.per_size)
+        megapixels = sum(w * h for w, h in SIZES.values()) * args.per_size / len(paths) / 1e6
+        print(f"{len(paths)} JPEGs, {megapixels:.1f} MP on average, "
+              f"{sum(os.path.getsize(x) for x in paths) / len(paths) / 1e6:.1f} MB on average")
+        rows = []
+        tiny = detector_for("i2p-tiny", "default", 6, device)
+        for name, size in (("tiny crop (64 px)", 64), ("ViT crop (224 px)", 224)):
+            pp = Preprocess(size, tiny.preprocess.mean, tiny.preprocess.std)
+            rows.append([f"decode + crop only, {name}", "-", decode_rate(paths, pp, options), "-", "-"])
+        runs = [("i2p-tiny, all 6 blocks", tiny),
+                ("ViT-L-14, early exit at block 12", detector_for("ViT-L-14", None, 12, device)),
+                ("ViT-L-14, all 24 blocks", detector_for("ViT-L-14", None, 24, device))]
+        results = []
+        for label, det in runs:
+            end_to_end = scan_rate(det, paths, options)
+            model = model_rate(det, max(8, args.batch_size), args.batch_size)
+            results.append((label, end_to_end, model))
+        full = results[-1][1]
+        for label, end_to_end, model in results:
+            decode_share = max(0.0, 1.0 - (1.0 / model) / (1.0 / end_to_end))
+            rows.append([f"scan end to end, {label}", f"{end_to_end / full:.2f}x", end_to_end, model,
+                         f"{decode_share:.0%}"])
+    print_table("scan throughput (images/s; ratios against the 24-block ViT-L-14 scan)",
+                ["what", "vs full ViT-L", "images/s", "model-only images/s", "time not in the model"], rows)
+
+
+if __name__ == "__main__":
+    main()
