@@ -226,7 +226,7 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
     from .backbone import default_batch_size, load_backbone, resolve_device
     from .calibrate import Calibration
     from .data import default_workers, load_labelled
-    from .finetune import FinetuneConfig, finetune as run_finetune, plan_mask
+    from .finetune import FinetuneConfig, checkpoint_path, finetune as run_finetune, plan_mask
 
     where = resolve_device(device)
     config = FinetuneConfig(strategy=strategy, rho=rho, q=q, epochs=epochs, max_steps=max_steps,
@@ -244,7 +244,13 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
     if dry_run:
         plan_mask(model, cal, train, config, val=val)
         return
-    result = run_finetune(model, cal, train, out, config, val=val, resume=resume)
+    try:
+        result = run_finetune(model, cal, train, out, config, val=val, resume=resume)
+    except KeyboardInterrupt:
+        if os.path.exists(checkpoint_path(out)):
+            _log(f"interrupted: {checkpoint_path(out)} holds the last completed epoch; "
+                 f"run the same command with --resume to continue")
+        raise
     v = result.meta["training"]["validation"]
     _log(f"detector written to {out} ({os.path.getsize(out):,} bytes): best epoch "
          f"{result.meta['training']['best_epoch']}, validation AUC {v['val_auc']:.4f}, "
@@ -357,6 +363,7 @@ def _row_printer(fmt: str, flagged_only: bool, null: bool, stop_when_closed: boo
     from .report import row_json, row_line
 
     stdout = sys.stdout.buffer
+    terminal = sys.stdout.isatty()
     state = {"closed": False}
 
     def emit(row: dict) -> None:
@@ -370,8 +377,12 @@ def _row_printer(fmt: str, flagged_only: bool, null: bool, stop_when_closed: boo
         else:
             data = (row_line(row) + "\n").encode("utf-8", "backslashreplace")
         try:
-            stdout.write(data)
-            stdout.flush()
+            if terminal:  # as text, so that a progress bar on the same terminal stays below the lines
+                sys.stdout.write(data.decode("utf-8", "backslashreplace"))
+                sys.stdout.flush()
+            else:
+                stdout.write(data)
+                stdout.flush()
         except BrokenPipeError:
             state["closed"] = True
             devnull = os.open(os.devnull, os.O_WRONLY)
