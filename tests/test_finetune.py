@@ -180,3 +180,12 @@ def test_temperature_and_threshold():
     t = threshold_at_fpr(real, 0.05)
     assert np.mean(real >= t) <= 0.05 and np.mean(real >= np.nextafter(t, -np.inf) - 0.01) > 0.05
     assert threshold_at_fpr(np.array([0.5, 0.5, 0.5], np.float32), 0.4) > 0.5
+
+
+def test_gradient_accumulation_and_max_steps(tmp_path, cal, sample):
+    one = finetune(load_backbone("i2p-tiny"), cal, sample, tmp_path / "a.safetensors", _config(epochs=1))
+    two = finetune(load_backbone("i2p-tiny"), cal, sample, tmp_path / "b.safetensors", _config(epochs=1, accumulate=2))
+    assert two.log[-1]["step"] == (one.log[-1]["step"] + 1) // 2
+    capped = finetune(load_backbone("i2p-tiny"), cal, sample, tmp_path / "c.safetensors",
+                      _config(epochs=3, max_steps=2))
+    assert capped.log[-1]["step"] == 2 and len(capped.log) == 1
