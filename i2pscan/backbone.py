@@ -186,7 +186,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: str | None = "defaul
                                                device="cpu", require_pretrained=bool(pretrained))
             finally:
                 logging.disable(logging.NOTSET)
-    except RuntimeError as exc:
+    except Exception as exc:  # open_clip raises RuntimeError; a damaged file raises whatever its reader raises
         if is_file:
             raise I2PError(f"cannot load weights {pretrained} into {name}: {_first_line(exc)}") from exc
         raise I2PError(

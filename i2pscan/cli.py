@@ -83,6 +83,13 @@ def _command(f):
             return f(*args, **kwargs)
         except I2PError as exc:
             raise UserError(str(exc)) from exc
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # a bug or an environment problem: still one line and exit 2, never 1 ("flagged")
+            if os.environ.get("I2PSCAN_DEBUG"):
+                raise
+            text = " ".join(str(exc).split())[:300]
+            raise UserError(f"internal error: {type(exc).__name__}: {text} (set I2PSCAN_DEBUG=1 for the traceback)") from exc
 
     return wrapper
 
@@ -144,8 +151,12 @@ def calibrate(data, out, backbone, pretrained, top_k, gamma, folds, view, max_pe
     """
     from . import calibrate as cal_mod
     from .backbone import default_batch_size, load_backbone, resolve_device
+    from .tensorfile import check_writable
     from .data import default_workers, load_labelled
 
+    check_writable(out)
+    if plot:
+        check_writable(plot)
     where = resolve_device(device)
     config = cal_mod.CalibrateConfig(top_k=top_k, gamma=gamma, folds=folds, view=view, seed=seed,
                                      batch_size=batch_size or default_batch_size(where),
@@ -192,7 +203,8 @@ def calibrate(data, out, backbone, pretrained, top_k, gamma, folds, view, max_pe
 @click.option("--contrastive-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of the supervised-contrastive term on the projected features.")
 @click.option("--val", "val_data", type=click.Path(exists=True, path_type=str), default=None,
-              help="Validation data (same forms as DATA); default: hold out --val-split of DATA.")
+              help="Validation data (same forms as DATA; --subset applies to it, --split does not); "
+                   "default: hold out --val-split of DATA.")
 @click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
               help="Fraction of DATA held out for validation when --val is not given.")
 @click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
@@ -227,7 +239,10 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
     from .calibrate import Calibration
     from .data import default_workers, load_labelled
     from .finetune import FinetuneConfig, checkpoint_path, finetune as run_finetune, plan_mask
+    from .tensorfile import check_writable
 
+    if not dry_run:
+        check_writable(out)
     where = resolve_device(device)
     config = FinetuneConfig(strategy=strategy, rho=rho, q=q, epochs=epochs, max_steps=max_steps,
                             batch_size=batch_size or default_batch_size(where), accumulate=accumulate,
@@ -238,7 +253,7 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
                             workers=default_workers() if workers is None else workers)
     cal = Calibration.load(calibration_file)
     train = load_labelled(data, max_per_class=max_per_class, seed=seed, subsets=subset, split=split)
-    val = load_labelled(val_data) if val_data else None
+    val = load_labelled(val_data, subsets=subset) if val_data else None
     model = load_backbone(cal.backbone["name"], pretrained or _calibration_weights(cal), device=where,
                           quick_gelu=cal.backbone["model_config"].get("quick_gelu"))
     if dry_run:
@@ -335,10 +350,12 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
         summary = scan_mod.scan(detector, files, options, writer, on_row=emit)
     except _StdoutClosed:  # `i2pscan scan ... | head`: the reader has what it wanted
         _exit(EXIT_CLEAN)
-    except KeyboardInterrupt:
-        if writer is not None:
-            writer.flush()
-            _log(f"interrupted; finished rows are in {writer.parts}: run the same command with --resume to finish")
+    except BaseException as exc:
+        if writer is not None:  # whatever stopped the scan, keep what was scored
+            writer.abandon()
+            if os.path.isdir(writer.parts):
+                _log(f"stopped ({type(exc).__name__}); finished rows are in {writer.parts}: "
+                     f"run the same command with --resume to finish")
         raise
     flagged, errors = summary.flagged, summary.errors
     if writer is not None:  # a resumed scan answers for the whole report, earlier runs included
@@ -423,11 +440,17 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops
     from .data import default_workers, load_labelled, parse_perturbation
     from .detector import Detector
     from .evaluate import CLEAN, evaluate as run_evaluate, plot, print_result, write_result
+    from .tensorfile import check_writable
     from .scan import ScanOptions
 
     if out and not out.lower().endswith((".parquet", ".csv", ".md")):
         raise click.UsageError("--out must end in .parquet, .csv or .md")
     perturbs = tuple(CLEAN if p == CLEAN else parse_perturbation(p) for p in perturbations) or (CLEAN,)
+    if out:
+        check_writable(out)
+    if plot_dir:
+        os.makedirs(plot_dir, exist_ok=True)
+        check_writable(os.path.join(plot_dir, "roc.png"))
     where = resolve_device(device)
     sample = load_labelled(data, max_per_class=max_per_class, seed=seed, subsets=subset, split=split)
     detector = Detector.load(detector_file, device=where, pretrained=pretrained)

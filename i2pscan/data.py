@@ -85,6 +85,10 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
     try:
         st = os.stat(path)
         result.size_bytes, result.mtime = st.st_size, st.st_mtime
+        if os.path.isdir(path):
+            result.error = ("a folder that cannot be listed" if not os.access(path, os.R_OK | os.X_OK)
+                            else "a folder, not an image file")
+            return result
         if not os.path.isfile(path):
             result.error = "not a regular file"
             return result

@@ -9,6 +9,7 @@ it. Loading checks all of it before any work and refuses a mismatch in one line.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -18,7 +19,7 @@ import open_clip
 import torch
 
 from . import tensorfile
-from .backbone import TINY_BACKBONES, Backbone, load_backbone, tiny_weights_path
+from .backbone import TINY_BACKBONES, VIEWS, Backbone, load_backbone, tiny_weights_path
 from .data import CropTransform, Preprocess, decode
 from .errors import I2PError
 from .features import autocast
@@ -129,6 +130,7 @@ class Detector:
                            f"(format {tensorfile.FORMAT_VERSION}): written by a newer i2pscan?")
         if META_KEYS - set(meta):
             raise I2PError(f"{path}: metadata lacks {', '.join(sorted(META_KEYS - set(meta)))}; not a complete detector")
+        _validate(meta, tensors, path)
         recorded = meta["backbone"]
         backbone = load_backbone(recorded["name"], _weights_source(recorded, pretrained, path), device=device,
                                  quick_gelu=bool(recorded.get("model_config", {}).get("quick_gelu", False)))
@@ -183,6 +185,51 @@ class Detector:
         return out
 
 
+def _validate(meta: dict, tensors: dict[str, torch.Tensor], path: str) -> None:
+    """Types and ranges of everything scanning relies on, so that a damaged or hand-edited file is
+    refused here, in one line, rather than failing half-way through a scan."""
+
+    def bad(what: str) -> I2PError:
+        return I2PError(f"{path}: {what}; the detector file is damaged or was edited")
+
+    def number(key: str) -> float:
+        v = meta[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise bad(f"{key} is {v!r}, not a finite number")
+        return float(v)
+
+    if number("temperature") <= 0:
+        raise bad("temperature must be positive")
+    number("threshold_logit")
+    if not 0 <= number("threshold") <= 1:
+        raise bad("threshold must be a probability")
+    bb = meta["backbone"]
+    if not isinstance(bb, dict) or not isinstance(bb.get("name"), str) or not isinstance(bb.get("sha256"), str):
+        raise bad("backbone must record a name and a sha256")
+    pp = meta["preprocessing"]
+    if (not isinstance(pp, dict) or not isinstance(pp.get("crop_size"), int) or pp["crop_size"] < 1
+            or len(pp.get("mean", ())) != 3 or len(pp.get("std", ())) != 3 or not all(x > 0 for x in pp["std"])):
+        raise bad("preprocessing must give crop_size, 3 means and 3 positive stds")
+    if meta["view"] not in VIEWS:
+        raise bad(f"view {meta['view']!r} is not one of {', '.join(VIEWS)}")
+    last_block = meta["last_block"]
+    if isinstance(last_block, bool) or not isinstance(last_block, int):
+        raise bad(f"last_block is {last_block!r}, not a block number")
+    head = meta["head"]
+    if not isinstance(head, dict) or not isinstance(head.get("config"), dict):
+        raise bad("head configuration missing")
+    layers = head["config"].get("layers")
+    if not layers or not all(isinstance(b, int) and 1 <= b <= last_block for b in layers):
+        raise bad(f"head layers {layers!r} must be blocks in 1..L* = {last_block}")
+    recorded = meta["mask"].get("tensors") if isinstance(meta["mask"], dict) else None
+    present = sorted({k[len("delta."):].rsplit(".", 1)[0] for k in tensors if k.startswith("delta.")})
+    if recorded is None or sorted(recorded) != present:
+        raise bad(f"its delta tensors ({len(present)}) do not match the tuned tensors it records")
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise bad(f"tensor {key} holds NaN or infinite values")
+
+
 def _weights_source(recorded: dict, override: str | None, path: str) -> str:
     if override:
         return override
@@ -204,7 +251,10 @@ def _deltas(tensors: dict[str, torch.Tensor], path: str) -> dict[str, Delta]:
         if key.startswith("delta.") and key.endswith(".values"):
             name = key[len("delta."):-len(".values")]
             deltas[name] = Delta(tensors.get(f"delta.{name}.indices"), tensors[key])
-        elif key.startswith("delta.") and not key.endswith(".indices"):
+        elif key.startswith("delta.") and key.endswith(".indices"):
+            if key[:-len(".indices")] + ".values" not in tensors:
+                raise I2PError(f"{path}: {key} has no values")
+        elif key.startswith("delta."):
             raise I2PError(f"{path}: unexpected tensor {key}")
     return deltas
 

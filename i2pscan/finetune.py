@@ -184,7 +184,7 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
         entry = {"epoch": epoch + 1, "step": run.step, "train_loss": train_loss, **metrics,
                  "seconds": round(time.monotonic() - started, 3)}
         run.log.append(entry)
-        if metrics["val_auc"] > run.best_auc:
+        if run.best_epoch == 0 or metrics["val_auc"] > run.best_auc:  # NaN AUC: keep the first epoch
             run.best_auc, run.best_epoch = metrics["val_auc"], epoch + 1
             run.best = _snapshot(deltas, head, val_scored)
         run.epoch = epoch + 1
@@ -227,6 +227,11 @@ def _split(train: LabelledSample, val: LabelledSample | None, config: FinetuneCo
     if val is None:
         train_idx, val_idx = split_stratified(train, config.val_split, config.seed)
         train, val = train.subset(train_idx), train.subset(val_idx)
+    else:
+        shared = set(train.paths) & set(val.paths)
+        if shared:
+            raise I2PError(f"{len(shared)} validation image(s) are also training images (e.g. {min(shared)}); "
+                           f"give --val data of its own, or --split to keep only training images in DATA")
     _check_classes(train, "training")
     _check_classes(val, "validation")
     return train, val
@@ -416,6 +421,9 @@ class _Trainer:
                     if c.contrastive_weight > 0:
                         loss = loss + c.contrastive_weight * supervised_contrastive(
                             embedding, labels, c.contrastive_temperature)
+                    if not torch.isfinite(loss):
+                        raise I2PError(f"training diverged (loss {loss.item()}) in epoch {epoch + 1}, after step "
+                                       f"{run.step}: lower --lr-backbone / --lr-head")
                     (loss / c.accumulate).backward()
                     micro += 1
                     total += loss.item() * len(labels)
@@ -467,6 +475,8 @@ def predict(backbone, head, sample: LabelledSample, view: str, batch_size: int, 
 
 
 def validation_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    if not np.all(np.isfinite(logits)):
+        raise I2PError("validation scores are not finite: training diverged; lower --lr-backbone / --lr-head")
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.float64)
     both = len(set(labels.tolist())) == 2

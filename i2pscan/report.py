@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import I2PError
+from .tensorfile import check_writable
 
 SCHEMA = pa.schema([
     pa.field("path", pa.string(), nullable=False),
@@ -63,12 +64,17 @@ def mtime_of(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
+SAME_OPTIONS = ("crops", "combine", "threshold", "max_pixels", "want_hash", "perturbation")
+
+
 class ReportWriter:
     """Rows in, one Parquet report out; resumable.
 
-    ``resume``: continue from the shards (or the finished report) of an earlier scan of the same
-    detector. ``overwrite``: replace an existing report or abandoned shards. Without either, an
-    existing report or work folder is an error, so nothing is ever lost silently.
+    ``resume``: continue from the shards (and the finished report, if any) of an earlier scan with
+    the same detector and scoring options; the finished report stays where it is until the new
+    one replaces it. ``overwrite``: replace an existing report or abandoned shards. Without either,
+    an existing report or work folder is an error, so nothing is ever lost silently. One writer
+    at a time: a lock in the work folder refuses a second scan to the same report.
     """
 
     def __init__(self, path: str, meta: dict, resume: bool = False, overwrite: bool = False,
@@ -81,6 +87,7 @@ class ReportWriter:
         self._buffer: list[dict] = []
         self._last_flush = time.monotonic()
         self._done: dict[str, None] = {}
+        self._base: str | None = None  # a finished report being extended (resume)
         if resume and overwrite:
             raise I2PError("--resume and --overwrite contradict each other")
         folder = os.path.dirname(os.path.abspath(self.path))
@@ -88,6 +95,7 @@ class ReportWriter:
             raise I2PError(f"cannot write the report: folder {folder} does not exist")
         if os.path.isdir(self.path):
             raise I2PError(f"{self.path} is a folder; -o needs a file name")
+        check_writable(self.path)
         if resume:
             self._resume()
         else:
@@ -96,27 +104,39 @@ class ReportWriter:
                                f"or --overwrite to start over")
             if os.path.exists(self.path) and not overwrite:
                 raise I2PError(f"{self.path} exists: pass --overwrite to replace it, or --resume to extend it")
-            if os.path.exists(self.parts):
-                shutil.rmtree(self.parts)
         os.makedirs(self.parts, exist_ok=True)
+        self._lock = _lock(self.parts, self.path)
+        if not resume and overwrite:
+            for name in os.listdir(self.parts):
+                if name.startswith("shard-"):
+                    os.unlink(os.path.join(self.parts, name))
         self._next_shard = 1 + max([_shard_number(n) for n in os.listdir(self.parts)] or [0])
 
     def _resume(self) -> None:
-        if not os.path.exists(self.parts) and os.path.exists(self.path):
-            os.makedirs(self.parts)  # a finished report: extend it with files it does not hold yet
-            os.replace(self.path, os.path.join(self.parts, "shard-000000.parquet"))
-        if not os.path.exists(self.parts):
-            return
-        for name in sorted(os.listdir(self.parts)):
-            if not name.startswith("shard-"):
-                continue
-            shard = os.path.join(self.parts, name)
-            theirs = _read_meta(shard).get("detector_id")
-            if theirs != self.meta.get("detector_id"):
-                raise I2PError(f"cannot resume: {shard} was made by detector {str(theirs)[:12]}…, "
-                               f"this scan uses {self.meta.get('detector_id', '')[:12]}…; pass --overwrite to start over")
-            for row in pq.read_table(shard, columns=["path", "path_raw"]).to_pylist():
+        sources = []
+        if os.path.isfile(self.path):
+            self._base = self.path
+            sources.append(self.path)
+        if os.path.isdir(self.parts):
+            sources += sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts) if n.startswith("shard-"))
+        for source in sources:
+            self._check_compatible(source)
+            for row in pq.read_table(source, columns=["path", "path_raw"]).to_pylist():
                 self._done[row_key(row)] = None
+
+    def _check_compatible(self, source: str) -> None:
+        theirs = _read_meta(source)
+        if not theirs:
+            raise I2PError(f"cannot resume from {source}: it is not an i2pscan report")
+        if theirs.get("detector_id") != self.meta.get("detector_id"):
+            raise I2PError(f"cannot resume: {source} was made by detector {str(theirs.get('detector_id'))[:12]}…, "
+                           f"this scan uses {str(self.meta.get('detector_id'))[:12]}…; pass --overwrite to start over")
+        ours, old = self.meta.get("options", {}), theirs.get("options", {})
+        differs = [k for k in SAME_OPTIONS if ours.get(k) != old.get(k)]
+        if differs:
+            raise I2PError(f"cannot resume: {source} was scanned with other {', '.join(differs)} "
+                           f"({', '.join(f'{k}={old.get(k)!r}' for k in differs)}); use the same options, "
+                           f"or --overwrite to start over")
 
     @property
     def done(self) -> set[str]:
@@ -140,11 +160,22 @@ class ReportWriter:
         self._next_shard += 1
         self._buffer = []
 
+    def abandon(self) -> None:
+        """After a failure: keep what was scanned (for --resume), or leave no trace if nothing was."""
+        try:
+            self.flush()
+        finally:
+            self._lock.close()
+            if not any(n.startswith("shard-") for n in os.listdir(self.parts)):
+                shutil.rmtree(self.parts, ignore_errors=True)
+
     def close(self, order: dict[str, int], finished_meta: dict) -> pa.Table:
-        """Merge every shard into the report, sorted by ``order`` (unknown paths last), atomically."""
+        """Merge every shard (and the report being extended) into the report, sorted by ``order``
+        (unknown paths last), atomically."""
         self.flush()
         shards = sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts) if n.startswith("shard-"))
-        tables = [pq.read_table(s).replace_schema_metadata(None).cast(SCHEMA) for s in shards]
+        sources = ([self._base] if self._base else []) + shards
+        tables = [pq.read_table(s).replace_schema_metadata(None).cast(SCHEMA) for s in sources]
         table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
         keys = [row_key(r) for r in table.select(["path", "path_raw"]).to_pylist()]
         first = {}
@@ -155,8 +186,23 @@ class ReportWriter:
         table = table.take(pa.array(rows, pa.int64()))
         table = table.replace_schema_metadata({META_KEY: json.dumps({**self.meta, **finished_meta}).encode()})
         _atomic_write(table, self.path)
+        self._lock.close()
         shutil.rmtree(self.parts, ignore_errors=True)
         return table
+
+
+def _lock(parts: str, report: str):
+    handle = open(os.path.join(parts, ".lock"), "w")
+    try:
+        import fcntl
+
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # no advisory locks on this platform
+        pass
+    except OSError as exc:
+        handle.close()
+        raise I2PError(f"another scan is writing {report} right now") from exc
+    return handle
 
 
 def _shard_number(name: str) -> int:

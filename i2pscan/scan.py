@@ -50,22 +50,20 @@ def discover(inputs: Sequence[str], options: DiscoverOptions = DiscoverOptions()
              stdin: Iterable[bytes] | None = None) -> list[str]:
     """Expand files, folders (recursively, sorted) and ``-`` (paths on stdin) into a file list.
 
-    A file named explicitly is scanned whatever its extension; in folders, files are picked by
+    A file named explicitly (argument or stdin) is scanned whatever its extension; in folders, files are picked by
     extension (case-insensitive), hidden names are skipped unless ``hidden``, symlinks are not
     followed unless ``follow_symlinks`` (then without loops), and ``exclude`` globs match the path
     below the folder or the bare name. Each file appears once. Raises I2PError, before any work,
-    for an input that does not exist.
+    for an argument that does not exist; a missing path read from stdin, or a folder that cannot
+    be listed, is kept so that it becomes an error row.
     """
     found: dict[str, None] = {}
-    expanded: list[str] = []
     for item in inputs:
-        if item == "-":
-            expanded.extend(_stdin_paths(stdin))
-        else:
-            expanded.append(item)
-    for path in expanded:
-        if not os.path.lexists(path):
-            raise I2PError(f"no such file or folder: {path}")
+        if item != "-" and not os.path.lexists(item):
+            raise I2PError(f"no such file or folder: {item}")
+    expanded: list[str] = []
+    for item in inputs:  # paths read from stdin are data: one that is missing becomes an error row
+        expanded.extend(_stdin_paths(stdin) if item == "-" else [item])
     extensions = tuple(e.lower().lstrip(".") for e in options.extensions)
     for path in expanded:
         if os.path.isdir(path) and (options.follow_symlinks or not os.path.islink(path) or path.endswith(os.sep)):
@@ -97,6 +95,7 @@ def _walk(root: str, extensions: tuple[str, ...], options: DiscoverOptions) -> I
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
             console.warn(f"cannot list {folder}: {exc.strerror or exc}")
+            yield folder  # an error row, so that the scan's exit code says something was unreadable
             return
         for entry in entries:
             name = entry.name
@@ -221,8 +220,10 @@ def _batch_logits(detector: Detector, batch: Batch, options: ScanOptions) -> dic
 def _row(path: str, item: Item, scored: tuple[float, float] | None, cut: float) -> dict:
     info = item.info
     text, raw = path_columns(path)
-    ok = scored is not None and info.error is None
+    ok = scored is not None and info.error is None and math.isfinite(scored[0])
     logit, score = scored if ok else (None, None)
+    if scored is not None and not ok and info.error is None:
+        info.error = "the model gave a non-finite score"
     return {
         "path": text,
         "path_raw": raw,

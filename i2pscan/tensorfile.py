@@ -35,11 +35,27 @@ def write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor], 
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise I2PError now, not after hours of work, if ``path`` cannot be created (its folder is
+    missing or not writable)."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise I2PError(f"cannot write {os.fspath(path)}: folder {folder} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".i2pscan-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise I2PError(f"cannot write in {folder}: {exc.strerror or exc}") from exc
 
 
 def read_meta(path: str | os.PathLike, kinds: tuple[str, ...]) -> tuple[str, dict]:

@@ -75,7 +75,7 @@ def test_bad_files_give_errors_not_exceptions(tmp_path):
     assert decode(str(empty)).error == "empty file"
     assert decode(str(text)).error.startswith("not an image")
     assert decode(str(tmp_path / "missing.jpg")).error.startswith("file not found")
-    assert decode(str(tmp_path)).error == "not a regular file"
+    assert decode(str(tmp_path)).error == "a folder, not an image file"
 
 
 def test_decompression_bomb_is_refused(tmp_path):
