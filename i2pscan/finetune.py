@@ -570,11 +570,9 @@ def _counts(sample: LabelledSample) -> dict:
 
 
 def _write_log(path: str, log: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
+    with tensorfile.atomic_path(path) as tmp, open(tmp, "w") as fh:
         for entry in log:
             fh.write(json.dumps(entry) + "\n")
-    os.replace(tmp, path)
 
 
 # -- checkpoints: safetensors tensors + JSON, written after every epoch -------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -31,10 +33,20 @@ def write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor], 
     os.makedirs(folder, exist_ok=True)
     metadata = {_KIND: kind, _FORMAT: str(FORMAT_VERSION), _META: json.dumps(meta, sort_keys=True)}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary name beside ``path`` to write to; on success it is synced and renamed over
+    ``path``, on failure removed. Readers see the old file or the whole new one, never half."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -94,3 +94,16 @@ def detector_file(tmp_path_factory, toy_dir) -> Path:
                             augment=Augment(blur_p=0.1, jpeg_p=0.1, jpeg_quality=(80, 100)), lr_backbone=1e-3))
     console.set_quiet(False)
     return out
+
+
+def tamper_detector(src, dst, meta_edit=None, tensor_edit=None):
+    """Copy a detector file with its metadata and/or tensors edited in place by the callbacks."""
+    from i2pscan import tensorfile
+
+    kind, meta, tensors = tensorfile.read(src, ("detector",))
+    if meta_edit:
+        meta_edit(meta)
+    if tensor_edit:
+        tensor_edit(tensors)
+    tensorfile.write(dst, kind, tensors, meta)
+    return dst

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from i2pscan import tensorfile
+from conftest import tamper_detector
 from i2pscan.detector import Detector
 
 
@@ -74,15 +74,6 @@ def test_finetune_errors(trained, toy_dir, run_cli, tmp_path, case, message):
     assert message in r.stderr
 
 
-def _tamper(src, dst, edit_meta=None, edit_tensors=None):
-    kind, meta, tensors = tensorfile.read(src, ("detector",))
-    if edit_meta:
-        edit_meta(meta)
-    if edit_tensors:
-        edit_tensors(tensors)
-    tensorfile.write(dst, kind, tensors, meta)
-
-
 @pytest.mark.parametrize("case,message", [
     ("sha", "backbone weights differ"),
     ("unknown-key", "unknown metadata key"),
@@ -94,14 +85,14 @@ def test_detector_load_refuses_tampered_files(trained, tmp_path, case, message):
     src, dst = trained / "det.safetensors", tmp_path / "bad.safetensors"
     name = "transformer.resblocks.0.mlp.c_fc.weight"
     edits = {
-        "sha": dict(edit_meta=lambda m: m["backbone"].update(sha256="0" * 64)),
-        "unknown-key": dict(edit_meta=lambda m: m.update(surprise=1)),
-        "indices": dict(edit_tensors=lambda t: t.update({f"delta.{name}.indices": torch.tensor([10**7], dtype=torch.int32),
+        "sha": dict(meta_edit=lambda m: m["backbone"].update(sha256="0" * 64)),
+        "unknown-key": dict(meta_edit=lambda m: m.update(surprise=1)),
+        "indices": dict(tensor_edit=lambda t: t.update({f"delta.{name}.indices": torch.tensor([10**7], dtype=torch.int32),
                                                          f"delta.{name}.values": torch.tensor([1.0])})),
-        "head": dict(edit_tensors=lambda t: t.pop("head.gate")),
-        "last-block": dict(edit_meta=lambda m: m.update(last_block=99)),
+        "head": dict(tensor_edit=lambda t: t.pop("head.gate")),
+        "last-block": dict(meta_edit=lambda m: m.update(last_block=99)),
     }[case]
-    _tamper(src, dst, **edits)
+    tamper_detector(src, dst, **edits)
     from i2pscan.errors import I2PError
     with pytest.raises(I2PError, match=message):
         Detector.load(dst)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from i2pscan import tensorfile
+from conftest import tamper_detector
 from i2pscan.data import save_image
 from i2pscan.detector import Detector
 from i2pscan.errors import I2PError
@@ -19,16 +19,6 @@ def _img(path, seed=0):
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(np.random.default_rng(seed).integers(0, 255, (70, 70, 3), dtype=np.uint8), path)
     return path
-
-
-def _tamper(src, dst, meta_edit=None, tensor_edit=None):
-    kind, meta, tensors = tensorfile.read(src, ("detector",))
-    if meta_edit:
-        meta_edit(meta)
-    if tensor_edit:
-        tensor_edit(tensors)
-    tensorfile.write(dst, kind, tensors, meta)
-    return dst
 
 
 @pytest.mark.parametrize("case,message", [
@@ -52,7 +42,7 @@ def test_damaged_detector_fields_are_refused_at_load(detector_file, tmp_path, ru
         "nan": dict(tensor_edit=lambda t: t.update({"head.gate": torch.full_like(t["head.gate"], float("nan"))})),
         "preprocessing": dict(meta_edit=lambda m: m.update(preprocessing={})),
     }[case]
-    bad = _tamper(detector_file, tmp_path / "bad.safetensors", **edits)
+    bad = tamper_detector(detector_file, tmp_path / "bad.safetensors", **edits)
     with pytest.raises(I2PError, match=message):
         Detector.load(bad)
     _img(tmp_path / "in" / "a.png")
