@@ -20,7 +20,7 @@ import open_clip
 import torch
 from open_clip.transformer import VisionTransformer
 
-from .errors import I2PError
+from .errors import I2PError, one_line
 
 DEFAULT_BACKBONE = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
@@ -188,7 +188,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: str | None = "defaul
                 logging.disable(logging.NOTSET)
     except Exception as exc:  # open_clip raises RuntimeError; a damaged file raises whatever its reader raises
         if is_file:
-            raise I2PError(f"cannot load weights {pretrained} into {name}: {_first_line(exc)}") from exc
+            raise I2PError(f"cannot load weights {pretrained} into {name}: {one_line(exc, 200)}") from exc
         raise I2PError(
             f"cannot fetch the {name} weights {pretrained!r} (offline?): download them once on a machine "
             f"with internet (they are cached), or pass --pretrained PATH to a local weights file"
@@ -264,7 +264,3 @@ def resolve_device(spec: str = "auto") -> torch.device:
 def default_batch_size(device: torch.device) -> int:
     return 128 if device.type == "cuda" else 32
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -13,7 +13,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import I2PError
+from .errors import I2PError, one_line
 
 EXIT_CLEAN, EXIT_FLAGGED, EXIT_ERROR, EXIT_UNREADABLE = 0, 1, 2, 3
 
@@ -88,8 +88,8 @@ def _command(f):
         except Exception as exc:  # a bug or an environment problem: still one line and exit 2, never 1 ("flagged")
             if os.environ.get("I2PSCAN_DEBUG"):
                 raise
-            text = " ".join(str(exc).split())[:300]
-            raise UserError(f"internal error: {type(exc).__name__}: {text} (set I2PSCAN_DEBUG=1 for the traceback)") from exc
+            raise UserError(f"internal error: {one_line(exc, 300)} "
+                            f"(set I2PSCAN_DEBUG=1 for the traceback)") from exc
 
     return wrapper
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageCms, ImageFilter, ImageOps, UnidentifiedImageError
 
-from .errors import I2PError
+from .errors import I2PError, one_line
 
 try:  # HEIC/HEIF only where the optional decoder is installed (pip install i2pscan[heif])
     import pillow_heif
@@ -121,7 +121,7 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
     except MemoryError:
         result.error = "out of memory while decoding"
     except Exception as exc:  # a corrupt file can raise anything from a decoder
-        result.error = _one_line(exc)
+        result.error = one_line(exc)
     if result.error:
         result.image = None
     return result
@@ -235,14 +235,6 @@ def _deadline(seconds: float | None) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    name = type(exc).__name__
-    if not text:
-        return name
-    return text if name in ("OSError", "ValueError", "SyntaxError") else f"{name}: {text}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,7 +441,7 @@ class ImageFiles(torch.utils.data.Dataset):
                 image = perturb(info.image, self.perturbation) if self.perturbation else info.image
                 pixels = self.transform(image, index)
             except Exception as exc:
-                info.error = f"preprocessing failed: {_one_line(exc)}"
+                info.error = f"preprocessing failed: {one_line(exc)}"
         info.image = None
         return Item(index=index, pixels=pixels, info=info)
 
@@ -627,7 +619,7 @@ def _read_manifest(path: str) -> list[LabelledImage]:
 
             rows = pq.read_table(path).to_pylist()
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
-        raise I2PError(f"cannot read manifest {path}: {_one_line(exc)}") from exc
+        raise I2PError(f"cannot read manifest {path}: {one_line(exc)}") from exc
     if not rows or "path" not in rows[0] or "label" not in rows[0]:
         raise I2PError(f"manifest {path} needs columns path,label[,subset]")
     default_subset = os.path.splitext(os.path.basename(path))[0]

@@ -32,7 +32,7 @@ from .data import (
     loader,
 )
 from .detector import Detector
-from .errors import I2PError
+from .errors import I2PError, one_line
 from .report import ReportWriter, mtime_of, path_columns
 
 COMBINE = ("mean", "max")
@@ -280,7 +280,7 @@ def robust_batches(dataset: ImageFiles, batch_size: int, workers: int, pin_memor
                 raise
             suspects = pending[position:position + in_flight]
             pending = pending[position + in_flight:]
-            console.warn(f"a decoding worker failed ({_one_line(exc)}); retrying {len(suspects)} file(s) one by one")
+            console.warn(f"a decoding worker failed ({one_line(exc, 160)}); retrying {len(suspects)} file(s) one by one")
             for index in suspects:
                 yield _alone(dataset, index, pin_memory, timeout_s)
 
@@ -301,6 +301,3 @@ def _alone(dataset: ImageFiles, index: int, pin_memory: bool, timeout_s: float) 
         pass
     return collate([Item(index=index, pixels=None, info=info)])
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:160]
