@@ -92,12 +92,13 @@ class Backbone:
 
     def identity(self) -> dict:
         """Backbone identity as written into files: name, weights source and hash, config."""
-        pretrained = self.pretrained
+        pretrained, local = self.pretrained, None
         if pretrained and os.path.isfile(pretrained):
-            pretrained = os.path.basename(pretrained)
+            pretrained, local = os.path.basename(pretrained), os.path.abspath(pretrained)
         return {
             "name": self.name,
             "pretrained": pretrained,
+            "pretrained_path": local,
             "sha256": self.sha256,
             "num_blocks": self.num_blocks,
             "width": self.width,
@@ -219,6 +220,26 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: str | None = "defaul
     del model  # the text tower is never used
     visual.to(resolve_device(device) if isinstance(device, str) else device)
     return backbone
+
+
+def recorded_weights(identity: dict, override: str | None = None) -> str:
+    """Where to find the weights a calibration or detector file records (its ``backbone``
+    identity): ``override`` if given, the shipped file of a tiny backbone, the open_clip tag, or
+    the local file it was made from if that file is still there. Raises I2PError otherwise."""
+    if override:
+        return override
+    name, tag = identity["name"], identity.get("pretrained")
+    if name in TINY_BACKBONES and tag == tiny_weights_path(name).name:
+        return str(tiny_weights_path(name))
+    if tag and open_clip.get_pretrained_cfg(name, tag):
+        return tag
+    local = identity.get("pretrained_path")
+    if local and os.path.isfile(local):
+        return local
+    if tag is None:
+        raise I2PError(f"the {name} weights were a random initialisation; pass --pretrained PATH to a weights file")
+    raise I2PError(f"the {name} weights were a local file ({tag}) that is not here; "
+                   f"pass --pretrained PATH to that file")
 
 
 def weights_sha256(module: torch.nn.Module) -> str:

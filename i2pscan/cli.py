@@ -235,7 +235,7 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
     threshold at --target-fpr, and writes the detector to --out. Ctrl-C leaves a checkpoint;
     run again with --resume to continue.
     """
-    from .backbone import default_batch_size, load_backbone, resolve_device
+    from .backbone import default_batch_size, load_backbone, recorded_weights, resolve_device
     from .calibrate import Calibration
     from .data import default_workers, load_labelled
     from .finetune import FinetuneConfig, checkpoint_path, finetune as run_finetune, plan_mask
@@ -254,7 +254,7 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
     cal = Calibration.load(calibration_file)
     train = load_labelled(data, max_per_class=max_per_class, seed=seed, subsets=subset, split=split)
     val = load_labelled(val_data, subsets=subset) if val_data else None
-    model = load_backbone(cal.backbone["name"], pretrained or _calibration_weights(cal), device=where,
+    model = load_backbone(cal.backbone["name"], recorded_weights(cal.backbone, pretrained), device=where,
                           quick_gelu=cal.backbone["model_config"].get("quick_gelu"))
     if dry_run:
         plan_mask(model, cal, train, config, val=val)
@@ -270,16 +270,6 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
     _log(f"detector written to {out} ({os.path.getsize(out):,} bytes): best epoch "
          f"{result.meta['training']['best_epoch']}, validation AUC {v['val_auc']:.4f}, "
          f"threshold {result.meta['threshold']:.4f}")
-
-
-def _calibration_weights(cal) -> str:
-    """The weights a calibration was made with: its tag, or the shipped file of a tiny backbone."""
-    from .backbone import TINY_BACKBONES, tiny_weights_path
-
-    name, tag = cal.backbone["name"], cal.backbone.get("pretrained")
-    if name in TINY_BACKBONES and tag == tiny_weights_path(name).name:
-        return str(tiny_weights_path(name))
-    return tag or "default"
 
 
 @cli.command()

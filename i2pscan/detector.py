@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import open_clip
 import torch
 
 from . import tensorfile
-from .backbone import TINY_BACKBONES, VIEWS, Backbone, load_backbone, tiny_weights_path
+from .backbone import VIEWS, Backbone, load_backbone, recorded_weights
 from .data import CropTransform, Preprocess, decode
 from .errors import I2PError
 from .features import autocast
@@ -132,7 +131,7 @@ class Detector:
             raise I2PError(f"{path}: metadata lacks {', '.join(sorted(META_KEYS - set(meta)))}; not a complete detector")
         _validate(meta, tensors, path)
         recorded = meta["backbone"]
-        backbone = load_backbone(recorded["name"], _weights_source(recorded, pretrained, path), device=device,
+        backbone = load_backbone(recorded["name"], recorded_weights(recorded, pretrained), device=device,
                                  quick_gelu=bool(recorded.get("model_config", {}).get("quick_gelu", False)))
         if backbone.sha256 != recorded["sha256"]:
             raise I2PError(f"{path}: backbone weights differ from those it was trained on "
@@ -228,21 +227,6 @@ def _validate(meta: dict, tensors: dict[str, torch.Tensor], path: str) -> None:
     for key, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise bad(f"tensor {key} holds NaN or infinite values")
-
-
-def _weights_source(recorded: dict, override: str | None, path: str) -> str:
-    if override:
-        return override
-    name, tag = recorded["name"], recorded.get("pretrained")
-    if name in TINY_BACKBONES and tag == tiny_weights_path(name).name:
-        return str(tiny_weights_path(name))
-    if tag and open_clip.get_pretrained_cfg(name, tag):
-        return tag
-    local = recorded.get("pretrained_path")
-    if local and os.path.isfile(local):
-        return local
-    raise I2PError(f"{path} was trained on {name} weights from a local file ({tag}); "
-                   f"pass --pretrained PATH to that file")
 
 
 def _deltas(tensors: dict[str, torch.Tensor], path: str) -> dict[str, Delta]:

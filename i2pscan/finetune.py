@@ -533,8 +533,7 @@ def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, 
     return {
         "i2pscan_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "backbone": {**backbone.identity(), "pretrained_path": os.path.abspath(backbone.pretrained)
-                     if backbone.pretrained and os.path.isfile(backbone.pretrained) else None},
+        "backbone": backbone.identity(),
         "preprocessing": backbone.preprocessing(),
         "view": calibration.view,
         "last_block": calibration.last_block,

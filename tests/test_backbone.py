@@ -109,3 +109,17 @@ def test_device_resolution_honours_or_refuses():
             resolve_device("cuda:0")
     with pytest.raises(I2PError, match="expected auto"):
         resolve_device("tpu")
+
+
+def test_recorded_weights_resolve_tiny_local_and_missing(tmp_path, tiny_backbone):
+    from i2pscan.backbone import recorded_weights
+
+    assert recorded_weights(tiny_backbone.identity()) == str(tiny_weights_path("i2p-tiny"))
+    copy = tmp_path / "mine.safetensors"
+    copy.write_bytes(tiny_weights_path("i2p-tiny").read_bytes())
+    identity = load_backbone("i2p-tiny", str(copy)).identity()
+    assert identity["pretrained"] == "mine.safetensors" and recorded_weights(identity) == str(copy)
+    copy.unlink()
+    with pytest.raises(I2PError, match="pass --pretrained PATH"):
+        recorded_weights(identity)
+    assert recorded_weights(identity, "elsewhere.safetensors") == "elsewhere.safetensors"
