@@ -57,6 +57,11 @@ def _scoring_options(f):
     return f
 
 
+def _run_options(f):
+    """Where and how a job runs: --device, --batch-size, --workers, --quiet."""
+    return _device_option(_loader_options(_quiet_option(f)))
+
+
 def _quiet_option(f):
     return click.option("-q", "--quiet", is_flag=True, help="No progress or log lines on stderr.")(f)
 
@@ -136,9 +141,7 @@ def cli():
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="PNG",
               help="Also draw AUC and importance per layer into a PNG (needs matplotlib).")
 @_seed_option
-@_device_option
-@_loader_options
-@_quiet_option
+@_run_options
 @_command
 def calibrate(data, out, backbone, pretrained, top_k, gamma, folds, view, max_per_class, subset, split, plot, seed,
               device, batch_size, workers, quiet):
@@ -219,9 +222,7 @@ def calibrate(data, out, backbone, pretrained, top_k, gamma, folds, view, max_pe
 @click.option("--dry-run", is_flag=True, help="Choose the mask, print what would be tuned, and stop.")
 @_sample_options
 @_seed_option
-@_device_option
-@_loader_options
-@_quiet_option
+@_run_options
 @_command
 def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, max_steps, accumulate, lr_backbone,
              lr_head, weight_decay, warmup_steps, contrastive_weight, val_data, val_split, target_fpr,
@@ -294,9 +295,7 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
               help="Refuse images larger than this many pixels as decompression bombs [default: 178,956,970].")
 @click.option("--flush-rows", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Rows per report shard: at most this many files are scanned again after a kill.")
-@_device_option
-@_loader_options
-@_quiet_option
+@_run_options
 @_command
 def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, null, threshold, crops, combine,
          want_hash, extensions, exclude, hidden, follow_symlinks, max_pixels, pretrained, flush_rows, device,
@@ -412,9 +411,7 @@ def _row_printer(fmt: str, flagged_only: bool, null: bool, stop_when_closed: boo
                    "(clean); repeatable, one evaluation each.")
 @_sample_options
 @_seed_option
-@_device_option
-@_loader_options
-@_quiet_option
+@_run_options
 @_command
 def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops, combine, pretrained, max_per_class,
              subset, split, seed, device, batch_size, workers, quiet):

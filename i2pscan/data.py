@@ -535,9 +535,6 @@ class LabelledSample:
     def subset(self, keep: Sequence[int]) -> "LabelledSample":
         return LabelledSample([self.items[i] for i in keep], self.source)
 
-    def drop(self, paths: set[str]) -> "LabelledSample":
-        return LabelledSample([it for it in self.items if it.path not in paths], self.source)
-
 
 def load_labelled(source: str | os.PathLike, max_per_class: int | None = None, seed: int = 0,
                   subsets: Sequence[str] | None = None, split: str | None = None) -> LabelledSample:

@@ -21,6 +21,7 @@ from . import console
 from .data import LabelledSample
 from .detector import Detector
 from .errors import I2PError
+from .report import row_key
 from .scan import ScanOptions, scan, threshold_logit
 
 METRICS = ("acc_real", "acc_fake", "acc", "acc_real_05", "acc_fake_05", "acc_05", "ap", "auc", "oracle_acc",
@@ -88,17 +89,13 @@ def evaluate(detector: Detector, sample: LabelledSample, options: ScanOptions = 
         errors: dict[str, int] = {}
         for r in collected:
             if r["verdict"] == "error":
-                errors[subset_of[_key(r)]] = errors.get(subset_of[_key(r)], 0) + 1
-        s = Scores(perturbation, np.asarray([subset_of[_key(r)] for r in ok]),
-                   np.asarray([label_of[_key(r)] for r in ok], np.int64),
+                errors[subset_of[row_key(r)]] = errors.get(subset_of[row_key(r)], 0) + 1
+        s = Scores(perturbation, np.asarray([subset_of[row_key(r)] for r in ok]),
+                   np.asarray([label_of[row_key(r)] for r in ok], np.int64),
                    np.asarray([r["logit"] for r in ok], np.float64), errors)
         all_scores.append(s)
         rows.extend(_rows(s, cut))
     return EvalResult(rows, all_scores, cut)
-
-
-def _key(row: dict) -> str:
-    return os.fsdecode(row["path_raw"]) if row.get("path_raw") is not None else row["path"]
 
 
 def _rows(s: Scores, cut: float) -> list[dict]:

@@ -390,7 +390,6 @@ class _Trainer:
         self.layers = list(head.config.layers)
         preprocess = Preprocess.from_dict(backbone.preprocessing())
         self.transform = TrainTransform(preprocess, config.augment, config.seed)
-        self.val_transform = CropTransform(preprocess, 1)
         self.failures: dict[str, str] = {}
 
     def _forward(self, pixels):
@@ -447,31 +446,24 @@ class _Trainer:
     @torch.no_grad()
     def validate(self) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
         logits, labels = predict(self.backbone, self.head, self.val, self.view, self.config.batch_size,
-                                 self.config.workers, self.val_transform, "validate")
+                                 self.config.workers)
         self.head.train()
         return validation_metrics(logits, labels), (logits, labels)
 
 
 @torch.no_grad()
-def predict(backbone, head, sample: LabelledSample, view: str, batch_size: int, workers: int, transform,
-            description: str) -> tuple[np.ndarray, np.ndarray]:
+def predict(backbone, head, sample: LabelledSample, view: str, batch_size: int, workers: int,
+            description: str = "validate") -> tuple[np.ndarray, np.ndarray]:
     """Head logits and labels of the images in ``sample`` that decode (centre crop)."""
     head.eval()
-    device = backbone.device
-    logits, labels = [], []
-    dataset = ImageFiles(sample.paths, transform)
-    with parametrize.cached(), console.progress(len(dataset), description) as bar:
-        for batch in loader(dataset, batch_size, workers, pin_memory=device.type == "cuda"):
-            if batch.pixels is not None:
-                with autocast(device):
-                    out, _ = head(backbone.taps(batch.pixels.to(device, non_blocking=True), list(head.config.layers),
-                                                view))
-                logits.append(out.float().cpu())
-                labels.extend(int(sample.labels[batch.items[i].index]) for i in batch.ok)
-            bar.advance(len(batch.items))
-    if not logits:
+    layers = list(head.config.layers)
+    with parametrize.cached():
+        ex = extract(backbone, sample.paths, layers, view, batch_size, workers, description=description)
+    if not ex.kept:
         raise I2PError("none of the validation images could be decoded")
-    return torch.cat(logits).numpy(), np.asarray(labels)
+    logits = [head({b: ex.features[b][i:i + batch_size].to(backbone.device) for b in layers})[0].float().cpu()
+              for i in range(0, len(ex.kept), batch_size)]
+    return torch.cat(logits).numpy(), sample.labels[ex.kept]
 
 
 def validation_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:

@@ -89,9 +89,6 @@ class ReportWriter:
         self._base: str | None = None  # a finished report being extended (resume)
         if resume and overwrite:
             raise I2PError("--resume and --overwrite contradict each other")
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            raise I2PError(f"cannot write the report: folder {folder} does not exist")
         if os.path.isdir(self.path):
             raise I2PError(f"{self.path} is a folder; -o needs a file name")
         check_writable(self.path)
