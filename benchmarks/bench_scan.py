@@ -28,7 +28,8 @@ import torch
 from _table import machine, print_table
 from i2pscan import console
 from i2pscan.backbone import load_backbone, resolve_device
-from i2pscan.data import CropTransform, ImageFiles, Preprocess, default_workers, loader, save_image
+from i2pscan.decode import CropTransform, Preprocess, save_image
+from i2pscan.pool import default_workers, ImageFiles, loader
 from i2pscan.detector import Detector
 from i2pscan.head import DetectorHead, HeadConfig
 from i2pscan.scan import ScanOptions, scan

@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 from . import __version__, console, tensorfile
 from .backbone import VIEWS, Backbone
-from .data import LabelledSample
+from .samples import LabelledSample
 from .errors import I2PError
 from .features import extract
 

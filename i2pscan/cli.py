@@ -155,7 +155,8 @@ def calibrate(data, out, backbone, pretrained, top_k, gamma, folds, view, max_pe
     from . import calibrate as cal_mod
     from .backbone import default_batch_size, load_backbone, resolve_device
     from .tensorfile import check_writable
-    from .data import default_workers, load_labelled
+    from .pool import default_workers
+    from .samples import load_labelled
 
     check_writable(out)
     if plot:
@@ -238,7 +239,8 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
     """
     from .backbone import default_batch_size, load_backbone, recorded_weights, resolve_device
     from .calibrate import Calibration
-    from .data import default_workers, load_labelled
+    from .pool import default_workers
+    from .samples import load_labelled
     from .finetune import FinetuneConfig, checkpoint_path, finetune as run_finetune, plan_mask
     from .tensorfile import check_writable
 
@@ -311,7 +313,8 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     """
     from . import scan as scan_mod
     from .backbone import default_batch_size, resolve_device
-    from .data import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, default_workers
+    from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+    from .pool import default_workers
     from .detector import Detector
     from .report import ReportWriter, verdict_counts
 
@@ -424,7 +427,9 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops
     the unweighted mean over subsets.
     """
     from .backbone import default_batch_size, resolve_device
-    from .data import default_workers, load_labelled, parse_perturbation
+    from .augment import parse_perturbation
+    from .pool import default_workers
+    from .samples import load_labelled
     from .detector import Detector
     from .evaluate import CLEAN, evaluate as run_evaluate, plot, print_result, write_result
     from .tensorfile import check_writable

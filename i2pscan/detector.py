@@ -19,7 +19,7 @@ import torch
 
 from . import tensorfile
 from .backbone import VIEWS, Backbone, load_backbone, recorded_weights
-from .data import CropTransform, Preprocess, decode
+from .decode import CropTransform, decode, Preprocess
 from .errors import I2PError
 from .features import autocast
 from .head import DetectorHead, HeadConfig

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from . import console
-from .data import LabelledSample
+from .samples import LabelledSample
 from .detector import Detector
 from .errors import I2PError
 from .report import row_key

@@ -10,7 +10,8 @@ import torch
 
 from . import console
 from .backbone import Backbone
-from .data import CropTransform, ImageFiles, Preprocess, loader
+from .decode import CropTransform, Preprocess
+from .pool import ImageFiles, loader
 
 
 @dataclass

@@ -24,7 +24,10 @@ from torch.nn.utils import parametrize
 from . import __version__, console, tensorfile
 from .backbone import Backbone
 from .calibrate import Calibration
-from .data import Augment, CropTransform, ImageFiles, LabelledSample, Preprocess, TrainTransform, loader, split_stratified
+from .augment import Augment, TrainTransform
+from .decode import CropTransform, Preprocess
+from .pool import ImageFiles, loader
+from .samples import LabelledSample, split_stratified
 from .detector import Delta, write_detector
 from .errors import I2PError
 from .features import autocast, extract

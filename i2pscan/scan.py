@@ -19,18 +19,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from . import __version__, console
-from .data import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
-    PREFETCH_FACTOR,
-    Batch,
-    CropTransform,
-    Decoded,
-    ImageFiles,
-    Item,
-    collate,
-    loader,
-)
+from .decode import CropTransform, Decoded, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from .pool import Batch, collate, ImageFiles, Item, loader, PREFETCH_FACTOR
 from .detector import Detector
 from .errors import I2PError, one_line
 from .report import ReportWriter, mtime_of, path_columns

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import save_image
+from .decode import save_image
 from .errors import I2PError
 
 GENERATORS = ("tconv", "pixelshuffle", "bilinear")

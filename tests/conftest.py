@@ -50,7 +50,7 @@ def corpus() -> Path:
 
 def write_corrupt_files(folder: Path) -> list[Path]:
     """A truncated JPEG, an empty file, a text file named .png; returns their paths."""
-    from i2pscan.data import save_image
+    from i2pscan.decode import save_image
     import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,8 @@ def detector_file(tmp_path_factory, toy_dir) -> Path:
     from i2pscan import console
     from i2pscan.backbone import load_backbone
     from i2pscan.calibrate import CalibrateConfig, calibrate
-    from i2pscan.data import Augment, load_labelled
+    from i2pscan.augment import Augment
+    from i2pscan.samples import load_labelled
     from i2pscan.finetune import FinetuneConfig, finetune
 
     console.set_quiet(True)

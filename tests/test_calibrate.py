@@ -12,7 +12,7 @@ from i2pscan.calibrate import (
     importance_weights,
     score_layers,
 )
-from i2pscan.data import load_labelled
+from i2pscan.samples import load_labelled
 from i2pscan.errors import I2PError
 
 
@@ -82,7 +82,7 @@ def test_calibration_round_trip_and_determinism(tmp_path, toy_dir, tiny_backbone
 def test_calibrate_skips_corrupt_files(tmp_path, toy_dir, tiny_backbone):
     sample = load_labelled(toy_dir / "tconv" / "train", max_per_class=20)
     bad = write_corrupt_files(tmp_path / "fake")
-    from i2pscan.data import LabelledImage, LabelledSample
+    from i2pscan.samples import LabelledImage, LabelledSample
 
     mixed = LabelledSample(sample.items + [LabelledImage(str(p), 1, "train") for p in bad], sample.source)
     cal = calibrate(tiny_backbone, mixed, CalibrateConfig(folds=3))
@@ -92,7 +92,7 @@ def test_calibrate_skips_corrupt_files(tmp_path, toy_dir, tiny_backbone):
 
 def test_too_few_decodable_images_is_an_error(tmp_path, tiny_backbone):
     bad = write_corrupt_files(tmp_path / "fake")
-    from i2pscan.data import LabelledImage, LabelledSample
+    from i2pscan.samples import LabelledImage, LabelledSample
 
     sample = LabelledSample([LabelledImage(str(p), 1, "x") for p in bad] + [LabelledImage(str(bad[0]), 0, "x")],
                             str(tmp_path))

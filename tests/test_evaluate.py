@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from i2pscan.data import save_image
+from i2pscan.decode import save_image
 from i2pscan.detector import Detector
 from i2pscan.evaluate import CLEAN, METRICS, evaluate, metrics, plot, write_result
 from i2pscan.scan import ScanOptions
@@ -53,7 +53,7 @@ def controlled(tmp_path, detector_file, monkeypatch):
 
 def test_evaluate_gives_exactly_the_expected_metrics(controlled):
     detector, root, truth = controlled
-    from i2pscan.data import load_labelled
+    from i2pscan.samples import load_labelled
 
     result = evaluate(detector, load_labelled(root), ScanOptions(workers=0))
     rows = {r["subset"]: r for r in result.rows}
@@ -75,7 +75,7 @@ def test_evaluate_gives_exactly_the_expected_metrics(controlled):
 
 def test_outputs_and_plots(controlled, tmp_path):
     detector, root, _ = controlled
-    from i2pscan.data import load_labelled
+    from i2pscan.samples import load_labelled
 
     result = evaluate(detector, load_labelled(root), ScanOptions(workers=0), (CLEAN, "blur:2"))
     assert {r["perturbation"] for r in result.rows} == {"none", "blur:2"}

@@ -7,7 +7,8 @@ from safetensors import safe_open
 
 from i2pscan.backbone import load_backbone
 from i2pscan.calibrate import CalibrateConfig, calibrate
-from i2pscan.data import Augment, load_labelled
+from i2pscan.augment import Augment
+from i2pscan.samples import load_labelled
 from i2pscan.detector import Detector
 from i2pscan.errors import I2PError
 from i2pscan.finetune import FinetuneConfig, finetune, fit_temperature, log_path, plan_mask, threshold_at_fpr
@@ -158,7 +159,8 @@ def test_batched_sensitivity_matches_per_sample_estimate(toy_dir):
     backbone = load_backbone("i2p-tiny")
     params = eligible_parameters(backbone, 2)
     paths = load_labelled(toy_dir / "pixelshuffle" / "train", max_per_class=8).paths
-    from i2pscan.data import CropTransform, ImageFiles, Preprocess, collate
+    from i2pscan.decode import CropTransform, Preprocess
+    from i2pscan.pool import collate, ImageFiles
 
     pp = Preprocess.from_dict(backbone.preprocessing())
     ds = ImageFiles(paths, CropTransform(pp, 1))

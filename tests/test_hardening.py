@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import tamper_detector
-from i2pscan.data import save_image
+from i2pscan.decode import save_image
 from i2pscan.detector import Detector
 from i2pscan.errors import I2PError
 
@@ -121,7 +121,7 @@ def test_missing_paths_on_stdin_and_unwritable_outputs(detector_file, tmp_path, 
 def test_finetune_refuses_overlap_and_reports_divergence(tmp_path, toy_dir):
     from i2pscan.backbone import load_backbone
     from i2pscan.calibrate import CalibrateConfig, calibrate
-    from i2pscan.data import load_labelled
+    from i2pscan.samples import load_labelled
     from i2pscan.finetune import FinetuneConfig, finetune
 
     sample = load_labelled(toy_dir / "tconv" / "train", max_per_class=16)

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from i2pscan.data import save_image
+from i2pscan.decode import save_image
 from i2pscan.errors import I2PError
 from i2pscan.scan import DiscoverOptions, discover
 
@@ -164,7 +164,7 @@ def test_robustness_corpus_one_row_per_file(tmp_path, corpus, detector_file, run
 def test_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file, run_cli, monkeypatch, chdir):
     for i in range(12):
         _img(tmp_path / "d" / f"{i:02d}.png", seed=i)
-    import i2pscan.data as data
+    import i2pscan.pool as data
 
     real_decode = data.decode
 

@@ -7,18 +7,10 @@ import torch
 from PIL import Image
 
 from conftest import write_corrupt_files
-from i2pscan.data import (
-    Augment,
-    CropTransform,
-    ImageFiles,
-    Preprocess,
-    TrainTransform,
-    collate,
-    crop_origins,
-    decode,
-    load_labelled,
-    split_stratified,
-)
+from i2pscan.augment import Augment, TrainTransform
+from i2pscan.decode import crop_origins, CropTransform, decode, Preprocess
+from i2pscan.pool import collate, ImageFiles
+from i2pscan.samples import load_labelled, split_stratified
 from i2pscan.errors import I2PError
 
 PP = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -99,7 +91,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
         def denied(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr("i2pscan.data.open", denied, raising=False)
+        monkeypatch.setattr("i2pscan.decode.open", denied, raising=False)
     assert decode(path).error == "permission denied"
 
 

@@ -1,0 +1,330 @@
+"""Robust decoding of one image file, crops at native resolution, and the pixel operations.
+
+The only module that imports Pillow (besides the review page's thumbnails). Decoding never raises
+for a bad file: it returns a :class:`Decoded` whose ``error`` says what was wrong, so that one input
+always gives one result. Crops never resize (resampling would erase the traces a detector looks
+for); images smaller than the crop are padded with the mean colour (zero after normalisation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import signal
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageCms, ImageFilter, ImageOps, UnidentifiedImageError
+
+from .errors import one_line
+
+try:  # HEIC/HEIF only where the optional decoder is installed (pip install i2pscan[heif])
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_EXTENSIONS = ("heic", "heif")
+except ImportError:
+    HEIF_EXTENSIONS = ()
+
+BASE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+AVIF_EXTENSIONS = ("avif",) if ".avif" in Image.registered_extensions() else ()
+IMAGE_EXTENSIONS = BASE_EXTENSIONS + AVIF_EXTENSIONS + HEIF_EXTENSIONS
+
+DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # Pillow's own refusal limit, about 179 MP
+DEFAULT_MAX_BYTES = 1 << 30
+DEFAULT_DECODE_TIMEOUT_S = 60.0
+
+
+def has_image_extension(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
+    ext = os.path.splitext(name)[1][1:].lower()
+    return ext in extensions
+
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+
+@dataclass
+class Decoded:
+    """What decoding one file gave: an RGB image, or an error message. Never both."""
+
+    image: Image.Image | None
+    error: str | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    size_bytes: int | None = None
+    mtime: float | None = None
+    sha256: str | None = None
+
+
+def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
+           want_hash: bool = False, timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S) -> Decoded:
+    """Read and decode one image file into 8-bit RGB.
+
+    The format is recognised from the content, not the extension. EXIF orientation is applied;
+    animations give their first frame; every Pillow mode is mapped to RGB (alpha composited on
+    white, 16/32-bit and float scaled to 8 bits, LAB and CMYK converted). Truncated files, files
+    above ``max_pixels`` (decompression bombs), above ``max_bytes``, or taking over ``timeout_s``
+    to decode give an error, as does anything that cannot be read at all.
+    """
+    result = Decoded(image=None)
+    data = b""
+    try:
+        st = os.stat(path)
+        result.size_bytes, result.mtime = st.st_size, st.st_mtime
+        if os.path.isdir(path):
+            result.error = ("a folder that cannot be listed" if not os.access(path, os.R_OK | os.X_OK)
+                            else "a folder, not an image file")
+            return result
+        if not os.path.isfile(path):
+            result.error = "not a regular file"
+            return result
+        if st.st_size == 0:
+            result.error = "empty file"
+            return result
+        if st.st_size > max_bytes:
+            result.error = f"file too large ({st.st_size:,} bytes, limit {max_bytes:,})"
+            return result
+        with open(path, "rb") as fh:
+            data = fh.read()
+        if want_hash:
+            result.sha256 = hashlib.sha256(data).hexdigest()
+        with _deadline(timeout_s), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = _open_checked(data, max_pixels, result)
+            if image is not None:
+                result.image = _to_rgb(_oriented(image))
+                result.width, result.height = result.image.size
+    except FileNotFoundError:
+        result.error = "file not found (deleted or moved during the scan?)"
+    except PermissionError:
+        result.error = "permission denied"
+    except Image.DecompressionBombError as exc:
+        result.error = f"decompression bomb: {exc}".split(", could be")[0]
+    except UnidentifiedImageError:
+        result.error = _unidentified_message(data)
+    except _DecodeTimeout:
+        result.error = f"decoding took longer than {timeout_s:g} s"
+    except MemoryError:
+        result.error = "out of memory while decoding"
+    except Exception as exc:  # a corrupt file can raise anything from a decoder
+        result.error = one_line(exc)
+    if result.error:
+        result.image = None
+    return result
+
+
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+
+
+def _unidentified_message(data: bytes) -> str:
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS and not HEIF_EXTENSIONS:
+        return "HEIF/HEIC image: install the optional decoder with pip install 'i2pscan[heif]'"
+    return "not an image (or a format Pillow cannot read)"
+
+
+def _open_checked(data: bytes, max_pixels: int, result: Decoded) -> Image.Image | None:
+    if Image.MAX_IMAGE_PIXELS != max_pixels // 2:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2  # Pillow warns above this and refuses above twice it
+    image = Image.open(io.BytesIO(data))
+    result.format = image.format
+    width, height = image.size
+    result.width, result.height = width, height
+    if width * height > max_pixels:
+        result.error = f"decompression bomb: {width}x{height} pixels exceeds the limit of {max_pixels:,}"
+        return None
+    if width < 1 or height < 1:
+        result.error = f"invalid image size {width}x{height}"
+        return None
+    image.load()
+    return image
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _oriented(image: Image.Image) -> Image.Image:
+    try:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (1, None):
+            return image  # exif_transpose would copy the whole image for nothing
+        return ImageOps.exif_transpose(image)
+    except Exception:  # broken EXIF: keep the stored orientation rather than lose the image
+        return image
+
+
+_LAB_TO_SRGB = None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(image)), "L").convert("RGB")
+    if mode == "LAB":
+        global _LAB_TO_SRGB
+        if _LAB_TO_SRGB is None:
+            _LAB_TO_SRGB = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
+                                                   "LAB", "RGB")
+        return ImageCms.applyTransform(image, _LAB_TO_SRGB)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale a 16-bit, 32-bit or float single-channel image to 8 bits."""
+    a = array.astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros(a.shape, np.uint8)
+    a = np.where(finite, a, 0.0)
+    lo, hi = float(a.min()), float(a.max())
+    if array.dtype.kind == "f":
+        scale = 255.0 if lo >= 0.0 and hi <= 1.0 else None
+    elif hi <= 255:
+        scale = 1.0
+    elif hi <= 65535 and lo >= 0:
+        scale = 255.0 / 65535.0
+    else:
+        scale = None
+    if scale is None:  # unknown range: stretch to the full 8 bits
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        scale = 1.0
+    return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+
+
+class _DecodeTimeout(Exception):
+    pass
+
+
+@contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    """Interrupt decoding after ``seconds`` (SIGALRM; only in a process's main thread)."""
+    usable = (seconds and seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _DecodeTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# --------------------------------------------------------------------------------------------
+# Crops
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes model input: a crop of ``crop_size`` at native resolution, normalised."""
+
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(int(d["crop_size"]), tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]))
+
+    def to_dict(self) -> dict:
+        return {"crop_size": self.crop_size, "mean": list(self.mean), "std": list(self.std)}
+
+    def normalise(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 HxWx3 (H, W <= crop) -> float CxSxS, centred in a zero (mean-colour) canvas."""
+        s = self.crop_size
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        norm = (pixels.astype(np.float32) / 255.0 - mean) / std
+        out = np.zeros((s, s, 3), np.float32)
+        h, w = norm.shape[:2]
+        top, left = (s - h) // 2, (s - w) // 2
+        out[top:top + h, left:left + w] = norm
+        return torch.from_numpy(out.transpose(2, 0, 1).copy())
+
+
+def crop_origins(width: int, height: int, size: int, n: int) -> list[tuple[int, int]]:
+    """Top-left corners of ``n`` crops: the centre first, then the four corners, then a grid."""
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    max_x, max_y = max(width - size, 0), max(height - size, 0)
+    origins = [(max_x // 2, max_y // 2), (0, 0), (max_x, 0), (0, max_y), (max_x, max_y)]
+    if n > len(origins):
+        g = math.ceil(math.sqrt(n))
+        grid = [(round(max_x * i / max(g - 1, 1)), round(max_y * j / max(g - 1, 1))) for j in range(g) for i in range(g)]
+        origins = origins[:1] + [o for o in grid if o != origins[0]]
+    return origins[:n]
+
+
+class CropTransform:
+    """Deterministic crops for calibration and scanning: ``n`` crops per image -> Tensor[n, 3, S, S]."""
+
+    def __init__(self, preprocess: Preprocess, n_crops: int = 1):
+        self.preprocess = preprocess
+        self.n_crops = n_crops
+
+    def __call__(self, image: Image.Image, index: int) -> torch.Tensor:
+        s = self.preprocess.crop_size
+        crops = []
+        for x, y in crop_origins(image.width, image.height, s, self.n_crops):
+            # crop in Pillow first: converting a whole 12 MP image to an array costs as much as decoding it
+            box = (x, y, min(x + s, image.width), min(y + s, image.height))
+            crops.append(self.preprocess.normalise(np.asarray(image.crop(box))))
+        return torch.stack(crops)
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel operations (augmentations and perturbations compose these)
+
+
+def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def flip_horizontal(image: Image.Image) -> Image.Image:
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def gaussian_blur(image: Image.Image, sigma: float) -> Image.Image:
+    return image.filter(ImageFilter.GaussianBlur(radius=sigma))
+
+
+def rescale(image: Image.Image, factor: float) -> Image.Image:
+    """Bilinear resize by ``factor`` (at least 1x1)."""
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    return image.resize(size, Image.Resampling.BILINEAR)
+
+
+def save_image(array: np.ndarray, path: str | Path, quality: int | None = None) -> None:
+    """Write an HxWx3 uint8 array (PNG, or JPEG when the suffix says so)."""
+    image = Image.fromarray(np.ascontiguousarray(array), "RGB")
+    if str(path).lower().endswith((".jpg", ".jpeg")):
+        image.save(path, quality=quality or 95)
+    else:
+        image.save(path)
