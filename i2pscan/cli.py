@@ -265,7 +265,7 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
         return
     try:
         result = run_finetune(model, cal, train, out, config, val=val, resume=resume)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         if os.path.exists(checkpoint_path(out)):
             _log(f"interrupted: {checkpoint_path(out)} holds the last completed epoch; "
                  f"run the same command with --resume to continue")
@@ -591,10 +591,25 @@ def _log(message: str) -> None:
     console.log(message)
 
 
+class Terminated(BaseException):
+    """SIGTERM (a supervisor, ``timeout``, ``docker stop``) as an exception, so that a stopped
+    scan keeps its rows and says how to resume, as it does for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> None:
     """Console-script entry point: exit codes as documented, no traceback for user errors."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = cli.main(args=argv, prog_name="i2pscan", standalone_mode=False)
+    except Terminated:
+        click.echo("Terminated.", err=True)
+        sys.exit(143)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

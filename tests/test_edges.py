@@ -278,16 +278,19 @@ def test_a_scan_that_fails_in_the_merge_says_resume_finishes_it(tmp_path, detect
     assert len(pq.read_table(tmp_path / "r.parquet")) == 100
 
 
-def test_the_resume_hint_is_printed_when_an_interrupted_scan_keeps_rows(tmp_path, detector_file):
+@pytest.mark.parametrize("sig,code,name", [(signal.SIGINT, 130, "KeyboardInterrupt"), (signal.SIGTERM, 143, "Terminated")])
+def test_the_resume_hint_is_printed_when_a_stopped_scan_keeps_rows(tmp_path, detector_file, sig, code, name):
     _images(tmp_path / "in", 120)
     cmd = _scan_cmd("in", "-d", detector_file, "-o", "r.parquet", "--workers", "0", "--flush-rows", "2", "-q")
     proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     parts = tmp_path / "r.parquet.parts"
     _wait_for(lambda: parts.exists() and len(list(parts.glob("shard-*"))) >= 2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stderr = proc.communicate(timeout=120)[1]
-    assert proc.returncode == 130
-    assert "stopped (KeyboardInterrupt); " in stderr and "run the same command with --resume to finish" in stderr
+    assert proc.returncode == code
+    assert f"stopped ({name}); " in stderr and "run the same command with --resume to finish" in stderr
+    kept = sum(pq.read_metadata(s).num_rows for s in parts.glob("shard-*"))
+    assert f"; {kept} scored row(s) are kept in r.parquet.parts" in stderr
 
 
 def _first_line_then_close(cmd, cwd) -> tuple[dict, int]:
