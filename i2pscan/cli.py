@@ -484,9 +484,31 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops
 @cli.command()
 @click.argument("report_file", metavar="REPORT.parquet", type=click.Path(exists=True, dir_okay=False, path_type=str))
 @click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="How many flagged files to list.")
+@click.option("--html", "html_dir", type=click.Path(file_okay=False, path_type=str), default=None, metavar="DIR",
+              help="Instead of the summary, write a review page for moderators into DIR (index.html, thumbs/).")
+@click.option("--open", "open_page", is_flag=True, help="With --html: open the page in the system browser.")
+@click.option("--max-thumbs", type=click.IntRange(min=0), default=None, metavar="N",
+              help="With --html: thumbnails for at most N files, flagged first by score [default: 5000].")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
+              help="With --html: the folder the report's relative paths start from [default: the current folder].")
+@click.option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
+              help="With --html: thumbnail processes (default: from the CPU count; 0 decodes in this process).")
+@_quiet_option
 @_command
-def report(report_file, top):
-    """Summarise a scan report: counts, the detector and options used, and the top flagged files."""
+def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, quiet):
+    """Summarise a scan report: counts, the detector and options used, and the top flagged files.
+
+    With --html DIR, write a static review page instead (works offline, from file://): cards with
+    thumbnails, filters, keyboard, a large view, score histograms, and decisions a moderator
+    exports as a CSV path,label that calibrate, finetune and evaluate accept. Prints the page's path.
+    """
+    if html_dir is None:
+        given = [name for name, value in (("--open", open_page), ("--max-thumbs", max_thumbs is not None),
+                                          ("--root", root), ("--workers", workers is not None)) if value]
+        if given:
+            raise click.UsageError(f"{given[0]} goes with --html DIR")
+    else:
+        return _review_page(report_file, html_dir, open_page, max_thumbs, root, workers)
     from .report import read_report
 
     s = read_report(report_file, top)
@@ -513,6 +535,21 @@ def report(report_file, top):
     if s.top:
         console.table(f"top {len(s.top)} flagged", ["score", "path"], [[r["score"], r["path"]] for r in s.top],
                       to_stdout=True)
+
+
+def _review_page(report_file, html_dir, open_page, max_thumbs, root, workers):
+    from . import console
+    from .review import DEFAULT_MAX_THUMBS, build_page, default_workers, open_in_browser
+
+    page = build_page(report_file, html_dir, DEFAULT_MAX_THUMBS if max_thumbs is None else max_thumbs, root=root,
+                      workers=default_workers() if workers is None else workers, progress=console.progress)
+    missing = sum(page.thumb_failures.values())
+    _log(f"review page: {page.rows:,} files, {page.thumbs:,} thumbnails"
+         + (f" ({missing:,} files gave none, e.g. {next(iter(page.thumb_failures))})" if missing else "")
+         + f", {page.seconds:.1f} s")
+    click.echo(page.index)
+    if open_page and not open_in_browser(page.index):
+        _log(f"no display to open a browser on: open {page.index} in a browser")
 
 
 @cli.command("demo-data")
