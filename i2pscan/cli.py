@@ -335,6 +335,12 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
         raise click.UsageError("-0 goes with --flagged-only")
     if metadata_only and evidence == "model":
         raise click.UsageError("--metadata-only and --evidence model contradict each other")
+    if metadata_only:
+        model_only = [name for name, value in (("--threshold", threshold is not None), ("--crops", crops != 1),
+                                               ("--combine", combine != "mean"), ("--pretrained", pretrained),
+                                               ("--max-pixels", max_pixels)) if value]
+        if model_only:
+            raise click.UsageError(f"{model_only[0]} needs a model; --metadata-only runs none")
     if not metadata_only and detector_file is None:
         raise click.UsageError("Missing option '--detector' / '-d' (or pass --metadata-only to scan without a model).")
     reader = EvidenceReader.from_trust_file(c2pa_trust)

@@ -122,6 +122,7 @@ class ScanOptions:
     evidence: str = "all"  # "all": metadata declaring AI flags a file whatever its score; "model": score only
     c2pa_trust: str | None = None  # a PEM bundle of C2PA trust anchors (path)
     metadata_only: bool = False  # no model at all: verdicts from provenance evidence alone
+    read_provenance: bool = True  # False: skip the evidence reader (a benchmark's baseline; the columns stay null)
 
     def __post_init__(self):
         if self.evidence not in EVIDENCE:
@@ -206,7 +207,8 @@ def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions =
         cut = threshold_logit(detector, options.threshold)
         summary.threshold = options.threshold if options.threshold is not None else detector.threshold
         dataset = ImageFiles(todo, CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
-                             max_pixels=options.max_pixels, perturbation=options.perturbation, evidence=evidence)
+                             max_pixels=options.max_pixels, perturbation=options.perturbation,
+                             evidence=evidence if options.read_provenance else None)
     started = time.monotonic()
     with console.progress(len(todo), "scan") as bar:
         for batch in robust_batches(dataset, options.batch_size, options.workers,

@@ -381,6 +381,9 @@ def test_option_errors(tmp_path, run_cli, chdir):
     r = run_cli("scan", "a.png", "--metadata-only", "--evidence", "model")
     assert (r.exit_code, r.stderr.strip().splitlines()[-1]) == (
         2, "Error: --metadata-only and --evidence model contradict each other")
+    r = run_cli("scan", "a.png", "--metadata-only", "--threshold", "0.5")
+    assert (r.exit_code, r.stderr.strip().splitlines()[-1]) == (
+        2, "Error: --threshold needs a model; --metadata-only runs none")
     r = run_cli("scan", "a.png", "--metadata-only", "--c2pa-trust", "missing.pem")
     assert (r.exit_code, r.stderr.strip()) == (2, "Error: --c2pa-trust missing.pem: No such file or directory")
     Path("bad.pem").write_text("hello\n")
@@ -416,3 +419,39 @@ def test_old_reports_without_provenance_columns_still_load(tmp_path, run_cli, ch
     from i2pscan.report import conform
 
     assert conform(old).column("provenance").to_pylist() == [None]
+
+
+def test_evaluate_counts_ai_metadata_and_measures_the_model_on_the_rest(tmp_path, detector_file, monkeypatch):
+    from i2pscan.detector import Detector
+    from i2pscan.evaluate import evaluate, metrics
+    from i2pscan.samples import load_labelled
+    from i2pscan.scan import ScanOptions
+
+    rng = np.random.default_rng(1)
+    truth = []  # (label, logit, declares AI)
+    for label, folder in ((0, "nature"), (1, "ai")):
+        (tmp_path / "ganA" / folder).mkdir(parents=True)
+        for i in range(10):
+            level = int(rng.integers(0, 256))
+            declared = label == 1 and i < 3
+            info = PngImagePlugin.PngInfo()
+            if declared:
+                info.add_text("parameters", A1111)
+            Image.fromarray(np.full((70, 70, 3), level, np.uint8)).save(tmp_path / "ganA" / folder / f"{i}.png",
+                                                                          pnginfo=info)
+            truth.append((label, (level - 128) / 16.0, declared))
+
+    def logits(self, pixels):  # the grey level is the logit, as in test_evaluate
+        mean, std = self.preprocess.mean[0], self.preprocess.std[0]
+        return (((pixels[:, 0].mean(dim=(1, 2)) * std + mean) * 255).round() - 128) / 16.0
+
+    monkeypatch.setattr(Detector, "logits", logits)
+    detector = Detector.load(detector_file)
+    result = evaluate(detector, load_labelled(tmp_path), ScanOptions(workers=0))
+    row = result.rows[0]
+    labels = np.array([t[0] for t in truth])
+    scores = np.array([t[1] for t in truth])
+    rest = ~np.array([t[2] for t in truth])
+    assert row["ai_meta"] == 3
+    assert row["acc_no_meta"] == pytest.approx(metrics(labels[rest], scores[rest], detector.threshold_logit)["acc"])
+    assert row["acc"] == pytest.approx(metrics(labels, scores, detector.threshold_logit)["acc"])  # model only
