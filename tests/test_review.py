@@ -218,3 +218,28 @@ def test_cli_refuses_what_is_not_a_report(tmp_path, run_cli, chdir):
     r = run_cli("report", "missing.parquet", "--html", "page")
     assert r.exit_code == 2 and "does not exist" in r.stderr
     assert not (tmp_path / "page").exists()
+
+
+def test_thumbnail_workers_survive_a_crashing_decoder(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from i2pscan.review import thumbs
+
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("the crash is injected by patching the parent, which only forked workers inherit")
+    paths = [str(_img(tmp_path / f"{i}.png", seed=i, size=(20, 30))) for i in range(5)]
+    real = thumbs.make_thumb
+
+    def crashing(source, dest, size=thumbs.THUMB_SIZE):
+        if source.endswith("2.png"):
+            os._exit(1)  # as a decoder segfault would
+        return real(source, dest, size)
+
+    monkeypatch.setattr(thumbs, "make_thumb", crashing)
+    out = tmp_path / "thumbs"
+    out.mkdir()
+    done = []
+    notes = thumbs.make_thumbs(list(enumerate(paths)), str(out), workers=1, on_done=lambda: done.append(1))
+    assert notes == {0: None, 1: None, 2: "the decoder crashed", 3: None, 4: None}
+    assert sorted(os.listdir(out)) == [thumbs.thumb_name(i) for i in (0, 1, 3, 4)]
+    assert len(done) == 5  # progress counts every file, the crashed one included

@@ -31,6 +31,7 @@ from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import __version__
@@ -125,12 +126,13 @@ def _no_progress(total: int, description: str) -> Iterator[_Silent]:
 
 
 def default_workers() -> int:
-    """Thumbnail processes: the CPUs but one, at most 8."""
+    """Thumbnail processes: the CPUs but one, at most 8; none (decode in this process) on two CPUs
+    or fewer, where a pool measured slower (benchmarks/bench_review.py)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:
         cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus - 1))
+    return min(8, cpus - 1) if cpus > 2 else 0
 
 
 def open_in_browser(index: str) -> bool:
@@ -322,31 +324,39 @@ def _write_page(out, pf: pq.ParquetFile, names: set, page_meta: dict, survey: _S
     out.write(_fill(head, values))
     out.write("[")
     columns = [c for c in FIELDS if c in names and c not in NOT_FROM_REPORT]
-    start = 0
+    marked = sorted(notes)
+    start, k = 0, 0
     for batch in _batches(pf, columns):
-        cols = {c: _column(batch, c) for c in columns}
-        lines = []
-        for k in range(batch.num_rows):
-            i = start + k
-            row = [_plain(cols[c][k]) if c in cols else None for c in FIELDS]
-            if i in notes:
-                row[-2] = thumbs_mod.thumb_name(i) if notes[i] is None else None
-                row[-1] = notes[i]
-            lines.append(_script_json(row))
-        out.write(("," if start else "") + "\n" + ",\n".join(lines))
-        start += batch.num_rows
-    out.write("\n]")
+        n = batch.num_rows
+        cols = [_plain_column(batch, c) if c in columns else [None] * n for c in FIELDS[:-2]]
+        thumb, note = [None] * n, [None] * n
+        while k < len(marked) and marked[k] < start + n:
+            i = marked[k]
+            thumb[i - start] = thumbs_mod.thumb_name(i) if notes[i] is None else None
+            note[i - start] = notes[i]
+            k += 1
+        text = _script_json([list(row) for row in zip(*cols, thumb, note)])
+        if n:
+            out.write(("," if start else "") + text[1:-1])
+        start += n
+    out.write("]")
     out.write(_fill(tail, values))
 
 
-def _plain(value):
-    if isinstance(value, float):
-        return None if not math.isfinite(value) else round(value, 6)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    return value
+def _plain_column(batch: pa.RecordBatch, name: str) -> list:
+    """A column as JSON-ready Python values: finite floats rounded to 6 digits (NaN as null),
+    times as ISO text, bytes as backslash-escaped text."""
+    col = batch.column(batch.schema.get_field_index(name))
+    if pa.types.is_floating(col.type):
+        col = col.cast(pa.float64())
+        col = pc.round(pc.if_else(pc.is_finite(col), col, pa.scalar(None, pa.float64())), 6)
+    elif pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+        if pa.types.is_timestamp(col.type):
+            col = col.cast(pa.timestamp("s", tz=col.type.tz), safe=False)
+        col = pc.strftime(col, format="%Y-%m-%dT%H:%M:%S%z" if getattr(col.type, "tz", None) else "%Y-%m-%dT%H:%M:%S")
+    elif pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+        return [None if v is None else v.decode("utf-8", "backslashreplace") for v in col.to_pylist()]
+    return col.to_pylist()
 
 
 def _summary_line(meta: dict) -> str:
