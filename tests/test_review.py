@@ -28,8 +28,9 @@ def _img(path: Path, seed: int = 0, size: tuple[int, int] = (300, 400)) -> Path:
 def make_report(path: Path, rows: list[dict], provenance: list[dict] | None = None, meta: dict | None = None,
                 row_group_size: int | None = None) -> Path:
     """A report as scan writes it (SCHEMA), optionally with the provenance columns."""
-    full = [{**{k: None for k in SCHEMA.names}, **r} for r in rows]
-    table = pa.Table.from_pylist(full, schema=SCHEMA)
+    base = pa.schema([f for f in SCHEMA if f.name not in ("provenance", "generator", "c2pa", "provenance_detail")])
+    full = [{**{k: None for k in base.names}, **r} for r in rows]
+    table = pa.Table.from_pylist(full, schema=base)  # without provenance: a report from before those columns
     if provenance is not None:
         for name in ("provenance", "generator", "c2pa", "provenance_detail"):
             table = table.append_column(name, pa.array([p.get(name) for p in provenance], pa.string()))
