@@ -28,8 +28,9 @@ def _img(path: Path, seed: int = 0, size: tuple[int, int] = (300, 400)) -> Path:
 def make_report(path: Path, rows: list[dict], provenance: list[dict] | None = None, meta: dict | None = None,
                 row_group_size: int | None = None) -> Path:
     """A report as scan writes it (SCHEMA), optionally with the provenance columns."""
-    full = [{**{k: None for k in SCHEMA.names}, **r} for r in rows]
-    table = pa.Table.from_pylist(full, schema=SCHEMA)
+    base = pa.schema([f for f in SCHEMA if f.name not in ("provenance", "generator", "c2pa", "provenance_detail")])
+    full = [{**{k: None for k in base.names}, **r} for r in rows]
+    table = pa.Table.from_pylist(full, schema=base)  # without provenance: a report from before those columns
     if provenance is not None:
         for name in ("provenance", "generator", "c2pa", "provenance_detail"):
             table = table.append_column(name, pa.array([p.get(name) for p in provenance], pa.string()))
@@ -217,3 +218,44 @@ def test_cli_refuses_what_is_not_a_report(tmp_path, run_cli, chdir):
     r = run_cli("report", "missing.parquet", "--html", "page")
     assert r.exit_code == 2 and "does not exist" in r.stderr
     assert not (tmp_path / "page").exists()
+
+
+def test_thumbnail_workers_survive_a_crashing_decoder(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from i2pscan.review import thumbs
+
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("the crash is injected by patching the parent, which only forked workers inherit")
+    paths = [str(_img(tmp_path / f"{i}.png", seed=i, size=(20, 30))) for i in range(5)]
+    real = thumbs.make_thumb
+
+    def crashing(source, dest, size=thumbs.THUMB_SIZE):
+        if source.endswith("2.png"):
+            os._exit(1)  # as a decoder segfault would
+        return real(source, dest, size)
+
+    monkeypatch.setattr(thumbs, "make_thumb", crashing)
+    out = tmp_path / "thumbs"
+    out.mkdir()
+    done = []
+    notes = thumbs.make_thumbs(list(enumerate(paths)), str(out), workers=1, on_done=lambda: done.append(1))
+    assert notes == {0: None, 1: None, 2: "the decoder crashed", 3: None, 4: None}
+    assert sorted(os.listdir(out)) == [thumbs.thumb_name(i) for i in (0, 1, 3, 4)]
+    assert len(done) == 5  # progress counts every file, the crashed one included
+
+
+def test_other_columns_reach_the_page_and_an_empty_report_builds(tmp_path):
+    make_report(tmp_path / "r.parquet", [{"path": "a.png", "score": 0.4, "verdict": "real"}])
+    table = pq.read_table(tmp_path / "r.parquet")
+    table = table.append_column("evidence", pa.array([{"kind": "xmp", "says": "<ai>"}]))
+    pq.write_table(table, tmp_path / "extra.parquet")
+    _, data = page_data(Path(build.build_page(str(tmp_path / "extra.parquet"), str(tmp_path / "p1"),
+                                              root=str(tmp_path)).index))
+    assert data[0]["evidence"] == {"kind": "xmp", "says": "<ai>"} and data[0]["thumb_note"] == "file not found"
+
+    make_report(tmp_path / "empty.parquet", [])
+    summary = build.build_page(str(tmp_path / "empty.parquet"), str(tmp_path / "p2"), root=str(tmp_path))
+    meta, data = page_data(Path(summary.index))
+    assert summary.rows == 0 and data == [] and meta["verdicts"] == {}
+    assert "No scores to plot." in Path(summary.index).read_text(encoding="utf-8")

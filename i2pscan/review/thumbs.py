@@ -76,6 +76,8 @@ def make_thumbs(jobs: Sequence[tuple[int, str]], folder: str, workers: int,
                     if not broken:  # the first casualty is the culprit (or shares its fate)
                         results[task[0]] = "the decoder crashed"
                         broken = True
+                        if on_done:
+                            on_done()
                     else:
                         pending.append(task)
                     continue
