@@ -294,23 +294,24 @@ def _row(path: str, item: Item, scored: tuple[float, float] | None, cut: float |
 
 def check_shared_memory(nbytes: int) -> None:
     """Raise I2PError, before any work, when a batch of ``nbytes`` cannot go through shared
-    memory, as decoding workers hand it over: a file-size limit (``ulimit -f``, which workers
-    inherit) or a full /dev/shm would otherwise make every worker fail where nobody sees it."""
+    memory, as decoding workers hand it over: under a file-size limit (``ulimit -f``, which
+    workers inherit) smaller than a batch, or without a usable /dev/shm, every worker would fail
+    where nobody sees it and the scan would wait on batches that never come."""
+    fix = "raise the limit, lower --batch-size, or decode in this process with --workers 0"
     try:
-        torch.empty(nbytes, dtype=torch.uint8).share_memory_()
-    except (RuntimeError, OSError) as exc:
-        cause = one_line(exc, 200)
-        try:
-            import resource
+        import resource
 
-            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-            if limit != resource.RLIM_INFINITY and limit < nbytes:
-                cause = f"the file-size limit (ulimit -f) is {limit:,} bytes"
-        except ImportError:
-            pass
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except ImportError:
+        limit = None
+    if limit is not None and limit != resource.RLIM_INFINITY and limit < nbytes:
         raise I2PError(f"decoding workers cannot hand over a batch of {nbytes:,} bytes through shared memory: "
-                       f"{cause}; raise the limit, lower --batch-size, or decode in this process with --workers 0"
-                       ) from exc
+                       f"the file-size limit (ulimit -f) is {limit:,} bytes; {fix}")
+    try:
+        torch.empty(4096, dtype=torch.uint8).share_memory_()
+    except (RuntimeError, OSError) as exc:
+        raise I2PError(f"decoding workers cannot hand over batches through shared memory: {one_line(exc, 200)}; "
+                       f"{fix}") from exc
 
 
 # -- decoding that survives a crashing decoder ------------------------------------------------------

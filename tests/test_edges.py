@@ -28,7 +28,7 @@ from i2pscan.errors import I2PError
 from i2pscan.report import ReportWriter
 from i2pscan.scan import DiscoverOptions, discover
 
-META = {"detector_id": "x", "options": {}}
+META = {"detector_id": "x", "options": {"evidence": "all", "metadata_only": False}}
 
 
 def _img(path: Path, seed: int = 0, size: int = 64) -> Path:
@@ -65,9 +65,9 @@ def _alive(pid: int) -> bool:
 
 
 HOLDER = textwrap.dedent("""
-    import os, sys, time
+    import json, os, sys, time
     from i2pscan.report import ReportWriter
-    writer = ReportWriter(sys.argv[1], {"detector_id": "x", "options": {}}, shard_rows=1)
+    writer = ReportWriter(sys.argv[1], json.loads(sys.argv[2]), shard_rows=1)
     writer.add({"path": "held.png", "verdict": "real"})
     child = os.fork()
     if child == 0:  # a forked worker that outlives its parent, as decoding workers do
@@ -83,7 +83,7 @@ HOLDER = textwrap.dedent("""
 
 def test_lock_belongs_to_the_scan_process_not_its_forked_children(tmp_path, run_cli):
     report = tmp_path / "r.parquet"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(report)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(report), json.dumps(META)], stdout=subprocess.PIPE, text=True)
     child = int(holder.stdout.readline())
     try:
         # while the scan runs, a second one (resume or plain) is told another scan holds the report
@@ -106,7 +106,7 @@ def test_lock_belongs_to_the_scan_process_not_its_forked_children(tmp_path, run_
 def test_plain_scan_racing_another_is_told_another_scan_holds_it(tmp_path, detector_file, run_cli):
     report = tmp_path / "r.parquet"
     _img(tmp_path / "a.png")
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(report)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(report), json.dumps(META)], stdout=subprocess.PIPE, text=True)
     child = int(holder.stdout.readline())
     try:
         r = run_cli("scan", tmp_path / "a.png", "-d", detector_file, "-o", report, "--workers", "0")
