@@ -14,7 +14,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import I2PError, one_line
+from .errors import I2PError, one_line, short_path
 
 EXIT_CLEAN, EXIT_FLAGGED, EXIT_ERROR, EXIT_UNREADABLE = 0, 1, 2, 3
 
@@ -382,7 +382,7 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     if table is not None:  # a resumed scan answers for the whole report, earlier runs included
         counts = verdict_counts(table)
         flagged, errors = counts.get("synthetic", 0), counts.get("error", 0)
-    _log(summary.describe() + (f"; report: {output}" if output else ""))
+    _log(summary.describe() + (f"; report: {short_path(output)}" if output else ""))
     _exit(_scan_exit_code(flagged, errors))
 
 
@@ -393,8 +393,6 @@ def _scan_exit_code(flagged: int, errors: int) -> int:
 def _keep_for_resume(writer, exc: BaseException) -> None:
     """Keep the scored rows of a stopped scan; when there are any, the error (or, for an
     interruption, a line of its own, printed even with --quiet) says that --resume finishes it."""
-    from .errors import short_path
-
     kept = writer.abandon()
     if not kept:
         return

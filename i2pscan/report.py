@@ -154,14 +154,14 @@ class ReportWriter:
     def _check_compatible(self, source: str) -> None:
         theirs = _read_meta(source)
         if not theirs:
-            raise I2PError(f"cannot resume from {source}: it is not an i2pscan report")
+            raise I2PError(f"cannot resume from {short_path(source)}: it is not an i2pscan report")
         if theirs.get("detector_id") != self.meta.get("detector_id"):
-            raise I2PError(f"cannot resume: {source} was made by detector {str(theirs.get('detector_id'))[:12]}…, "
+            raise I2PError(f"cannot resume: {short_path(source)} was made by detector {str(theirs.get('detector_id'))[:12]}…, "
                            f"this scan uses {str(self.meta.get('detector_id'))[:12]}…; pass --overwrite to start over")
         ours, old = self.meta.get("options", {}), theirs.get("options", {})
         differs = [k for k in SAME_OPTIONS if ours.get(k) != old.get(k, _OLD_DEFAULTS.get(k))]
         if differs:
-            raise I2PError(f"cannot resume: {source} was scanned with other {', '.join(differs)} "
+            raise I2PError(f"cannot resume: {short_path(source)} was scanned with other {', '.join(differs)} "
                            f"({', '.join(f'{k}={old.get(k)!r}' for k in differs)}); use the same options, "
                            f"or --overwrite to start over")
 
@@ -345,7 +345,7 @@ def _read_meta(path: str) -> dict:
     try:
         raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise I2PError(f"cannot read {path}: {exc}") from exc
+        raise I2PError(f"cannot read {short_path(path)}: {exc}") from exc
     return json.loads(raw) if raw else {}
 
 
@@ -368,14 +368,14 @@ class ReportSummary:
 def read_report(path: str, top: int = 20) -> ReportSummary:
     """Counts and the ``top`` highest-scoring flagged files of a report. Raises I2PError."""
     if not os.path.isfile(path):
-        raise I2PError(f"report not found: {path}")
+        raise I2PError(f"report not found: {short_path(path)}")
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise I2PError(f"{path} is not a readable Parquet report: {exc}") from exc
+        raise I2PError(f"{short_path(path)} is not a readable Parquet report: {exc}") from exc
     missing = {"path", "verdict", "score"} - set(table.column_names)
     if missing:
-        raise I2PError(f"{path} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
+        raise I2PError(f"{short_path(path)} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
     meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
     counts = verdict_counts(table)
     flagged = table.filter(pc.equal(table.column("verdict"), "synthetic"))
