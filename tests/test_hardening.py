@@ -22,14 +22,14 @@ def _img(path, seed=0):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("temperature", "temperature must be positive"),
-    ("threshold", "threshold_logit is None"),
-    ("view", "view 'nope'"),
-    ("layers", "head layers"),
-    ("last-block-type", "last_block is '4'"),
+    ("temperature", "metadata temperature: 0 is less than the minimum of 0.05"),
+    ("threshold", "metadata threshold_logit: None is not of type 'number'"),
+    ("view", "metadata view: 'nope' is not one of"),
+    ("layers", r"metadata head.config.layers\[0\]: 0 is less than the minimum of 1"),
+    ("last-block-type", "metadata last_block: '4' is not of type 'integer'"),
     ("orphan-indices", "has no values"),
     ("nan", "NaN or infinite"),
-    ("preprocessing", "preprocessing must give"),
+    ("preprocessing", "metadata preprocessing: 'crop_size' is a required property"),
 ])
 def test_damaged_detector_fields_are_refused_at_load(detector_file, tmp_path, run_cli, case, message):
     edits = {
