@@ -72,7 +72,8 @@ _COMMON = {
     "i2pscan_version": _short,
     "created": _short,
     "architecture": {"enum": list(ARCHITECTURES)},
-    "threshold": _prob,
+    # a probability; 0 or 1 only where sigmoid(threshold_logit / temperature) rounds to it (checked below)
+    "threshold": {"type": "number", "minimum": 0, "maximum": 1},
     "threshold_logit": {"type": "number", "minimum": -MAX_ABS_LOGIT, "maximum": MAX_ABS_LOGIT},
     "temperature": {"type": "number", "minimum": TEMPERATURE_RANGE[0], "maximum": TEMPERATURE_RANGE[1]},
     "notes": {"type": "string", "maxLength": MAX_NOTES},
@@ -94,6 +95,15 @@ I2P_SCHEMA = _obj({
         "gate": _array({"type": "number", "minimum": 0, "maximum": 1}),
     }),
     "target_fpr": _prob,
+    "thresholds": {"type": "object", "maxProperties": 64, "propertyNames": {"pattern": "^[1-9][0-9]{0,2}:(mean|max)$"},
+                   "additionalProperties": _obj({
+                       "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                       "threshold_logit": {"type": "number", "minimum": -MAX_ABS_LOGIT, "maximum": MAX_ABS_LOGIT},
+                       "temperature": {"type": "number", "minimum": TEMPERATURE_RANGE[0],
+                                       "maximum": TEMPERATURE_RANGE[1]},
+                       "val_fpr": {"type": "number", "minimum": 0, "maximum": 1},
+                       "val_real": _count,
+                   }, required=["threshold", "threshold_logit", "temperature"])},
     "mask": _obj({
         "strategy": {"enum": ["i2p", "low-sensitivity", "task-fisher", "random", "head-only", "full"]},
         "rho": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
@@ -107,6 +117,7 @@ I2P_SCHEMA = _obj({
         "config": {"type": "object", "maxProperties": 128},
         "counts": {"type": "object", "maxProperties": 16},
         "fingerprint": _short, "val_fingerprint": _short,
+        "val_in_calibration": {"type": ["integer", "boolean", "null"]},
         "best_epoch": _count, "epochs": _count, "steps": _count,
         "validation": {"type": "object", "maxProperties": 64, "additionalProperties": {"type": ["number", "null"]}},
         "skipped": _count,
@@ -118,6 +129,7 @@ I2P_SCHEMA = _obj({
     }),
 }, required=["i2pscan_version", "created", "backbone", "preprocessing", "view", "last_block", "head", "threshold",
              "threshold_logit", "temperature", "target_fpr", "mask", "training", "calibration"])
+# ``thresholds`` (optional): per crop policy "N:mean|max", the threshold and temperature fitted for it
 
 _PUBLISHED_INFO = _obj({
     "name": _short, "title": _str, "paper": _str, "source": _str, "licence": _short, "training_data": _str,
@@ -178,13 +190,24 @@ def check_detector_meta(meta: dict, path: str) -> str:
     where = _non_finite(meta, ())
     if where is not None:
         raise bad(f"metadata {where} is not a finite number")
-    expected = meta["temperature"] * math.log(meta["threshold"] / (1 - meta["threshold"]))
-    if not math.isclose(expected, meta["threshold_logit"], rel_tol=1e-5, abs_tol=1e-5):
-        raise bad(f"threshold_logit {meta['threshold_logit']:.6g} disagrees with threshold {meta['threshold']:.6g} "
-                  f"at temperature {meta['temperature']:.6g} (expected {expected:.6g})")
+    _check_cut(meta, "", bad)
+    for policy, record in meta.get("thresholds", {}).items():
+        _check_cut(record, f"thresholds.{policy}: ", bad)
     if architecture == "i2p":
         _check_i2p(meta, bad)
     return architecture
+
+
+def _check_cut(record: dict, where: str, bad) -> None:
+    """threshold_logit must be temperature * logit(threshold): the two ways a scan states its cut."""
+    p = record["threshold"]
+    expected = record["temperature"] * math.log(p / (1 - p)) if 0 < p < 1 else math.copysign(math.inf, p - 0.5)
+    z = record["threshold_logit"] / record["temperature"]
+    probability = 1 / (1 + math.exp(-z)) if z > -700 else 0.0  # compared both ways: near 1, 1 - p loses digits
+    if not (math.isclose(expected, record["threshold_logit"], rel_tol=1e-5, abs_tol=1e-5)
+            or abs(probability - p) <= 1e-9):
+        raise bad(f"{where}threshold_logit {record['threshold_logit']:.6g} disagrees with threshold "
+                  f"{p:.6g} at temperature {record['temperature']:.6g} (expected {expected:.6g})")
 
 
 def _check_i2p(meta: dict, bad) -> None:
