@@ -38,9 +38,9 @@ def _common_rows(meta: dict) -> list[list]:
         ["made by", f"i2pscan {meta.get('i2pscan_version', '?')} on {meta.get('created', '?')}"],
         ["backbone", f"{bb['name']} ({bb.get('pretrained')}), {bb['num_blocks']} blocks, width {bb['width']}"
                      f"{', QuickGELU' if bb.get('model_config', {}).get('quick_gelu') else ''}"],
-        ["backbone sha256", bb["sha256"] or "none recorded: a published detector's backbone (open_clip "
-                                              f"{bb['name']} {bb.get('pretrained')}) cannot be hashed where it was "
-                                              "converted; the weights are not checked at load"],
+        ["backbone sha256", bb["sha256"] or f"none recorded: a published detector runs open_clip {bb['name']} "
+                                              f"{bb.get('pretrained')} as its authors did, whose weights could not be "
+                                              "hashed where it was converted; they are not checked at load"],
         ["preprocessing", f"{'centre crop (torchvision rounding, black padding)' if pp.get('crop_mode') == 'torchvision' else 'crop'} "
                           f"{pp['crop_size']} px without resizing, mean {_fmt(pp['mean'])}, std {_fmt(pp['std'])}"],
     ]
