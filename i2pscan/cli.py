@@ -69,7 +69,8 @@ def _default_detector(given):
     from .published import DEFAULT_DETECTOR
 
     _log(f"no --detector given: using the shipped {DEFAULT_DETECTOR} (RINE, ECCV 2024; `i2pscan info "
-         f"{DEFAULT_DETECTOR}`); choose another with -d or I2PSCAN_DETECTOR")
+         f"{DEFAULT_DETECTOR}`); choose another with -d or I2PSCAN_DETECTOR, or scan without a model with "
+         f"--metadata-only")
     return DEFAULT_DETECTOR
 
 
