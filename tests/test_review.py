@@ -259,3 +259,13 @@ def test_other_columns_reach_the_page_and_an_empty_report_builds(tmp_path):
     meta, data = page_data(Path(summary.index))
     assert summary.rows == 0 and data == [] and meta["verdicts"] == {}
     assert "No scores to plot." in Path(summary.index).read_text(encoding="utf-8")
+
+
+def test_open_uses_the_system_browser_when_there_is_a_display(tmp_path, run_cli, chdir, monkeypatch):
+    opened = []
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(build.webbrowser, "open", lambda url: opened.append(url) or True)
+    make_report(tmp_path / "r.parquet", [{"path": "a.png", "score": 0.9, "verdict": "synthetic"}])
+    r = run_cli("report", "r.parquet", "--html", "page", "--open", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    assert opened == [(tmp_path / "page" / "index.html").as_uri()] and "no display" not in r.stderr
