@@ -243,3 +243,29 @@ def test_thumbnail_workers_survive_a_crashing_decoder(tmp_path, monkeypatch):
     assert notes == {0: None, 1: None, 2: "the decoder crashed", 3: None, 4: None}
     assert sorted(os.listdir(out)) == [thumbs.thumb_name(i) for i in (0, 1, 3, 4)]
     assert len(done) == 5  # progress counts every file, the crashed one included
+
+
+def test_other_columns_reach_the_page_and_an_empty_report_builds(tmp_path):
+    make_report(tmp_path / "r.parquet", [{"path": "a.png", "score": 0.4, "verdict": "real"}])
+    table = pq.read_table(tmp_path / "r.parquet")
+    table = table.append_column("evidence", pa.array([{"kind": "xmp", "says": "<ai>"}]))
+    pq.write_table(table, tmp_path / "extra.parquet")
+    _, data = page_data(Path(build.build_page(str(tmp_path / "extra.parquet"), str(tmp_path / "p1"),
+                                              root=str(tmp_path)).index))
+    assert data[0]["evidence"] == {"kind": "xmp", "says": "<ai>"} and data[0]["thumb_note"] == "file not found"
+
+    make_report(tmp_path / "empty.parquet", [])
+    summary = build.build_page(str(tmp_path / "empty.parquet"), str(tmp_path / "p2"), root=str(tmp_path))
+    meta, data = page_data(Path(summary.index))
+    assert summary.rows == 0 and data == [] and meta["verdicts"] == {}
+    assert "No scores to plot." in Path(summary.index).read_text(encoding="utf-8")
+
+
+def test_open_uses_the_system_browser_when_there_is_a_display(tmp_path, run_cli, chdir, monkeypatch):
+    opened = []
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(build.webbrowser, "open", lambda url: opened.append(url) or True)
+    make_report(tmp_path / "r.parquet", [{"path": "a.png", "score": 0.9, "verdict": "synthetic"}])
+    r = run_cli("report", "r.parquet", "--html", "page", "--open", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    assert opened == [(tmp_path / "page" / "index.html").as_uri()] and "no display" not in r.stderr

@@ -68,6 +68,19 @@ def _selected(page) -> int:
     return page.eval_on_selector(".card.sel", "c => Number(c.dataset.pos)")
 
 
+PROMPT = "<img src=z onerror=alert(9)> an astronaut"
+
+
+def _generated_png(path: Path) -> None:
+    """A PNG carrying Automatic1111 generation parameters (with a hostile prompt)."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", PROMPT + "\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x64, "
+                                         "Model: sd_xl_base_1.0")
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, pnginfo=info)
+
+
 @pytest.fixture
 def scanned(tmp_path, toy_dir, detector_file, run_cli, chdir):
     """A real scan of toy images, a hostile name and a corrupt file; then its review page."""
@@ -79,6 +92,7 @@ def scanned(tmp_path, toy_dir, detector_file, run_cli, chdir):
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(f, dest)
     _img(tmp_path / "in" / HOSTILE, seed=9)
+    _generated_png(tmp_path / "in" / "sdxl.png")
     (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     r = run_cli("scan", "in", "-d", detector_file, "-o", "report.parquet", "--workers", "0", "-q")
     assert r.exit_code in (0, 1), r.stderr
@@ -91,12 +105,24 @@ def test_page_renders_filters_keyboard_and_exports_decisions_that_evaluate_reads
         scanned, open_page, tmp_path, run_cli, detector_file):
     page = open_page(scanned)
     cards = _cards(page)
-    assert len(cards) == 10 and ("in/broken.jpg", "error") in cards
+    assert len(cards) == 11 and ("in/broken.jpg", "error") in cards
     verdicts = [v for _, v in cards]
     assert verdicts == sorted(verdicts, key=lambda v: {"synthetic": 0, "real": 1, "error": 2}[v])  # flagged first
-    assert page.locator(".card img").count() == 9  # a thumbnail for every readable file
+    assert page.locator(".card img").count() == 10  # a thumbnail for every readable file
     assert page.eval_on_selector_all(".card img", "imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
-    assert page.locator("svg .threshold").count() >= 1
+    assert page.locator("svg .threshold").count() >= 2  # a histogram per provenance class, threshold marked
+    assert page.eval_on_selector_all(".hist", "h => h.map(x => x.dataset.class)")[0] == "generated"
+
+    # provenance: the declared generator shows on its card, its parameters in the large view
+    generated = page.locator('.card[data-path="in/sdxl.png"]')
+    assert generated.get_attribute("data-verdict") == "synthetic"
+    assert generated.locator(".badge.prov-generated").text_content() == "generated"
+    generated.dblclick()
+    assert PROMPT in page.text_content("#v-detail")
+    page.keyboard.press("Escape")
+    page.select_option("#f-prov", "generated")
+    assert _cards(page) == [("in/sdxl.png", "synthetic")]
+    page.select_option("#f-prov", "")
 
     # filters: error rows, verdict, search
     page.check("#f-errors")
@@ -111,7 +137,7 @@ def test_page_renders_filters_keyboard_and_exports_decisions_that_evaluate_reads
     assert sorted(p for p, _ in _cards(page)) == sorted(f"in/nature/{f}" for f in os.listdir(tmp_path / "in" / "nature"))
     page.fill("#q", "")
     page.keyboard.press("Enter")
-    assert len(_cards(page)) == 10
+    assert len(_cards(page)) == 11
 
     # keyboard: arrows move the selection, Enter opens the large view, Escape closes it
     assert _selected(page) == 0
@@ -120,7 +146,7 @@ def test_page_renders_filters_keyboard_and_exports_decisions_that_evaluate_reads
     columns = page.evaluate("() => { const c = [...document.querySelectorAll('.card')];"
                             " return c.filter(x => x.offsetTop === c[0].offsetTop).length; }")
     page.keyboard.press("ArrowDown")
-    assert _selected(page) == min(1 + columns, 9)
+    assert _selected(page) == min(1 + columns, 10)
     page.keyboard.press("ArrowUp")
     page.keyboard.press("ArrowLeft")
     assert _selected(page) == 0

@@ -45,11 +45,18 @@ BATCH_ROWS = 16384
 BINS = 20
 MAX_CLASSES = 12
 MARK = "i2pscan review page"
-# Per file, in this order, in the page's JSON; the page reads the order from its metadata.
+# Per file, in this order, in the page's JSON (then any other report column, then the thumbnail's
+# name and why there is none); the page reads the order from its metadata.
 FIELDS = ("path", "verdict", "score", "logit", "format", "width", "height", "size_bytes", "mtime", "sha256",
-          "error", "provenance", "generator", "c2pa", "provenance_detail", "thumb", "thumb_note")
+          "error", "provenance", "generator", "c2pa", "provenance_detail")
 PROVENANCE_COLUMNS = ("provenance", "generator", "c2pa", "provenance_detail")
-NOT_FROM_REPORT = ("thumb", "thumb_note")
+THUMB_FIELDS = ("thumb", "thumb_note")
+
+
+def _fields(names: list[str]) -> list[str]:
+    """The page's fields for a report with these columns: the known ones, then the others."""
+    extra = [c for c in names if c not in FIELDS and c not in THUMB_FIELDS and c != "path_raw"]
+    return list(FIELDS) + extra + list(THUMB_FIELDS)
 
 
 @dataclass
@@ -93,7 +100,7 @@ def build_page(report: str, out_dir: str, max_thumbs: int = DEFAULT_MAX_THUMBS, 
     pf, meta = _open_report(report)
     root = os.path.abspath(root or os.getcwd())
     _prepare_folder(out_dir)
-    names = set(pf.schema_arrow.names)
+    names = pf.schema_arrow.names
     survey = _survey(pf, names, max_thumbs, root)
 
     thumbs_dir = os.path.join(out_dir, "thumbs")
@@ -184,7 +191,7 @@ def _scores(batch: pa.RecordBatch) -> np.ndarray:
     return np.asarray(col.fill_null(math.nan).to_numpy(zero_copy_only=False), np.float64)
 
 
-def _survey(pf: pq.ParquetFile, names: set, max_thumbs: int, root: str) -> _Survey:
+def _survey(pf: pq.ParquetFile, names: list[str], max_thumbs: int, root: str) -> _Survey:
     """Counts, histograms and the ``max_thumbs`` best thumbnail candidates, one batch at a time."""
     s = _Survey()
     edges = np.linspace(0.0, 1.0, BINS + 1)
@@ -271,7 +278,7 @@ def _threshold(meta: dict) -> float | None:
     return None
 
 
-def _page_meta(report: str, meta: dict, survey: _Survey, names: set, root: str, thumbs: int) -> dict:
+def _page_meta(report: str, meta: dict, survey: _Survey, names: list[str], root: str, thumbs: int) -> dict:
     det = meta.get("detector") if isinstance(meta.get("detector"), dict) else {}
     identity = json.dumps([os.path.abspath(report), meta.get("started"), meta.get("finished"),
                            meta.get("detector_id")], default=str)
@@ -286,7 +293,7 @@ def _page_meta(report: str, meta: dict, survey: _Survey, names: set, root: str, 
         "scanned": [meta.get("started"), meta.get("finished")],
         "root": root,
         "sep": os.sep,
-        "fields": list(FIELDS),
+        "fields": _fields(names),
         "has_provenance": "provenance" in names,
         "thumbs": thumbs,
         "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -312,7 +319,7 @@ def _fill(template: str, values: dict) -> str:
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
 
 
-def _write_page(out, pf: pq.ParquetFile, names: set, page_meta: dict, survey: _Survey,
+def _write_page(out, pf: pq.ParquetFile, names: list[str], page_meta: dict, survey: _Survey,
                 notes: dict[int, str | None]) -> None:
     script, style = _asset("review.js"), _asset("review.css")
     csp = ("default-src 'none'; img-src 'self' data: file:; "
@@ -323,12 +330,12 @@ def _write_page(out, pf: pq.ParquetFile, names: set, page_meta: dict, survey: _S
               "histograms": _histograms(survey, page_meta["threshold"]), "meta": _script_json(page_meta)}
     out.write(_fill(head, values))
     out.write("[")
-    columns = [c for c in FIELDS if c in names and c not in NOT_FROM_REPORT]
+    fields = page_meta["fields"]
     marked = sorted(notes)
     start, k = 0, 0
-    for batch in _batches(pf, columns):
+    for batch in _batches(pf, [c for c in fields if c in names]):
         n = batch.num_rows
-        cols = [_plain_column(batch, c) if c in columns else [None] * n for c in FIELDS[:-2]]
+        cols = [_plain_column(batch, c) if c in names else [None] * n for c in fields[:-2]]
         thumb, note = [None] * n, [None] * n
         while k < len(marked) and marked[k] < start + n:
             i = marked[k]

@@ -314,6 +314,7 @@
       let value = r[F[name]];
       if (value === null || value === undefined || value === '') continue;
       if (name === 'size_bytes') value = value.toLocaleString('en') + ' bytes';
+      else if (typeof value === 'object') value = JSON.stringify(value);
       items.push([name, value]);
     }
     if (r[F.thumb_note]) items.push(['preview', r[F.thumb_note]]);
