@@ -43,6 +43,8 @@ MAX_TEXT_BYTES = 4 << 20  # one text chunk, decompressed
 MAX_TOTAL_TEXT_BYTES = 16 << 20  # all text chunks of a file together
 MAX_XMP_BYTES = 4 << 20
 MAX_MANIFEST_BYTES = 64 << 20  # a C2PA manifest store larger than this is not handed to the SDK
+MAX_CHUNKS = 100_000  # PNG chunks / JPEG segments / RIFF chunks walked per file (a hostile file may hold millions)
+MAX_LIST = 50  # status codes, source types... kept in the detail
 PROMPT_CHARS = 2048
 SHORT_CHARS = 256
 
@@ -77,6 +79,7 @@ def known_generator(text: str | None) -> str | None:
     """The generator a Software/CreatorTool/claim-generator string names, per the table, or None."""
     if not text:
         return None
+    text = text[:1024]  # a tool name is short; a hostile multi-megabyte "Software" must not cost time
     for pattern, name in table()["software"]:
         if pattern.search(text):
             return name
@@ -273,21 +276,22 @@ def _c2pa_summary(store: dict, state: str | None) -> dict:
     manifests = store.get("manifests") or {}
     active = manifests.get(store.get("active_manifest") or "", {})
     out: dict[str, Any] = {"state": state,
-                           "codes": [s.get("code") for s in store.get("validation_status") or [] if s.get("code")]}
+                           "codes": [s.get("code") for s in store.get("validation_status") or []
+                                     if isinstance(s, dict) and s.get("code")][:MAX_LIST]}
     out["claim_generator"] = _short(active.get("claim_generator") or " ".join(
         str(i["name"]) for i in active.get("claim_generator_info") or [] if isinstance(i, dict) and i.get("name"))
         or None)
     sig = active.get("signature_info") or {}
     out["signer"] = {k: _short(sig.get(k)) for k in ("issuer", "common_name", "time") if sig.get(k)}
     types, agents = _actions(active)
-    out["source_types"] = types
-    out["software_agents"] = agents
+    out["source_types"] = types[:MAX_LIST]
+    out["software_agents"] = agents[:MAX_LIST]
     ingredient_types = []
     for ing in active.get("ingredients") or []:
         label = ing.get("active_manifest") if isinstance(ing, dict) else None
         if label and label in manifests:
             ingredient_types += _actions(manifests[label])[0]
-    out["ingredient_source_types"] = sorted(set(ingredient_types))
+    out["ingredient_source_types"] = sorted(set(ingredient_types))[:MAX_LIST]
     out["ingredient_ai"] = any(source_type_kind(t) in AI for t in ingredient_types)
     return out
 
@@ -339,7 +343,9 @@ def _scan_container(data: bytes, found: _Found) -> None:
 
 def _png(data: bytes, found: _Found) -> None:
     pos, end = 8, len(data)
-    while pos + 8 <= end:
+    for _ in range(MAX_CHUNKS):
+        if pos + 8 > end:
+            break
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
         body = data[pos + 8:pos + 8 + length]
         pos += 12 + length
@@ -401,7 +407,9 @@ _XMP_SIG = b"http://ns.adobe.com/xap/1.0/\x00"
 
 def _jpeg(data: bytes, found: _Found) -> None:
     pos, end = 2, len(data)
-    while pos + 4 <= end:
+    for _ in range(MAX_CHUNKS):
+        if pos + 4 > end:
+            break
         if data[pos] != 0xFF:
             break
         marker = data[pos + 1]
@@ -431,7 +439,9 @@ def _webp(data: bytes, found: _Found) -> None:
     pos, end = 12, len(data)
     if pos >= end:
         return
-    while pos + 8 <= end:
+    for _ in range(MAX_CHUNKS):
+        if pos + 8 > end:
+            break
         kind, length = struct.unpack("<4sI", data[pos:pos + 8])
         body = data[pos + 8:pos + 8 + length]
         pos += 8 + length + (length & 1)
@@ -495,7 +505,7 @@ def _read_xmp(packet: bytes, found: _Found) -> None:
                 types.append(value)
         elif el.tag == _NS_XMP + "CreatorTool" and (el.text or "").strip():
             tools.append(el.text.strip())
-    found.xmp_info["digital_source_types"] = [_short(t.rstrip("/").rsplit("/", 1)[-1]) for t in types]
+    found.xmp_info["digital_source_types"] = [_short(t.rstrip("/").rsplit("/", 1)[-1]) for t in types][:MAX_LIST]
     if tools:
         found.xmp_info["creator_tool"] = _short(tools[0])
 
