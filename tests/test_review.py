@@ -291,3 +291,15 @@ def test_a_failed_rebuild_leaves_the_earlier_page_whole(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert build.build_page(str(tmp_path / "r.parquet"), str(tmp_path / "page"), root=str(tmp_path)).thumbs == 1
     assert sorted(os.listdir(tmp_path / "page")) == ["index.html", "thumbs"] and first.index.endswith("index.html")
+
+
+def test_page_files_get_the_modes_the_umask_gives(tmp_path):
+    _img(tmp_path / "a.png")
+    make_report(tmp_path / "r.parquet", [{"path": "a.png", "score": 0.9, "verdict": "synthetic"}])
+    old = os.umask(0o022)
+    try:
+        summary = build.build_page(str(tmp_path / "r.parquet"), str(tmp_path / "page"), root=str(tmp_path))
+    finally:
+        os.umask(old)
+    assert os.stat(summary.index).st_mode & 0o777 == 0o644
+    assert os.stat(tmp_path / "page" / "thumbs").st_mode & 0o777 == 0o755

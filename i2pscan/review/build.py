@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from .. import __version__
 from ..errors import I2PError, one_line
 from ..report import META_KEY, row_key
-from ..tensorfile import atomic_path
+from ..tensorfile import atomic_path, current_umask
 from . import thumbs as thumbs_mod
 
 DEFAULT_MAX_THUMBS = 5000
@@ -119,8 +119,7 @@ def build_page(report: str, out_dir: str, max_thumbs: int = DEFAULT_MAX_THUMBS, 
         with atomic_path(index) as tmp:
             with open(tmp, "w", encoding="utf-8", newline="\n") as out:
                 _write_page(out, pf, names, page_meta, survey, notes)
-            os.chmod(tmp, 0o644 & ~_umask())
-            os.chmod(new_thumbs, 0o755 & ~_umask())
+            os.chmod(new_thumbs, 0o777 & ~current_umask())  # mkdtemp makes 0700 whatever the umask
             _swap_folder(new_thumbs, os.path.join(out_dir, "thumbs"))
     finally:
         shutil.rmtree(new_thumbs, ignore_errors=True)
@@ -288,12 +287,6 @@ def _swap_folder(new: str, dest: str) -> None:
 def _is_review_page(path: str) -> bool:
     with open(path, "rb") as fh:
         return f'<meta name="generator" content="{MARK}">'.encode() in fh.read(4096)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _threshold(meta: dict) -> float | None:
