@@ -233,8 +233,8 @@ def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions =
                 summary.files += 1
                 summary.flagged += row["verdict"] == "synthetic"
                 summary.errors += row["verdict"] == "error"
-                summary.by_metadata += row["verdict"] == "synthetic" and (row["logit"] is None or row["logit"] < cut
-                                                                         if cut is not None else True)
+                below_cut = cut is None or row["logit"] is None or row["logit"] < cut
+                summary.by_metadata += row["verdict"] == "synthetic" and row["provenance"] in AI and below_cut
                 if writer is not None:
                     writer.add(row)
                 if on_row is not None:
