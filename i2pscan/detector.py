@@ -24,12 +24,32 @@ from .errors import I2PError
 from .features import autocast
 from .head import DetectorHead, HeadConfig
 from .sensitivity import eligible_parameters
+from .sparse import attach
+from . import inference
 
 KIND = "detector"
 META_KEYS = {
     "i2pscan_version", "created", "backbone", "preprocessing", "view", "last_block", "head", "threshold",
     "threshold_logit", "temperature", "target_fpr", "mask", "training", "calibration",
 }
+OPTIONAL_META_KEYS = {"notes", "thresholds"}  # thresholds: {crop policy: {threshold, threshold_logit, temperature, ...}}
+
+
+@dataclass(frozen=True)
+class Cut:
+    """How a scan with one crop policy decides: flag when the combined logit >= ``logit``;
+    score = sigmoid(logit / ``temperature``). ``fitted``: fitted for this policy at finetune time."""
+
+    policy: str
+    logit: float
+    threshold: float
+    temperature: float
+    fitted: bool
+    source: str  # "detector" or "--threshold"
+
+    def to_dict(self) -> dict:
+        return {"policy": self.policy, "threshold": self.threshold, "threshold_logit": self.logit,
+                "temperature": self.temperature, "fitted_for_policy": self.fitted, "source": self.source}
 
 
 @dataclass
@@ -71,7 +91,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 class Detector:
-    """A backbone cut after L* with its delta merged in, and the head: images in, probabilities out.
+    """A backbone cut after L* with its delta attached, and the head: images in, probabilities out.
 
     ``Detector.load(path)`` is the way in; ``score`` the way out.
     """
@@ -123,7 +143,7 @@ class Detector:
         """
         path = os.fspath(path)
         _, meta, tensors = tensorfile.read(path, (KIND,))
-        unknown = set(meta) - META_KEYS - {"notes"}
+        unknown = set(meta) - META_KEYS - OPTIONAL_META_KEYS
         if unknown:
             raise I2PError(f"{path}: unknown metadata key(s) {', '.join(sorted(unknown))} "
                            f"(format {tensorfile.FORMAT_VERSION}): written by a newer i2pscan?")
@@ -143,27 +163,44 @@ class Detector:
             raise I2PError(f"{path}: L* = {last_block} is outside the backbone's 1..{backbone.num_blocks} blocks")
         eligible = eligible_parameters(backbone, last_block)
         backbone.truncate(last_block)
-        for name, delta in _deltas(tensors, path).items():
+        deltas = _deltas(tensors, path)
+        for name, delta in deltas.items():
             if name not in eligible:
                 raise I2PError(f"{path}: delta for {name}, which is not a tunable tensor of blocks 1..{last_block}")
-            param = eligible[name]
-            _check_delta(name, delta, param, path)
-            apply_delta(param, delta)
+            _check_delta(name, delta, eligible[name], path)
+        # the delta stays a separate float32 term, as in validation (never merged into W0: see sparse.attach)
+        attached = attach(backbone, eligible, {n: d.indices for n, d in deltas.items()})
+        for name, module in attached.items():
+            module.values.requires_grad_(False)
+            module.values.data.copy_(deltas[name].values.reshape(module.values.shape))
         head = _build_head(meta, tensors, path, backbone.device)
         return cls(backbone, head, meta, file_sha256(path), path)
 
-    @torch.no_grad()
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Raw head logits of preprocessed crops [B, 3, S, S] (uncalibrated)."""
-        pixels = pixels.to(self.device, non_blocking=True)
-        with autocast(self.device):
-            taps = self.backbone.taps(pixels, self.layers, self.meta["view"])
-            logits, _ = self.head(taps)
-        return logits.float()
+        """Raw head logits of preprocessed crops [B, 3, S, S] (uncalibrated): ``inference.logits``."""
+        return inference.logits(self.backbone, self.head, self.meta["view"], pixels)
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Calibrated probability of being synthetic: sigmoid(logit / temperature)."""
-        return torch.sigmoid(logits / self.temperature)
+        return torch.sigmoid(logits / (self.temperature if temperature is None else temperature))
+
+    def cut(self, crops: int = 1, combine: str = "mean", threshold: float | None = None) -> Cut:
+        """The threshold and temperature for a crop policy: those fitted for it at finetune time,
+        else the centre-crop ones (``fitted`` False: the caller warns). ``threshold``: a probability
+        given by the user, mapped through the policy's temperature."""
+        key = inference.policy_key(crops, combine)
+        fitted = self.meta.get("thresholds", {}).get(key)
+        if fitted is None and key == inference.DEFAULT_POLICY:
+            fitted = {"threshold": self.threshold, "threshold_logit": self.threshold_logit,
+                      "temperature": self.temperature}
+        record = fitted or {"threshold": self.threshold, "threshold_logit": self.threshold_logit,
+                            "temperature": self.temperature}
+        t = float(record["temperature"])
+        if threshold is not None:
+            return Cut(key, t * math.log(threshold / (1.0 - threshold)), float(threshold), t, fitted is not None,
+                       "--threshold")
+        return Cut(key, float(record["threshold_logit"]), float(record["threshold"]), t, fitted is not None,
+                   "detector")
 
     def score(self, images: torch.Tensor | Sequence) -> np.ndarray:
         """Calibrated probabilities (float32) for a batch of preprocessed crops, or for a list of
@@ -202,6 +239,22 @@ def _validate(meta: dict, tensors: dict[str, torch.Tensor], path: str) -> None:
     number("threshold_logit")
     if not 0 <= number("threshold") <= 1:
         raise bad("threshold must be a probability")
+    thresholds = meta.get("thresholds", {})
+    if not isinstance(thresholds, dict):
+        raise bad("thresholds must map crop policies to thresholds")
+    for key, record in thresholds.items():
+        try:
+            inference.parse_policy(key)
+        except I2PError:
+            raise bad(f"thresholds has {key!r}, not a crop policy N:mean or N:max") from None
+        if not isinstance(record, dict):
+            raise bad(f"thresholds[{key!r}] is not a record")
+        for field_name in ("threshold", "threshold_logit", "temperature"):
+            v = record.get(field_name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise bad(f"thresholds[{key!r}].{field_name} is {v!r}, not a finite number")
+        if record["temperature"] <= 0 or not 0 <= record["threshold"] <= 1:
+            raise bad(f"thresholds[{key!r}] needs a positive temperature and a probability threshold")
     bb = meta["backbone"]
     if not isinstance(bb, dict) or not isinstance(bb.get("name"), str) or not isinstance(bb.get("sha256"), str):
         raise bad("backbone must record a name and a sha256")
