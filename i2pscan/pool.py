@@ -9,8 +9,9 @@ from typing import Sequence
 import torch
 
 from .augment import perturb
-from .decode import DEFAULT_MAX_PIXELS, Decoded, decode
+from .decode import DEFAULT_MAX_PIXELS, Decoded, decode, read_header
 from .errors import one_line
+from .provenance import EvidenceReader, unread
 
 
 @dataclass
@@ -46,8 +47,10 @@ class ImageFiles(torch.utils.data.Dataset):
     """Paths -> :class:`Item` (decoded and transformed in DataLoader workers)."""
 
     def __init__(self, paths: Sequence[str], transform, want_hash: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, perturbation: str | None = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, perturbation: str | None = None,
+                 evidence: EvidenceReader | None = None):
         self.paths = list(paths)
+        self.evidence = evidence
         self.transform = transform
         self.want_hash = want_hash
         self.max_pixels = max_pixels
@@ -57,7 +60,9 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Item:
-        info = decode(self.paths[index], max_pixels=self.max_pixels, want_hash=self.want_hash)
+        info = decode(self.paths[index], max_pixels=self.max_pixels, want_hash=self.want_hash,
+                      keep_bytes=self.evidence is not None)
+        _add_evidence(info, self.evidence, self.paths[index])
         pixels = None
         if info.image is not None:
             try:
@@ -67,6 +72,31 @@ class ImageFiles(torch.utils.data.Dataset):
                 info.error = f"preprocessing failed: {one_line(exc)}"
         info.image = None
         return Item(index=index, pixels=pixels, info=info)
+
+
+class HeaderFiles(torch.utils.data.Dataset):
+    """Paths -> :class:`Item` with no pixels: the file's header and its provenance evidence only
+    (``scan --metadata-only``; nothing is decoded)."""
+
+    def __init__(self, paths: Sequence[str], evidence: EvidenceReader, want_hash: bool = False):
+        self.paths = list(paths)
+        self.evidence = evidence
+        self.want_hash = want_hash
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Item:
+        info = read_header(self.paths[index], want_hash=self.want_hash)
+        _add_evidence(info, self.evidence, self.paths[index])
+        return Item(index=index, pixels=None, info=info)
+
+
+def _add_evidence(info: Decoded, evidence: EvidenceReader | None, path: str) -> None:
+    """Provenance columns from the bytes decoding already read (then the bytes are dropped)."""
+    if evidence is not None:
+        info.provenance = evidence.read(info.data, path).columns() if info.data is not None else unread()
+    info.data = None
 
 
 def worker_init(_worker_id: int) -> None:
