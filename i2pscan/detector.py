@@ -21,7 +21,6 @@ from . import tensorfile
 from .backbone import VIEWS, Backbone, load_backbone, recorded_weights
 from .decode import CropTransform, decode, Preprocess
 from .errors import I2PError
-from .features import autocast
 from .head import DetectorHead, HeadConfig
 from .sensitivity import eligible_parameters
 from .sparse import attach

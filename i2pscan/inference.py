@@ -72,7 +72,7 @@ def sample_logits(backbone, head, view: str, paths: Sequence[str], policies: Seq
     preprocess = Preprocess.from_dict(backbone.preprocessing())
     by_crops: dict[int, list[str]] = {}
     for key in policies:
-        crops, how = parse_policy(key)
+        crops, _ = parse_policy(key)
         by_crops.setdefault(crops, []).append(key)
     out: dict[str, np.ndarray] = {}
     kept: list[int] | None = None

@@ -1,6 +1,5 @@
 """Sensitivity, saliency and masks against brute-force oracles (one image at a time, autograd)."""
 
-import itertools
 
 import numpy as np
 import pytest
