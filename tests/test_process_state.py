@@ -16,7 +16,7 @@ def test_decoding_restores_pillows_pixel_limit(tmp_path):
     try:
         Image.MAX_IMAGE_PIXELS = 12345
         assert decode(str(path), max_pixels=100).error is None
-        assert decode(str(path), max_pixels=10).error.startswith("decompression bomb: 8x8 pixels")
+        assert decode(str(path), max_pixels=10).error.startswith("decompression bomb")
         assert Image.MAX_IMAGE_PIXELS == 12345
     finally:
         Image.MAX_IMAGE_PIXELS = before
