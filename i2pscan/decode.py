@@ -66,6 +66,7 @@ class Decoded:
     mtime: float | None = None
     sha256: str | None = None
     data: bytes | None = None  # the file's bytes, when asked for (keep_bytes): shared with the evidence reader
+    exif: dict | None = None  # with keep_bytes: the EXIF tags Pillow already parsed (read_exif's keys)
     provenance: dict | None = None  # report columns from provenance.EvidenceReader, when asked for
 
 
@@ -95,6 +96,8 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
             warnings.simplefilter("ignore")
             image = _open_checked(data, max_pixels, result)
             if image is not None:
+                if keep_bytes:  # Pillow parses EXIF for the orientation anyway: share it with the evidence reader
+                    result.exif = _exif_tags(image.getexif)
                 result.image = _to_rgb(_oriented(image))
                 result.width, result.height = result.image.size
     except FileNotFoundError:
@@ -177,12 +180,20 @@ def read_exif(blob: bytes) -> dict:
     """Selected tags of a raw EXIF block (a TIFF structure, optionally after ``Exif\\0\\0``):
     {name: value} for Make, Model, Software, ImageDescription, Artist, DateTimeOriginal,
     LensModel, UserComment (bytes). Empty when the block cannot be parsed; never raises."""
+    def load() -> Image.Exif:
+        exif = Image.Exif()
+        exif.load(blob)
+        return exif
+
+    return _exif_tags(load)
+
+
+def _exif_tags(get_exif) -> dict:
     out: dict = {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            exif = Image.Exif()
-            exif.load(blob)
+            exif = get_exif()
             for tag, name in _EXIF_IFD0.items():
                 if exif.get(tag) is not None:
                     out[name] = exif.get(tag)

@@ -22,7 +22,7 @@ from . import __version__, console, inference
 from .decode import CropTransform, Decoded, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from .pool import Batch, collate, HeaderFiles, ImageFiles, Item, loader, PREFETCH_FACTOR
 from .detector import Cut, Detector
-from .errors import I2PError, one_line
+from .errors import I2PError, one_line, short_path
 from .provenance import AI, EvidenceReader, unread
 from .report import ReportWriter, mtime_of, path_columns
 
@@ -42,34 +42,44 @@ def discover(inputs: Sequence[str], options: DiscoverOptions = DiscoverOptions()
              stdin: Iterable[bytes] | None = None) -> list[str]:
     """Expand files, folders (recursively, sorted) and ``-`` (paths on stdin) into a file list.
 
-    A file named explicitly (argument or stdin) is scanned whatever its extension; in folders, files are picked by
-    extension (case-insensitive), hidden names are skipped unless ``hidden``, symlinks are not
-    followed unless ``follow_symlinks`` (then without loops), and ``exclude`` globs match the path
-    below the folder or the bare name. Each file appears once. Raises I2PError, before any work,
-    for an argument that does not exist; a missing path read from stdin, or a folder that cannot
-    be listed, is kept so that it becomes an error row.
+    A file named explicitly (argument or stdin) is scanned whatever its extension, and a symlink
+    named explicitly is followed (as ``find -H`` does); in folders, files are picked by extension
+    (case-insensitive), hidden names are skipped unless ``hidden``, symlinks are not followed
+    unless ``follow_symlinks`` (then without loops), and ``exclude`` globs match the path below the
+    folder or the bare name. Each file appears once. A folder named explicitly that holds no image
+    file gets a warning line. Raises I2PError, before any work, for an argument that does not
+    exist; a missing path read from stdin, or a folder that cannot be listed, is kept so that it
+    becomes an error row.
     """
     found: dict[str, None] = {}
     for item in inputs:
         if item != "-" and not os.path.lexists(item):
-            raise I2PError(f"no such file or folder: {item}")
+            raise I2PError(f"no such file or folder: {short_path(item)}")
     expanded: list[str] = []
     for item in inputs:  # paths read from stdin are data: one that is missing becomes an error row
         expanded.extend(_stdin_paths(stdin) if item == "-" else [item])
     extensions = tuple(e.lower().lstrip(".") for e in options.extensions)
     for path in expanded:
-        if os.path.isdir(path) and (options.follow_symlinks or not os.path.islink(path) or path.endswith(os.sep)):
+        if os.path.isdir(path):
+            images = 0
             for f in _walk(path, extensions, options):
                 found.setdefault(f, None)
+                images += 1
+            if not images:
+                console.warn(f"{short_path(path)} is a folder with no image files to scan "
+                             f"(--ext, --hidden change what is picked up)")
         else:
             found.setdefault(path, None)
     return list(found)
 
 
 def _stdin_paths(stdin: Iterable[bytes] | None) -> list[str]:
+    """Paths on stdin, NUL-separated when the input holds a NUL, else one per line. Names are
+    kept byte for byte: a ``\\r`` before the newline is part of the name (convert CRLF lists with
+    ``tr -d '\\r'``); empty lines are skipped."""
     data = (stdin if stdin is not None else sys.stdin.buffer).read()
     sep = b"\0" if b"\0" in data else b"\n"
-    return [os.fsdecode(p.rstrip(b"\r") if sep == b"\n" else p) for p in data.split(sep) if p.strip()]
+    return [os.fsdecode(p) for p in data.split(sep) if p]
 
 
 def _walk(root: str, extensions: tuple[str, ...], options: DiscoverOptions) -> Iterator[str]:
@@ -86,7 +96,7 @@ def _walk(root: str, extensions: tuple[str, ...], options: DiscoverOptions) -> I
             seen.add((st.st_dev, st.st_ino))
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
-            console.warn(f"cannot list {folder}: {exc.strerror or exc}")
+            console.warn(f"cannot list {short_path(folder)}: {exc.strerror or exc}")
             yield folder  # an error row, so that the scan's exit code says something was unreadable
             return
         for entry in entries:
@@ -224,6 +234,9 @@ def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions =
         dataset = ImageFiles(todo, CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
                              max_pixels=options.max_pixels, perturbation=options.perturbation,
                              evidence=evidence if options.read_provenance else None)
+        if options.workers > 0 and todo:
+            crop = detector.preprocess.crop_size
+            check_shared_memory(min(options.batch_size, len(todo)) * options.crops * 3 * crop * crop * 4)
     started = time.monotonic()
     with console.progress(len(todo), "scan") as bar:
         for batch in robust_batches(dataset, options.batch_size, options.workers,
@@ -235,8 +248,8 @@ def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions =
                 summary.files += 1
                 summary.flagged += row["verdict"] == "synthetic"
                 summary.errors += row["verdict"] == "error"
-                summary.by_metadata += row["verdict"] == "synthetic" and (row["logit"] is None or row["logit"] < cut
-                                                                         if cut is not None else True)
+                below_cut = cut is None or row["logit"] is None or row["logit"] < cut
+                summary.by_metadata += row["verdict"] == "synthetic" and row["provenance"] in AI and below_cut
                 if writer is not None:
                     writer.add(row)
                 if on_row is not None:
@@ -292,6 +305,28 @@ def _row(path: str, item: Item, scored: tuple[float, float] | None, cut: float |
         "sha256": info.sha256,
         **evidence_columns,
     }
+
+
+def check_shared_memory(nbytes: int) -> None:
+    """Raise I2PError, before any work, when a batch of ``nbytes`` cannot go through shared
+    memory, as decoding workers hand it over: under a file-size limit (``ulimit -f``, which
+    workers inherit) smaller than a batch, or without a usable /dev/shm, every worker would fail
+    where nobody sees it and the scan would wait on batches that never come."""
+    fix = "raise the limit, lower --batch-size, or decode in this process with --workers 0"
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except ImportError:
+        limit = None
+    if limit is not None and limit != resource.RLIM_INFINITY and limit < nbytes:
+        raise I2PError(f"decoding workers cannot hand over a batch of {nbytes:,} bytes through shared memory: "
+                       f"the file-size limit (ulimit -f) is {limit:,} bytes; {fix}")
+    try:
+        torch.empty(4096, dtype=torch.uint8).share_memory_()
+    except (RuntimeError, OSError) as exc:
+        raise I2PError(f"decoding workers cannot hand over batches through shared memory: {one_line(exc, 200)}; "
+                       f"{fix}") from exc
 
 
 # -- decoding that survives a crashing decoder ------------------------------------------------------
