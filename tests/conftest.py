@@ -123,3 +123,15 @@ def tamper_detector(src, dst, meta_edit=None, tensor_edit=None):
         tensor_edit(tensors)
     tensorfile.write(dst, kind, tensors, meta)
     return dst
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """The backbone-hash cache (XDG_CACHE_HOME/i2pscan) lives in a temporary folder during tests."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
