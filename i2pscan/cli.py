@@ -138,6 +138,7 @@ def cli():
       i2pscan scan photos/ --detector detector.safetensors -o report.parquet
       i2pscan evaluate test/ --detector detector.safetensors
     Offline demo with the tiny shipped backbone: examples/quickstart.sh
+    No training at all: `i2pscan scan photos/` uses the shipped rine-2class (`i2pscan detectors`).
 
     Exit codes: 0 nothing flagged, 1 something flagged, 2 usage or configuration error (or a
     scan stopped before the end), 3 nothing flagged but some files unreadable.
