@@ -18,10 +18,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from . import __version__, console
+from . import __version__, console, inference
 from .decode import CropTransform, Decoded, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from .pool import Batch, collate, HeaderFiles, ImageFiles, Item, loader, PREFETCH_FACTOR
-from .detector import Detector
+from .detector import Cut, Detector
 from .errors import I2PError, one_line, short_path
 from .provenance import AI, EvidenceReader, unread
 from .report import ReportWriter, mtime_of, path_columns
@@ -173,23 +173,35 @@ class ScanSummary:
 
 
 def report_metadata(detector: Detector | None, options: ScanOptions, inputs: Sequence[str]) -> dict:
-    """What a report records about how it was made (``detector`` None: a --metadata-only scan)."""
+    """What a report records about how it was made, the threshold actually used included
+    (``detector`` None: a --metadata-only scan)."""
     if detector is None:
         return {"i2pscan_version": __version__, "detector_id": None, "detector_path": None, "detector": {},
-                "options": options.to_dict(), "inputs": list(inputs), "started": now()}
+                "options": options.to_dict(), "inputs": list(inputs), "started": now(), "threshold": None}
     return {"i2pscan_version": __version__, "detector_id": detector.id, "detector_path": os.path.abspath(detector.path),
-            "detector": detector.meta, "options": options.to_dict(), "inputs": list(inputs), "started": now()}
+            "detector": detector.meta, "options": options.to_dict(), "inputs": list(inputs), "started": now(),
+            "threshold": choose_cut(detector, options).to_dict()}
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def threshold_logit(detector: Detector, threshold: float | None) -> float:
-    """The logit at or above which a file is flagged: the detector's, or the given probability's."""
-    if threshold is None:
-        return detector.threshold_logit
-    return detector.temperature * math.log(threshold / (1.0 - threshold))
+def choose_cut(detector: Detector, options: ScanOptions) -> Cut:
+    """The threshold and temperature fitted for the scan's crop policy (``Detector.cut``)."""
+    return detector.cut(options.crops, options.combine, options.threshold)
+
+
+def warn_if_unfitted(cut: Cut) -> None:
+    if not cut.fitted:
+        console.warn(f"the detector has no threshold fitted for --crops {cut.policy.replace(':', ' --combine ')}: "
+                     f"using the centre-crop one, whose false-positive rate may differ; "
+                     f"finetune with --crop-policies {cut.policy} to fit one")
+
+
+def threshold_logit(detector: Detector, threshold: float | None, crops: int = 1, combine: str = "mean") -> float:
+    """The logit at or above which a file is flagged: the policy's, or the given probability's."""
+    return detector.cut(crops, combine, threshold).logit
 
 
 def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions = ScanOptions(),
@@ -209,13 +221,16 @@ def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions =
     done = writer.done if writer is not None else set()
     todo = [p for p in paths if p not in done]
     summary = ScanSummary(skipped_done=len(paths) - len(todo))
+    chosen = None
     if detector is None:
         cut = None
         summary.threshold = None
         dataset = HeaderFiles(todo, evidence, want_hash=options.want_hash)
     else:
-        cut = threshold_logit(detector, options.threshold)
-        summary.threshold = options.threshold if options.threshold is not None else detector.threshold
+        chosen = choose_cut(detector, options)
+        warn_if_unfitted(chosen)
+        cut = chosen.logit
+        summary.threshold = chosen.threshold
         dataset = ImageFiles(todo, CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
                              max_pixels=options.max_pixels, perturbation=options.perturbation,
                              evidence=evidence if options.read_provenance else None)
@@ -227,7 +242,7 @@ def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions =
         for batch in robust_batches(dataset, options.batch_size, options.workers,
                                     pin_memory=detector is not None and detector.device.type == "cuda",
                                     timeout_s=options.batch_timeout_s):
-            logits = _batch_logits(detector, batch, options) if detector is not None else {}
+            logits = _batch_logits(detector, batch, options, chosen.temperature) if chosen is not None else {}
             for pos, item in enumerate(batch.items):
                 row = _row(todo[item.index], item, logits.get(pos), cut, options.evidence)
                 summary.files += 1
@@ -244,13 +259,13 @@ def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions =
     return summary
 
 
-def _batch_logits(detector: Detector, batch: Batch, options: ScanOptions) -> dict[int, tuple[float, float]]:
+def _batch_logits(detector: Detector, batch: Batch, options: ScanOptions,
+                  temperature: float | None = None) -> dict[int, tuple[float, float]]:
     """{position in batch: (combined logit, calibrated score)} for the items that decoded."""
     if batch.pixels is None:
         return {}
-    logits = detector.logits(batch.pixels).view(len(batch.ok), options.crops)
-    combined = logits.mean(dim=1) if options.combine == "mean" else logits.max(dim=1).values
-    scores = detector.probabilities(combined)
+    combined = inference.combine(detector.logits(batch.pixels), options.crops, options.combine)
+    scores = detector.probabilities(combined, temperature)
     return dict(zip(batch.ok, zip(combined.cpu().tolist(), scores.cpu().tolist())))
 
 

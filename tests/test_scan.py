@@ -175,10 +175,11 @@ def test_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file, run_cli
 
     monkeypatch.setattr(data, "decode", crashing)
     r = run_cli("scan", "d", "-d", detector_file, "-o", "r.parquet", "--workers", "2", "--batch-size", "2")
-    assert r.exit_code == 3, r.stderr
     rows = _rows("r.parquet")
     assert [row["path"] for row in rows] == [f"d/{i:02d}.png" for i in range(12)]
     assert [row["verdict"] == "error" for row in rows] == [i == 5 for i in range(12)]
+    flagged = any(row["verdict"] == "synthetic" for row in rows)  # whatever the detector thinks of noise
+    assert r.exit_code == (1 if flagged else 3), r.stderr
     assert "crashed" in rows[5]["error"]
 
 
