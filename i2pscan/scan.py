@@ -1,8 +1,8 @@
 """The batch scanner: find files, decode them in worker processes, score them, yield one row each.
 
 Every input file gives exactly one row: a score and a verdict, or an ``error`` verdict with a
-message. Rows come out in discovery order. A decoder that crashes its worker process costs that
-one file an error row (the batch it was in is retried file by file), never the run.
+message. Rows come out in discovery order. A decoder that crashes or hangs its worker process
+costs that one file an error row (pool.DecodePool knows which file each worker holds), never the run.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from . import __version__, console
-from .decode import CropTransform, Decoded, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
-from .pool import Batch, collate, ImageFiles, Item, loader, PREFETCH_FACTOR
+from .decode import CropTransform, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from .pool import Batch, DEFAULT_FILE_TIMEOUT_S, FileWork, Item, scan_batches
 from .detector import Detector
 from .errors import I2PError, one_line
 from .report import ReportWriter, mtime_of, path_columns
@@ -115,7 +115,7 @@ class ScanOptions:
     workers: int = 0
     want_hash: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    batch_timeout_s: float = 600.0
+    file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S  # a worker silent this long on one file is stopped
     perturbation: str | None = None  # evaluation only: degrade each image first (data.perturb)
 
     def __post_init__(self):
@@ -176,12 +176,12 @@ def scan(detector: Detector, paths: Sequence[str], options: ScanOptions = ScanOp
     cut = threshold_logit(detector, options.threshold)
     summary = ScanSummary(skipped_done=len(paths) - len(todo),
                           threshold=options.threshold if options.threshold is not None else detector.threshold)
-    dataset = ImageFiles(todo, CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
-                         max_pixels=options.max_pixels, perturbation=options.perturbation)
+    work = FileWork(CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
+                    max_pixels=options.max_pixels, perturbation=options.perturbation)
     started = time.monotonic()
     with console.progress(len(todo), "scan") as bar:
-        for batch in robust_batches(dataset, options.batch_size, options.workers,
-                                    pin_memory=detector.device.type == "cuda", timeout_s=options.batch_timeout_s):
+        for batch in scan_batches(todo, work, options.batch_size, options.workers,
+                                  pin_memory=detector.device.type == "cuda", timeout_s=options.file_timeout_s):
             logits = _batch_logits(detector, batch, options)
             for pos, item in enumerate(batch.items):
                 row = _row(todo[item.index], item, logits.get(pos), cut)
@@ -228,66 +228,3 @@ def _row(path: str, item: Item, scored: tuple[float, float] | None, cut: float) 
         "error": None if ok else (info.error or "not scored"),
         "sha256": info.sha256,
     }
-
-
-# -- decoding that survives a crashing decoder ------------------------------------------------------
-
-
-class _Subset(torch.utils.data.Dataset):
-    """Some files of an ImageFiles; items keep their index in the whole dataset."""
-
-    def __init__(self, dataset: ImageFiles, indices: list[int]):
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.dataset[self.indices[i]]
-
-
-def robust_batches(dataset: ImageFiles, batch_size: int, workers: int, pin_memory: bool = False,
-                   timeout_s: float = 600.0) -> Iterator[Batch]:
-    """Batches of ``dataset`` in order. If a worker process dies (a decoder crash) or stalls past
-    ``timeout_s``, every file that may have been in flight is retried alone in a fresh worker;
-    the one that fails again becomes an error row and the scan goes on. With ``workers=0`` there
-    is no isolation: a crash in the decoder ends the process."""
-    pending = list(range(len(dataset)))
-    if workers == 0:
-        for batch in loader(_Subset(dataset, pending), batch_size, 0, pin_memory):
-            yield batch
-        return
-    in_flight = batch_size * workers * PREFETCH_FACTOR
-    while pending:
-        position = 0
-        try:
-            for batch in loader(_Subset(dataset, pending), batch_size, workers, pin_memory, timeout_s=timeout_s):
-                yield batch
-                position += len(batch.items)
-            return
-        except RuntimeError as exc:
-            if "DataLoader" not in str(exc):
-                raise
-            suspects = pending[position:position + in_flight]
-            pending = pending[position + in_flight:]
-            console.warn(f"a decoding worker failed ({one_line(exc, 160)}); retrying {len(suspects)} file(s) one by one")
-            for index in suspects:
-                yield _alone(dataset, index, pin_memory, timeout_s)
-
-
-def _alone(dataset: ImageFiles, index: int, pin_memory: bool, timeout_s: float) -> Batch:
-    """One file decoded in its own worker process; an error row if that process dies or hangs."""
-    try:
-        for batch in loader(_Subset(dataset, [index]), 1, 1, pin_memory, timeout_s=timeout_s):
-            return batch
-    except RuntimeError as exc:
-        if "DataLoader" not in str(exc):
-            raise
-    info = Decoded(image=None, error="the decoder crashed or hung on this file")
-    try:
-        st = os.stat(dataset.paths[index])
-        info.size_bytes, info.mtime = st.st_size, st.st_mtime
-    except OSError:
-        pass
-    return collate([Item(index=index, pixels=None, info=info)])
-
