@@ -278,8 +278,9 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @_scoring_options
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="REPORT.parquet",
-              help="Write a Parquet report with one row per file (written in closed shards, resumable).")
+@click.option("--output", "-o", type=click.Path(path_type=str), default=None, metavar="REPORT.parquet|DIR/",
+              help="Write a Parquet report with one row per file (written in closed shards, resumable); "
+                   "a name ending in / writes a dataset folder of part files instead, for huge scans.")
 @click.option("--resume", is_flag=True, help="Finish (or extend) the report of an interrupted scan; needs -o.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True,
@@ -297,11 +298,13 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
               help="Refuse images larger than this many pixels as decompression bombs [default: 178,956,970].")
 @click.option("--flush-rows", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Rows per report shard: at most this many files are scanned again after a kill.")
+@click.option("--ray", "ray_address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT|local",
+              help="Run the scan on a Ray cluster (pip install 'i2pscan[ray]'); local starts a private one.")
 @_run_options
 @_command
 def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, null, threshold, crops, combine,
-         want_hash, extensions, exclude, hidden, follow_symlinks, max_pixels, pretrained, flush_rows, device,
-         batch_size, workers, quiet):
+         want_hash, extensions, exclude, hidden, follow_symlinks, max_pixels, pretrained, flush_rows, ray_address,
+         device, batch_size, workers, quiet):
     """Score every image under PATHS (files, folders, or - for paths on stdin).
 
     \b
@@ -316,7 +319,7 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
     from .pool import default_workers
     from .detector import Detector
-    from .report import ReportWriter, verdict_counts
+    from .report import DatasetWriter, is_dataset_path, ReportWriter, verdict_counts
 
     if resume and not output:
         raise click.UsageError("--resume needs -o REPORT.parquet")
@@ -333,13 +336,20 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     detector = Detector.load(detector_file, device=where, pretrained=pretrained)
     writer = None
     if output:
-        writer = ReportWriter(output, scan_mod.report_metadata(detector, options, paths), resume=resume,
+        writer_class = DatasetWriter if is_dataset_path(output) else ReportWriter
+        writer = writer_class(output, scan_mod.report_metadata(detector, options, paths), resume=resume,
                               overwrite=overwrite, shard_rows=flush_rows)
     if not files:
         _log(f"no image files found (extensions: {' '.join(exts)}; --ext, --hidden change what is picked up)")
     emit = _row_printer(fmt, flagged_only, null, stop_when_closed=writer is None)
     try:
-        summary = scan_mod.scan(detector, files, options, writer, on_row=emit)
+        if ray_address:
+            from .distributed import scan_on
+
+            summary = scan_on(ray_address, detector, files, options=options, writer=writer, on_row=emit,
+                              total=len(files), pretrained=pretrained)
+        else:
+            summary = scan_mod.scan(detector, files, options, writer, on_row=emit)
     except _StdoutClosed:  # `i2pscan scan ... | head`: the reader has what it wanted
         _exit(EXIT_CLEAN)
     except BaseException as exc:

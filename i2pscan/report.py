@@ -90,7 +90,8 @@ class ReportWriter:
         if resume and overwrite:
             raise I2PError("--resume and --overwrite contradict each other")
         if os.path.isdir(self.path):
-            raise I2PError(f"{self.path} is a folder; -o needs a file name")
+            raise I2PError(f"{self.path} is a folder; -o needs a file name (or DIR/, with the slash, "
+                           f"for a dataset folder of part files)")
         check_writable(self.path)
         if resume:
             self._resume()
@@ -219,6 +220,92 @@ def _read_meta(path: str) -> dict:
     except (OSError, pa.ArrowInvalid) as exc:
         raise I2PError(f"cannot read {path}: {exc}") from exc
     return json.loads(raw) if raw else {}
+
+
+# -- a Parquet dataset folder instead of one file (-o DIR/) -------------------------------------
+
+
+def is_dataset_path(path: str) -> bool:
+    """``-o`` ending in a path separator names a dataset folder of part files."""
+    return path.endswith(("/", os.sep))
+
+
+class DatasetWriter(ReportWriter):
+    """Rows in, a Parquet dataset folder out: ``DIR/part-NNNNNN.parquet``, each a closed file with
+    the report's schema and metadata, written atomically. Nothing is merged, so a report of any
+    size never has to fit one file or one machine's memory; pyarrow, pandas, polars and DuckDB
+    read the folder as one table (hidden names such as the lock are skipped). Resume, overwrite
+    and the lock work as for a single report; rows are in input order within a part, parts in
+    the order they were written.
+    """
+
+    def __init__(self, path: str, meta: dict, resume: bool = False, overwrite: bool = False,
+                 shard_rows: int = 2048, shard_seconds: float = 30.0):
+        self.path = os.fspath(path)
+        self.parts = self.path.rstrip("/" + os.sep) or self.path
+        self.meta = meta
+        self.shard_rows = shard_rows
+        self.shard_seconds = shard_seconds
+        self._buffer: list[dict] = []
+        self._last_flush = time.monotonic()
+        self._done: dict[str, None] = {}
+        self._base = None
+        if resume and overwrite:
+            raise I2PError("--resume and --overwrite contradict each other")
+        if os.path.exists(self.parts) and not os.path.isdir(self.parts):
+            raise I2PError(f"{self.parts} is a file; -o DIR/ needs a folder (or drop the / for one report file)")
+        check_writable(os.path.join(self.parts, "probe") if os.path.isdir(self.parts) else self.parts)
+        existing = self._part_files()
+        if resume:
+            for source in existing:
+                self._check_compatible(source)
+                for row in pq.read_table(source, columns=["path", "path_raw"]).to_pylist():
+                    self._done[row_key(row)] = None
+        elif existing and not overwrite:
+            raise I2PError(f"{self.parts} already holds a report: pass --resume to finish or extend it, "
+                           f"or --overwrite to start over")
+        os.makedirs(self.parts, exist_ok=True)
+        self._lock = _lock(self.parts, self.path)
+        if overwrite:
+            for name in existing:
+                os.unlink(name)
+        self._next_shard = 1 + max([_shard_number(os.path.basename(n)) for n in self._part_files()] or [0])
+
+    def _part_files(self) -> list[str]:
+        if not os.path.isdir(self.parts):
+            return []
+        return sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts)
+                      if n.startswith("part-") and n.endswith(".parquet"))
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
+        table = table.replace_schema_metadata({META_KEY: json.dumps(self.meta).encode()})
+        _atomic_write(table, os.path.join(self.parts, f"part-{self._next_shard:06d}.parquet"))
+        self._next_shard += 1
+        self._buffer = []
+
+    def abandon(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._lock.close()
+
+    def close(self, order: dict[str, int] | None = None, finished_meta: dict | None = None) -> pa.Table:
+        """Write the last part; return the verdicts of the whole folder (earlier runs included).
+        ``order`` is not used: parts are never rewritten."""
+        self.flush()
+        parts = self._part_files()
+        table = (pa.concat_tables([pq.read_table(p, columns=["verdict"]) for p in parts]) if parts
+                 else pa.table({"verdict": pa.array([], pa.string())}))
+        self._lock.close()
+        try:
+            os.unlink(os.path.join(self.parts, ".lock"))
+        except OSError:
+            pass
+        return table
 
 
 # -- reading reports back ----------------------------------------------------------------------

@@ -47,21 +47,35 @@ def discover(inputs: Sequence[str], options: DiscoverOptions = DiscoverOptions()
     for an argument that does not exist; a missing path read from stdin, or a folder that cannot
     be listed, is kept so that it becomes an error row.
     """
-    found: dict[str, None] = {}
+    return list(iter_discover(inputs, options, stdin))
+
+
+def iter_discover(inputs: Sequence[str], options: DiscoverOptions = DiscoverOptions(),
+                  stdin: Iterable[bytes] | None = None) -> Iterator[str]:
+    """:func:`discover`, streamed: paths come out as folders are listed, so a tree of millions of
+    files is never held as a list (only one folder's entries at a time, plus, when several
+    inputs could overlap, the set of paths already given). Arguments are checked first."""
     for item in inputs:
         if item != "-" and not os.path.lexists(item):
             raise I2PError(f"no such file or folder: {item}")
-    expanded: list[str] = []
-    for item in inputs:  # paths read from stdin are data: one that is missing becomes an error row
-        expanded.extend(_stdin_paths(stdin) if item == "-" else [item])
+    return _discovered(inputs, options, stdin)
+
+
+def _discovered(inputs: Sequence[str], options: DiscoverOptions, stdin: Iterable[bytes] | None) -> Iterator[str]:
+    seen: set[str] | None = None if len(inputs) == 1 and inputs[0] != "-" else set()
     extensions = tuple(e.lower().lstrip(".") for e in options.extensions)
-    for path in expanded:
-        if os.path.isdir(path) and (options.follow_symlinks or not os.path.islink(path) or path.endswith(os.sep)):
-            for f in _walk(path, extensions, options):
-                found.setdefault(f, None)
-        else:
-            found.setdefault(path, None)
-    return list(found)
+    for item in inputs:  # paths read from stdin are data: one that is missing becomes an error row
+        for path in (_stdin_paths(stdin) if item == "-" else [item]):
+            if os.path.isdir(path) and (options.follow_symlinks or not os.path.islink(path) or path.endswith(os.sep)):
+                found = _walk(path, extensions, options)
+            else:
+                found = [path]
+            for f in found:
+                if seen is None:
+                    yield f
+                elif f not in seen:
+                    seen.add(f)
+                    yield f
 
 
 def _stdin_paths(stdin: Iterable[bytes] | None) -> list[str]:
