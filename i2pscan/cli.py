@@ -51,7 +51,7 @@ def _scoring_options(f):
                      help="Flag at this calibrated probability instead of the detector's threshold.")(f)
     f = click.option("--pretrained", default=None, metavar="TAG|PATH",
                      help="Backbone weights, when the detector's recorded source is not available here.")(f)
-    f = click.option("--detector", "-d", "detector_file", envvar="I2PSCAN_DETECTOR", required=True,
+    f = click.option("--detector", "-d", "detector_file", envvar="I2PSCAN_DETECTOR", required=False,
                      type=click.Path(dir_okay=False, path_type=str),
                      help="Detector file from `i2pscan finetune` [env: I2PSCAN_DETECTOR].")(f)
     return f
@@ -298,13 +298,22 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
               help="Refuse images larger than this many pixels as decompression bombs [default: 178,956,970].")
 @click.option("--flush-rows", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Rows per report shard: at most this many files are scanned again after a kill.")
+@click.option("--metadata-only", is_flag=True,
+              help="No model: verdicts from each file's provenance metadata alone (synthetic, real for a "
+                   "validating C2PA capture, unknown otherwise); no detector, backbone or weights are loaded.")
+@click.option("--evidence", type=click.Choice(["all", "model"]), default="all", show_default=True,
+              help="all: metadata declaring AI (C2PA, IPTC, generator parameters) flags a file whatever its "
+                   "score; model: verdicts from the score alone (the evidence stays in the report).")
+@click.option("--c2pa-trust", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="PEM",
+              help="C2PA trust anchors (a PEM bundle, e.g. the C2PA trust list): signatures under them read "
+                   "'trusted' instead of 'valid'.")
 @click.option("--ray", "ray_address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT|local",
               help="Run the scan on a Ray cluster (pip install 'i2pscan[ray]'); local starts a private one.")
 @_run_options
 @_command
 def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, null, threshold, crops, combine,
-         want_hash, extensions, exclude, hidden, follow_symlinks, max_pixels, pretrained, flush_rows, ray_address,
-         device, batch_size, workers, quiet):
+         want_hash, extensions, exclude, hidden, follow_symlinks, max_pixels, pretrained, flush_rows, metadata_only,
+         evidence, c2pa_trust, ray_address, device, batch_size, workers, quiet):
     """Score every image under PATHS (files, folders, or - for paths on stdin).
 
     \b
@@ -319,21 +328,40 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
     from .pool import default_workers
     from .detector import Detector
+    from .provenance import METADATA_EXTENSIONS
+    from .provenance import EvidenceReader
     from .report import DatasetWriter, is_dataset_path, ReportWriter, verdict_counts
 
     if resume and not output:
         raise click.UsageError("--resume needs -o REPORT.parquet")
     if null and not flagged_only:
         raise click.UsageError("-0 goes with --flagged-only")
+    if metadata_only and evidence == "model":
+        raise click.UsageError("--metadata-only and --evidence model contradict each other")
+    if metadata_only:
+        model_only = [name for name, value in (("--threshold", threshold is not None), ("--crops", crops != 1),
+                                               ("--combine", combine != "mean"), ("--pretrained", pretrained),
+                                               ("--max-pixels", max_pixels)) if value]
+        if model_only:
+            raise click.UsageError(f"{model_only[0]} needs a model; --metadata-only runs none")
+    if metadata_only and ray_address:
+        raise click.UsageError("--metadata-only runs no model; scan it without --ray")
+    if not metadata_only and detector_file is None:
+        raise click.UsageError("Missing option '--detector' / '-d' (or pass --metadata-only to scan without a model).")
+    reader = EvidenceReader.from_trust_file(c2pa_trust)
     where = resolve_device(device)
-    exts = tuple(e.strip() for x in extensions for e in x.split(",") if e.strip()) or IMAGE_EXTENSIONS
+    exts = tuple(e.strip() for x in extensions for e in x.split(",") if e.strip()) or (
+        IMAGE_EXTENSIONS + tuple(e for e in METADATA_EXTENSIONS if e not in IMAGE_EXTENSIONS) if metadata_only
+        else IMAGE_EXTENSIONS)
     files = scan_mod.discover(paths, scan_mod.DiscoverOptions(exts, hidden, follow_symlinks, tuple(exclude)),
                               stdin=sys.stdin.buffer)
     options = scan_mod.ScanOptions(crops=crops, combine=combine, threshold=threshold, want_hash=want_hash,
                                    batch_size=batch_size or default_batch_size(where),
                                    workers=default_workers() if workers is None else workers,
-                                   max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
-    detector = Detector.load(detector_file, device=where, pretrained=pretrained)
+                                   max_pixels=max_pixels or DEFAULT_MAX_PIXELS, evidence=evidence,
+                                   c2pa_trust=os.path.abspath(c2pa_trust) if c2pa_trust else None,
+                                   metadata_only=metadata_only)
+    detector = None if metadata_only else Detector.load(detector_file, device=where, pretrained=pretrained)
     writer = None
     if output:
         writer_class = DatasetWriter if is_dataset_path(output) else ReportWriter
@@ -347,9 +375,9 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
             from .distributed import scan_on
 
             summary = scan_on(ray_address, detector, files, options=options, writer=writer, on_row=emit,
-                              total=len(files), pretrained=pretrained)
+                              total=len(files), pretrained=pretrained, evidence=reader)
         else:
-            summary = scan_mod.scan(detector, files, options, writer, on_row=emit)
+            summary = scan_mod.scan(detector, files, options, writer, on_row=emit, evidence=reader)
     except _StdoutClosed:  # `i2pscan scan ... | head`: the reader has what it wanted
         _exit(EXIT_CLEAN)
     except BaseException as exc:
@@ -445,6 +473,8 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops
     from .tensorfile import check_writable
     from .scan import ScanOptions
 
+    if detector_file is None:
+        raise click.UsageError("Missing option '--detector' / '-d'.")
     if out and not out.lower().endswith((".parquet", ".csv", ".md")):
         raise click.UsageError("--out must end in .parquet, .csv or .md")
     perturbs = tuple(CLEAN if p == CLEAN else parse_perturbation(p) for p in perturbations) or (CLEAN,)
@@ -472,9 +502,31 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops
 @cli.command()
 @click.argument("report_file", metavar="REPORT.parquet", type=click.Path(exists=True, dir_okay=False, path_type=str))
 @click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="How many flagged files to list.")
+@click.option("--html", "html_dir", type=click.Path(file_okay=False, path_type=str), default=None, metavar="DIR",
+              help="Instead of the summary, write a review page for moderators into DIR (index.html, thumbs/).")
+@click.option("--open", "open_page", is_flag=True, help="With --html: open the page in the system browser.")
+@click.option("--max-thumbs", type=click.IntRange(min=0), default=None, metavar="N",
+              help="With --html: thumbnails for at most N files, flagged first by score [default: 5000].")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
+              help="With --html: the folder the report's relative paths start from [default: the current folder].")
+@click.option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
+              help="With --html: thumbnail processes (default: from the CPU count; 0 decodes in this process).")
+@_quiet_option
 @_command
-def report(report_file, top):
-    """Summarise a scan report: counts, the detector and options used, and the top flagged files."""
+def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, quiet):
+    """Summarise a scan report: counts, the detector and options used, and the top flagged files.
+
+    With --html DIR, write a static review page instead (works offline, from file://): cards with
+    thumbnails, filters, keyboard, a large view, score histograms, and decisions a moderator
+    exports as a CSV path,label that calibrate, finetune and evaluate accept. Prints the page's path.
+    """
+    if html_dir is None:
+        given = [name for name, value in (("--open", open_page), ("--max-thumbs", max_thumbs is not None),
+                                          ("--root", root), ("--workers", workers is not None)) if value]
+        if given:
+            raise click.UsageError(f"{given[0]} goes with --html DIR")
+    else:
+        return _review_page(report_file, html_dir, open_page, max_thumbs, root, workers)
     from .report import read_report
 
     s = read_report(report_file, top)
@@ -484,14 +536,38 @@ def report(report_file, top):
     det = meta.get("detector", {})
     rows = [["report", report_file], ["files", s.files], ["flagged as synthetic", s.synthetic], ["real", s.real],
             ["unreadable", s.errors],
-            ["detector", f"{meta.get('detector_path', '?')} ({str(meta.get('detector_id', '?'))[:12]}…), "
+            ["detector", "none (--metadata-only)" if meta.get("options", {}).get("metadata_only") else
+                         f"{meta.get('detector_path', '?')} ({str(meta.get('detector_id', '?'))[:12]}…), "
                          f"{det.get('backbone', {}).get('name', '?')}"],
             ["scanned", f"{meta.get('started', '?')} to {meta.get('finished', '?')} with i2pscan "
                         f"{meta.get('i2pscan_version', '?')}"]]
+    if s.unknown:
+        rows.insert(4, ["unknown (metadata only)", s.unknown])
     console.table(None, ["", ""], rows, to_stdout=True)
+    if s.by_provenance is not None:
+        console.table("by provenance", ["provenance", "files"],
+                      [[k if k is not None else "(unread)", v] for k, v in s.by_provenance.items()], to_stdout=True)
+    if s.by_generator:
+        console.table("by generator (from metadata)", ["generator", "files"], [[k, v] for k, v in s.by_generator.items()],
+                      to_stdout=True)
     if s.top:
         console.table(f"top {len(s.top)} flagged", ["score", "path"], [[r["score"], r["path"]] for r in s.top],
                       to_stdout=True)
+
+
+def _review_page(report_file, html_dir, open_page, max_thumbs, root, workers):
+    from . import console
+    from .review import DEFAULT_MAX_THUMBS, build_page, default_workers, open_in_browser
+
+    page = build_page(report_file, html_dir, DEFAULT_MAX_THUMBS if max_thumbs is None else max_thumbs, root=root,
+                      workers=default_workers() if workers is None else workers, progress=console.progress)
+    missing = sum(page.thumb_failures.values())
+    _log(f"review page: {page.rows:,} files, {page.thumbs:,} thumbnails"
+         + (f" ({missing:,} files gave none, e.g. {next(iter(page.thumb_failures))})" if missing else "")
+         + f", {page.seconds:.1f} s")
+    click.echo(page.index)
+    if open_page and not open_in_browser(page.index):
+        _log(f"no display to open a browser on: open {page.index} in a browser")
 
 
 @cli.command("demo-data")

@@ -65,38 +65,30 @@ class Decoded:
     size_bytes: int | None = None
     mtime: float | None = None
     sha256: str | None = None
+    data: bytes | None = None  # the file's bytes, when asked for (keep_bytes): shared with the evidence reader
+    provenance: dict | None = None  # report columns from provenance.EvidenceReader, when asked for
 
 
 def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
-           want_hash: bool = False, timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S) -> Decoded:
+           want_hash: bool = False, timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S,
+           keep_bytes: bool = False) -> Decoded:
     """Read and decode one image file into 8-bit RGB.
 
     The format is recognised from the content, not the extension. EXIF orientation is applied;
     animations give their first frame; every Pillow mode is mapped to RGB (alpha composited on
     white, 16/32-bit and float scaled to 8 bits, LAB and CMYK converted). Truncated files, files
     above ``max_pixels`` (decompression bombs), above ``max_bytes``, or taking over ``timeout_s``
-    to decode give an error, as does anything that cannot be read at all.
+    to decode give an error, as does anything that cannot be read at all. ``keep_bytes`` keeps the
+    file's bytes in ``data`` (even when the pixels fail to decode), so that they are read once.
     """
     result = Decoded(image=None)
     data = b""
     try:
-        st = os.stat(path)
-        result.size_bytes, result.mtime = st.st_size, st.st_mtime
-        if os.path.isdir(path):
-            result.error = ("a folder that cannot be listed" if not os.access(path, os.R_OK | os.X_OK)
-                            else "a folder, not an image file")
+        data = _read(path, max_bytes, result)
+        if data is None:
             return result
-        if not os.path.isfile(path):
-            result.error = "not a regular file"
-            return result
-        if st.st_size == 0:
-            result.error = "empty file"
-            return result
-        if st.st_size > max_bytes:
-            result.error = f"file too large ({st.st_size:,} bytes, limit {max_bytes:,})"
-            return result
-        with open(path, "rb") as fh:
-            data = fh.read()
+        if keep_bytes:
+            result.data = data
         if want_hash:
             result.sha256 = hashlib.sha256(data).hexdigest()
         with _deadline(timeout_s), warnings.catch_warnings():
@@ -122,6 +114,85 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
     if result.error:
         result.image = None
     return result
+
+
+def _read(path: str, max_bytes: int, result: Decoded) -> bytes | None:
+    """The file's bytes, or None with ``result.error`` set (a folder, empty, too large...)."""
+    st = os.stat(path)
+    result.size_bytes, result.mtime = st.st_size, st.st_mtime
+    if os.path.isdir(path):
+        result.error = ("a folder that cannot be listed" if not os.access(path, os.R_OK | os.X_OK)
+                        else "a folder, not an image file")
+        return None
+    if not os.path.isfile(path):
+        result.error = "not a regular file"
+        return None
+    if st.st_size == 0:
+        result.error = "empty file"
+        return None
+    if st.st_size > max_bytes:
+        result.error = f"file too large ({st.st_size:,} bytes, limit {max_bytes:,})"
+        return None
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def read_header(path: str, max_bytes: int = DEFAULT_MAX_BYTES, want_hash: bool = False) -> Decoded:
+    """The file's bytes (in ``data``), size, mtime and, from the header alone, format and size in
+    pixels: no pixel is decoded (``--metadata-only``). An unreadable file gets ``error``; a file
+    Pillow does not recognise keeps its bytes with format, width and height unset."""
+    result = Decoded(image=None)
+    try:
+        data = _read(path, max_bytes, result)
+    except FileNotFoundError:
+        result.error = "file not found (deleted or moved during the scan?)"
+        return result
+    except PermissionError:
+        result.error = "permission denied"
+        return result
+    except OSError as exc:
+        result.error = one_line(exc)
+        return result
+    if data is None:
+        return result
+    result.data = data
+    if want_hash:
+        result.sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                result.format = image.format
+                result.width, result.height = image.size
+    except Exception:  # not an image Pillow knows (SVG, JXL...): the evidence may still be there
+        pass
+    return result
+
+
+_EXIF_IFD0 = {0x010F: "Make", 0x0110: "Model", 0x0131: "Software", 0x010E: "ImageDescription", 0x013B: "Artist"}
+_EXIF_SUB = {0x9003: "DateTimeOriginal", 0xA434: "LensModel", 0x9286: "UserComment"}
+
+
+def read_exif(blob: bytes) -> dict:
+    """Selected tags of a raw EXIF block (a TIFF structure, optionally after ``Exif\\0\\0``):
+    {name: value} for Make, Model, Software, ImageDescription, Artist, DateTimeOriginal,
+    LensModel, UserComment (bytes). Empty when the block cannot be parsed; never raises."""
+    out: dict = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exif = Image.Exif()
+            exif.load(blob)
+            for tag, name in _EXIF_IFD0.items():
+                if exif.get(tag) is not None:
+                    out[name] = exif.get(tag)
+            sub = exif.get_ifd(0x8769)
+            for tag, name in _EXIF_SUB.items():
+                if sub.get(tag) is not None:
+                    out[name] = sub.get(tag)
+    except Exception:  # broken EXIF is common and never fatal
+        pass
+    return out
 
 
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")

@@ -26,12 +26,12 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Sequence
 
 from . import console
-from .decode import CropTransform
 from .detector import Detector
 from .errors import I2PError, one_line
 from .pool import DecodePool, FileWork, Item, collate
 from .report import ReportWriter
-from .scan import ScanOptions, ScanSummary, _batch_logits, _row, threshold_logit
+from .provenance import EvidenceReader
+from .scan import ScanOptions, ScanSummary, _batch_logits, _row, count_row, file_work, threshold_logit
 
 ray = None  # imported on first use: an optional extra (pip install 'i2pscan[ray]')
 
@@ -115,7 +115,8 @@ class _Scorer:
             if self.detector.device.type == "cuda":
                 batch.pin_memory()
             logits = _batch_logits(self.detector, batch, self.options)
-            rows += [_row(paths[start + pos], item, logits.get(pos), self.cut) for pos, item in enumerate(batch.items)]
+            rows += [_row(paths[start + pos], item, logits.get(pos), self.cut, self.options.evidence)
+                     for pos, item in enumerate(batch.items)]
         return rows
 
     def pid(self) -> int:
@@ -137,7 +138,8 @@ def scan_on(address: str, detector: Detector, paths: Iterable[str], **kwargs) ->
 def scan(detector: Detector, paths: Iterable[str], options: ScanOptions = ScanOptions(),
          writer: ReportWriter | None = None, on_row: Callable[[dict], None] | None = None,
          total: int | None = None, block_files: int = DEFAULT_BLOCK_FILES,
-         scorers: int | None = None, pretrained: str | None = None, work: FileWork | None = None) -> ScanSummary:
+         scorers: int | None = None, pretrained: str | None = None, evidence: EvidenceReader | None = None,
+         work: FileWork | None = None) -> ScanSummary:
     """:func:`i2pscan.scan.scan` on the Ray cluster this process is attached to (see
     :func:`connect`): the same rows, in input order, to ``writer`` and ``on_row``.
 
@@ -145,7 +147,8 @@ def scan(detector: Detector, paths: Iterable[str], options: ScanOptions = ScanOp
     sizes the progress bar. ``scorers``: model actors (default: one per GPU of the cluster, or one
     per 8 CPUs on a CPU-only cluster). The detector file's bytes travel to the scorers through the
     object store, so nodes need i2pscan and the backbone weights, not the file. ``work``: the
-    per-file work of the decode tasks (default: the crops ``options`` and the detector ask for).
+    per-file work of the decode tasks (default: the crops ``options`` and the detector ask for,
+    with provenance read by ``evidence``, or a reader built from ``options.c2pa_trust``).
     """
     _need_ray()
     if not ray.is_initialized():
@@ -160,11 +163,11 @@ def scan(detector: Detector, paths: Iterable[str], options: ScanOptions = ScanOp
     actors = [scorer_class.options(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1).remote(
         [detector_ref], os.path.basename(detector.path), pretrained, options, bool(gpus)) for _ in range(n_scorers)]
     decode_task = ray.remote(num_cpus=1, max_retries=3)(_decode_block)
-    work = work or FileWork(CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
-                            max_pixels=options.max_pixels, perturbation=options.perturbation)
+    work = work or file_work(detector, options, evidence or EvidenceReader.from_trust_file(options.c2pa_trust))
     work_ref = ray.put(work)
     max_in_flight = max(4, 2 * cpus)
     summary = ScanSummary(threshold=options.threshold if options.threshold is not None else detector.threshold)
+    cut = threshold_logit(detector, options.threshold)
     skipped = [0]
 
     def todo() -> Iterator[str]:
@@ -190,9 +193,7 @@ def scan(detector: Detector, paths: Iterable[str], options: ScanOptions = ScanOp
                 rows = finished.pop(next_emit)
                 next_emit += 1
                 for row in rows:
-                    summary.files += 1
-                    summary.flagged += row["verdict"] == "synthetic"
-                    summary.errors += row["verdict"] == "error"
+                    count_row(summary, row, cut)
                     if writer is not None:
                         writer.add(row)
                     if on_row is not None:

@@ -21,6 +21,7 @@ from . import console
 from .samples import LabelledSample
 from .detector import Detector
 from .errors import I2PError
+from .provenance import AI
 from .report import row_key
 from .scan import ScanOptions, scan, threshold_logit
 
@@ -38,6 +39,8 @@ class Scores:
     labels: np.ndarray
     logits: np.ndarray
     errors: dict[str, int] = field(default_factory=dict)  # subset -> files that could not be decoded
+    ai_meta: np.ndarray | None = None  # per scored file: its own metadata declares AI (generated/ai-edited)
+    ai_meta_counts: dict[str, int] = field(default_factory=dict)  # subset -> files (scored or not) declaring AI
 
 
 @dataclass
@@ -83,16 +86,22 @@ def evaluate(detector: Detector, sample: LabelledSample, options: ScanOptions = 
     rows, all_scores = [], []
     for perturbation in perturbations:
         collected: list[dict] = []
-        opts = replace(options, perturbation=None if perturbation == CLEAN else perturbation)
+        # metrics measure the model: verdicts from scores alone; the evidence is counted beside them
+        opts = replace(options, perturbation=None if perturbation == CLEAN else perturbation, evidence="model")
         scan(detector, sample.paths, opts, on_row=collected.append)
         ok = [r for r in collected if r["verdict"] != "error"]
         errors: dict[str, int] = {}
         for r in collected:
             if r["verdict"] == "error":
                 errors[subset_of[row_key(r)]] = errors.get(subset_of[row_key(r)], 0) + 1
+        ai_counts: dict[str, int] = {}
+        for r in collected:
+            if r.get("provenance") in AI:
+                ai_counts[subset_of[row_key(r)]] = ai_counts.get(subset_of[row_key(r)], 0) + 1
         s = Scores(perturbation, np.asarray([subset_of[row_key(r)] for r in ok]),
                    np.asarray([label_of[row_key(r)] for r in ok], np.int64),
-                   np.asarray([r["logit"] for r in ok], np.float64), errors)
+                   np.asarray([r["logit"] for r in ok], np.float64), errors,
+                   np.asarray([r.get("provenance") in AI for r in ok], bool), ai_counts)
         all_scores.append(s)
         rows.extend(_rows(s, cut))
     return EvalResult(rows, all_scores, cut)
@@ -103,22 +112,34 @@ def _rows(s: Scores, cut: float) -> list[dict]:
     names = sorted(set(s.subsets.tolist()) | set(s.errors))
     for name in names:
         sel = s.subsets == name
-        out.append(_row(s.perturbation, name, s.labels[sel], s.logits[sel], s.errors.get(name, 0), cut))
+        out.append(_row(s.perturbation, name, s.labels[sel], s.logits[sel], s.errors.get(name, 0), cut,
+                        _ai(s, sel), s.ai_meta_counts.get(name, 0)))
     if len(names) > 1:
-        out.append(_row(s.perturbation, "overall", s.labels, s.logits, sum(s.errors.values()), cut))
+        out.append(_row(s.perturbation, "overall", s.labels, s.logits, sum(s.errors.values()), cut,
+                        _ai(s, np.ones(len(s.labels), bool)), sum(s.ai_meta_counts.values())))
         mean = {"perturbation": s.perturbation, "subset": "mean",
                 "n_real": sum(r["n_real"] for r in out[:len(names)]),
-                "n_fake": sum(r["n_fake"] for r in out[:len(names)]), "errors": sum(s.errors.values())}
-        for m in METRICS:
+                "n_fake": sum(r["n_fake"] for r in out[:len(names)]), "errors": sum(s.errors.values()),
+                "ai_meta": sum(r["ai_meta"] for r in out[:len(names)])}
+        for m in METRICS + ("acc_no_meta",):
             values = [r[m] for r in out[:len(names)] if not math.isnan(r[m])]
             mean[m] = float(np.mean(values)) if values else math.nan
         out.append(mean)
     return out
 
 
-def _row(perturbation, subset, labels, logits, errors, cut) -> dict:
+def _ai(s: Scores, sel: np.ndarray) -> np.ndarray:
+    return s.ai_meta[sel] if s.ai_meta is not None and len(s.ai_meta) == len(s.labels) else np.zeros(int(sel.sum()), bool)
+
+
+def _row(perturbation, subset, labels, logits, errors, cut, ai=None, ai_count=0) -> dict:
+    """Metrics of one group, plus how many of its files declare AI in their own metadata and the
+    model's accuracy (mean of real and fake) on the files that do not."""
+    ai = np.zeros(len(labels), bool) if ai is None else ai
+    rest = metrics(labels[~ai], logits[~ai], cut) if len(labels) else {"acc": math.nan}
     return {"perturbation": perturbation, "subset": subset, "n_real": int((labels == 0).sum()),
-            "n_fake": int((labels == 1).sum()), "errors": errors, **metrics(labels, logits, cut)}
+            "n_fake": int((labels == 1).sum()), "errors": errors, **metrics(labels, logits, cut),
+            "ai_meta": int(ai_count), "acc_no_meta": rest["acc"]}
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -126,9 +147,9 @@ def _row(perturbation, subset, labels, logits, errors, cut) -> dict:
 _HEADERS = {"perturbation": "perturbation", "subset": "subset", "n_real": "real", "n_fake": "fake",
             "errors": "errors", "acc_real": "acc real", "acc_fake": "acc fake", "acc": "acc", "acc_05": "acc@0.5",
             "ap": "AP", "auc": "AUC", "oracle_acc": "oracle acc", "tpr_at_fpr_1": "TPR@1%FPR",
-            "tpr_at_fpr_5": "TPR@5%FPR"}
+            "tpr_at_fpr_5": "TPR@5%FPR", "ai_meta": "AI metadata", "acc_no_meta": "acc w/o AI metadata"}
 _SHOWN = ("subset", "n_real", "n_fake", "errors", "acc_real", "acc_fake", "acc", "acc_05", "ap", "auc", "oracle_acc",
-          "tpr_at_fpr_1", "tpr_at_fpr_5")
+          "tpr_at_fpr_1", "tpr_at_fpr_5", "ai_meta", "acc_no_meta")
 
 
 def print_result(result: EvalResult) -> None:
@@ -147,7 +168,7 @@ def _cell(v):
 
 def write_result(result: EvalResult, path: str) -> None:
     """``.parquet``, ``.csv`` or ``.md``, chosen by the suffix; one row per (perturbation, subset)."""
-    columns = ["perturbation", "subset", "n_real", "n_fake", "errors", *METRICS]
+    columns = ["perturbation", "subset", "n_real", "n_fake", "errors", *METRICS, "ai_meta", "acc_no_meta"]
     lower = path.lower()
     if lower.endswith(".parquet"):
         import pyarrow as pa

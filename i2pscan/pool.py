@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from .augment import perturb
-from .decode import DEFAULT_MAX_PIXELS, Decoded, decode
+from .decode import DEFAULT_MAX_PIXELS, Decoded, decode, read_header
 from .errors import one_line
+from .provenance import EvidenceReader, unread
 
 
 @dataclass
@@ -35,7 +36,6 @@ class Item:
     index: int
     pixels: torch.Tensor | np.ndarray | None  # [n_crops, 3, S, S]
     info: Decoded
-    extra: dict | None = None  # per-file evidence beside the pixels (see FileWork.evidence)
 
 
 @dataclass
@@ -66,30 +66,30 @@ def collate(items: list[Item]) -> Batch:
 
 @dataclass(frozen=True)
 class FileWork:
-    """Everything a worker does with one file: decode, read evidence, crop.
+    """Everything a worker does with one file: read it, decode it, read its provenance evidence
+    from the same bytes, crop it.
 
-    ``evidence``, when set, is a picklable callable ``(path, Decoded) -> dict`` run in the worker
-    right after decoding (provenance reading has its place here, beside the pixels); its result
-    travels as ``Item.extra``. ``as_numpy`` returns crops as arrays (pickled by value between
-    processes, never through torch's shared-memory file descriptors, which a dying worker can leave
-    dangling).
+    ``evidence`` reads the provenance columns into ``Decoded.provenance`` (None: not read);
+    ``header_only`` reads the header and evidence and decodes no pixels (``--metadata-only``).
+    ``as_numpy`` returns crops as arrays (pickled by value between processes, never through
+    torch's shared-memory file descriptors, which a dying worker can leave dangling).
     """
 
-    transform: Callable[[Any, int], torch.Tensor]
+    transform: Callable[[Any, int], torch.Tensor] | None
     want_hash: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     perturbation: str | None = None
-    evidence: Callable[[str, Decoded], dict] | None = None
+    evidence: EvidenceReader | None = None
+    header_only: bool = False
     as_numpy: bool = False
 
     def __call__(self, index: int, path: str) -> Item:
-        info = decode(path, max_pixels=self.max_pixels, want_hash=self.want_hash)
-        extra = None
-        if self.evidence is not None:
-            try:
-                extra = self.evidence(path, info)
-            except Exception as exc:  # evidence is best effort: the pixels still get scored
-                extra = {"evidence_error": one_line(exc)}
+        if self.header_only:
+            info = read_header(path, want_hash=self.want_hash)
+            _add_evidence(info, self.evidence, path)
+            return Item(index=index, pixels=None, info=info)
+        info = decode(path, max_pixels=self.max_pixels, want_hash=self.want_hash, keep_bytes=self.evidence is not None)
+        _add_evidence(info, self.evidence, path)
         pixels = None
         if info.image is not None:
             try:
@@ -100,23 +100,42 @@ class FileWork:
             except Exception as exc:
                 info.error = f"preprocessing failed: {one_line(exc)}"
         info.image = None
-        return Item(index=index, pixels=pixels, info=info, extra=extra)
+        return Item(index=index, pixels=pixels, info=info)
 
 
 class ImageFiles(torch.utils.data.Dataset):
     """Paths -> :class:`Item` (decoded and transformed in DataLoader workers)."""
 
     def __init__(self, paths: Sequence[str], transform, want_hash: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, perturbation: str | None = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, perturbation: str | None = None,
+                 evidence: EvidenceReader | None = None):
         self.paths = list(paths)
+        self.evidence = evidence
         self.transform = transform
-        self.work = FileWork(transform, want_hash, max_pixels, perturbation)
+        self.work = FileWork(transform, want_hash, max_pixels, perturbation, evidence)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Item:
         return self.work(index, self.paths[index])
+
+
+class HeaderFiles(ImageFiles):
+    """Paths -> :class:`Item` with no pixels: the file's header and its provenance evidence only
+    (``scan --metadata-only``; nothing is decoded)."""
+
+    def __init__(self, paths: Sequence[str], evidence: EvidenceReader, want_hash: bool = False):
+        self.paths = list(paths)
+        self.evidence = evidence
+        self.work = FileWork(None, want_hash, evidence=evidence, header_only=True)
+
+
+def _add_evidence(info: Decoded, evidence: EvidenceReader | None, path: str) -> None:
+    """Provenance columns from the bytes decoding already read (then the bytes are dropped)."""
+    if evidence is not None:
+        info.provenance = evidence.read(info.data, path).columns() if info.data is not None else unread()
+    info.data = None
 
 
 def worker_init(_worker_id: int = 0) -> None:

@@ -38,7 +38,13 @@ SCHEMA = pa.schema([
     pa.field("verdict", pa.string(), nullable=False),
     pa.field("error", pa.string()),
     pa.field("sha256", pa.string()),
+    # provenance evidence (provenance.py); reports written before these columns existed lack them
+    pa.field("provenance", pa.string()),
+    pa.field("generator", pa.string()),
+    pa.field("c2pa", pa.string()),
+    pa.field("provenance_detail", pa.string()),
 ])
+PROVENANCE_COLUMNS = ("provenance", "generator", "c2pa", "provenance_detail")
 COLUMNS = SCHEMA.names
 META_KEY = b"i2pscan"
 
@@ -63,7 +69,9 @@ def mtime_of(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
-SAME_OPTIONS = ("crops", "combine", "threshold", "max_pixels", "want_hash", "perturbation")
+_OLD_DEFAULTS = {"evidence": "all", "metadata_only": False}  # reports written before these options existed
+SAME_OPTIONS = ("crops", "combine", "threshold", "max_pixels", "want_hash", "perturbation", "evidence",
+                "metadata_only", "c2pa_trust")
 
 
 class ReportWriter:
@@ -129,7 +137,7 @@ class ReportWriter:
             raise I2PError(f"cannot resume: {source} was made by detector {str(theirs.get('detector_id'))[:12]}…, "
                            f"this scan uses {str(self.meta.get('detector_id'))[:12]}…; pass --overwrite to start over")
         ours, old = self.meta.get("options", {}), theirs.get("options", {})
-        differs = [k for k in SAME_OPTIONS if ours.get(k) != old.get(k)]
+        differs = [k for k in SAME_OPTIONS if ours.get(k) != old.get(k, _OLD_DEFAULTS.get(k))]
         if differs:
             raise I2PError(f"cannot resume: {source} was scanned with other {', '.join(differs)} "
                            f"({', '.join(f'{k}={old.get(k)!r}' for k in differs)}); use the same options, "
@@ -172,7 +180,7 @@ class ReportWriter:
         self.flush()
         shards = sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts) if n.startswith("shard-"))
         sources = ([self._base] if self._base else []) + shards
-        tables = [pq.read_table(s).replace_schema_metadata(None).cast(SCHEMA) for s in sources]
+        tables = [conform(pq.read_table(s).replace_schema_metadata(None)) for s in sources]
         table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
         keys = [row_key(r) for r in table.select(["path", "path_raw"]).to_pylist()]
         first = {}
@@ -186,6 +194,14 @@ class ReportWriter:
         self._lock.close()
         shutil.rmtree(self.parts, ignore_errors=True)
         return table
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A report table in today's schema: columns an older i2pscan did not write are added as nulls."""
+    for name in SCHEMA.names:
+        if name not in table.column_names:
+            table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    return table.select(SCHEMA.names).cast(SCHEMA)
 
 
 def _lock(parts: str, report: str):
@@ -319,6 +335,9 @@ class ReportSummary:
     errors: int
     meta: dict
     top: list[dict]
+    unknown: int = 0  # --metadata-only: nothing declared
+    by_provenance: dict[str, int] | None = None  # None: a report written before provenance columns
+    by_generator: dict[str, int] | None = None
 
 
 def read_report(path: str, top: int = 20) -> ReportSummary:
@@ -336,8 +355,19 @@ def read_report(path: str, top: int = 20) -> ReportSummary:
     counts = verdict_counts(table)
     flagged = table.filter(pc.equal(table.column("verdict"), "synthetic"))
     flagged = flagged.take(pc.sort_indices(flagged, sort_keys=[("score", "descending")])[:top])
+    by_provenance = by_generator = None
+    if "provenance" in table.column_names:
+        by_provenance = _counts(table.column("provenance"))
+        by_generator = _counts(table.column("generator")) if "generator" in table.column_names else {}
+        by_generator.pop(None, None)
     return ReportSummary(table.num_rows, counts.get("synthetic", 0), counts.get("real", 0), counts.get("error", 0),
-                         meta, flagged.to_pylist())
+                         meta, flagged.to_pylist(), counts.get("unknown", 0), by_provenance, by_generator)
+
+
+def _counts(column) -> dict:
+    vc = pc.value_counts(column)
+    pairs = zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())
+    return dict(sorted(pairs, key=lambda kv: (-kv[1], str(kv[0]))))
 
 
 def verdict_counts(table: pa.Table) -> dict[str, int]:
@@ -354,6 +384,8 @@ def row_json(row: dict) -> str:
     out = {k: row.get(k) for k in COLUMNS if k != "path_raw"}
     if out["mtime"] is not None:
         out["mtime"] = out["mtime"].isoformat()
+    if isinstance(out.get("provenance_detail"), str):  # an object in the JSON line, not a string in a string
+        out["provenance_detail"] = json.loads(out["provenance_detail"])
     for k in ("score", "logit"):
         if out[k] is not None:
             out[k] = None if math.isnan(out[k]) else round(float(out[k]), 6)
@@ -364,6 +396,13 @@ def row_json(row: dict) -> str:
 
 def row_line(row: dict) -> str:
     """``score  verdict  path`` (or ``-  error  path: message``), aligned for reading."""
-    if row["verdict"] == "error":
-        return f"{'-':>6}  {'error':<9}  {row['path']}: {row['error']}"
-    return f"{row['score']:6.4f}  {row['verdict']:<9}  {row['path']}"
+    declared = row.get("provenance")
+    note = ""
+    if declared not in (None, "none"):
+        note = f"  [{declared}" + (f": {row['generator']}" if row.get("generator") else "") + \
+               (f", c2pa {row['c2pa']}" if row.get("c2pa") else "") + "]"
+    elif row.get("c2pa"):
+        note = f"  [c2pa {row['c2pa']}]"
+    score = f"{row['score']:6.4f}" if row.get("score") is not None else f"{'-':>6}"
+    problem = f": {row['error']}" if row.get("error") else ""
+    return f"{score}  {row['verdict']:<9}  {row['path']}{problem}{note}"

@@ -23,9 +23,11 @@ from .decode import CropTransform, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from .pool import Batch, DEFAULT_FILE_TIMEOUT_S, FileWork, Item, scan_batches
 from .detector import Detector
 from .errors import I2PError, one_line
+from .provenance import AI, EvidenceReader, unread
 from .report import ReportWriter, mtime_of, path_columns
 
 COMBINE = ("mean", "max")
+EVIDENCE = ("all", "model")
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,14 @@ class ScanOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S  # a worker silent this long on one file is stopped
     perturbation: str | None = None  # evaluation only: degrade each image first (data.perturb)
+    evidence: str = "all"  # "all": metadata declaring AI flags a file whatever its score; "model": score only
+    c2pa_trust: str | None = None  # a PEM bundle of C2PA trust anchors (path)
+    metadata_only: bool = False  # no model at all: verdicts from provenance evidence alone
+    read_provenance: bool = True  # False: skip the evidence reader (a benchmark's baseline; the columns stay null)
 
     def __post_init__(self):
+        if self.evidence not in EVIDENCE:
+            raise I2PError(f"--evidence must be one of {', '.join(EVIDENCE)}")
         if self.crops < 1:
             raise I2PError("--crops must be at least 1")
         if self.combine not in COMBINE:
@@ -151,7 +159,8 @@ class ScanSummary:
     errors: int = 0
     skipped_done: int = 0  # already in the report (resume)
     seconds: float = 0.0
-    threshold: float = 0.0
+    threshold: float | None = 0.0  # None: a --metadata-only scan
+    by_metadata: int = 0  # flagged because the file's own metadata declares AI
 
     @property
     def images_per_second(self) -> float:
@@ -159,13 +168,19 @@ class ScanSummary:
 
     def describe(self) -> str:
         """The one-line summary printed after a scan."""
+        why = ("by their metadata" if self.threshold is None
+               else f"(threshold {self.threshold:.4f}" + (f"; {self.by_metadata} by their metadata)" if self.by_metadata
+                                                          else ")"))
         text = (f"{self.files} file(s) scanned in {self.seconds:.1f} s ({self.images_per_second:.1f}/s): "
-                f"{self.flagged} flagged as synthetic (threshold {self.threshold:.4f}), {self.errors} unreadable")
+                f"{self.flagged} flagged as synthetic {why}, {self.errors} unreadable")
         return text + (f"; {self.skipped_done} already in the report" if self.skipped_done else "")
 
 
-def report_metadata(detector: Detector, options: ScanOptions, inputs: Sequence[str]) -> dict:
-    """What a report records about how it was made."""
+def report_metadata(detector: Detector | None, options: ScanOptions, inputs: Sequence[str]) -> dict:
+    """What a report records about how it was made (``detector`` None: a --metadata-only scan)."""
+    if detector is None:
+        return {"i2pscan_version": __version__, "detector_id": None, "detector_path": None, "detector": {},
+                "options": options.to_dict(), "inputs": list(inputs), "started": now()}
     return {"i2pscan_version": __version__, "detector_id": detector.id, "detector_path": os.path.abspath(detector.path),
             "detector": detector.meta, "options": options.to_dict(), "inputs": list(inputs), "started": now()}
 
@@ -181,27 +196,36 @@ def threshold_logit(detector: Detector, threshold: float | None) -> float:
     return detector.temperature * math.log(threshold / (1.0 - threshold))
 
 
-def scan(detector: Detector, paths: Sequence[str], options: ScanOptions = ScanOptions(),
-         writer: ReportWriter | None = None, on_row: Callable[[dict], None] | None = None) -> ScanSummary:
+def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions = ScanOptions(),
+         writer: ReportWriter | None = None, on_row: Callable[[dict], None] | None = None,
+         evidence: EvidenceReader | None = None) -> ScanSummary:
     """Score ``paths`` (skipping those ``writer`` already holds) and send each row to ``writer``
-    and ``on_row``, in input order. Returns counts and timing."""
+    and ``on_row``, in input order. Returns counts and timing.
+
+    Every file's provenance evidence is read from the bytes decoding reads (``evidence``, or a
+    reader built from ``options.c2pa_trust``). With ``options.metadata_only`` (``detector`` None)
+    nothing is decoded and no model runs: the verdict is ``synthetic`` for metadata declaring AI,
+    ``real`` for a validating C2PA capture, ``unknown`` otherwise; score and logit are null.
+    """
+    if (detector is None) != options.metadata_only:
+        raise ValueError("a detector is needed unless metadata_only, and only then")
+    evidence = evidence or EvidenceReader.from_trust_file(options.c2pa_trust)
     done = writer.done if writer is not None else set()
     todo = [p for p in paths if p not in done]
-    cut = threshold_logit(detector, options.threshold)
-    summary = ScanSummary(skipped_done=len(paths) - len(todo),
-                          threshold=options.threshold if options.threshold is not None else detector.threshold)
-    work = FileWork(CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
-                    max_pixels=options.max_pixels, perturbation=options.perturbation)
+    summary = ScanSummary(skipped_done=len(paths) - len(todo))
+    cut = None if detector is None else threshold_logit(detector, options.threshold)
+    summary.threshold = (None if detector is None
+                         else options.threshold if options.threshold is not None else detector.threshold)
+    work = file_work(detector, options, evidence)
     started = time.monotonic()
     with console.progress(len(todo), "scan") as bar:
         for batch in scan_batches(todo, work, options.batch_size, options.workers,
-                                  pin_memory=detector.device.type == "cuda", timeout_s=options.file_timeout_s):
-            logits = _batch_logits(detector, batch, options)
+                                  pin_memory=detector is not None and detector.device.type == "cuda",
+                                  timeout_s=options.file_timeout_s):
+            logits = _batch_logits(detector, batch, options) if detector is not None else {}
             for pos, item in enumerate(batch.items):
-                row = _row(todo[item.index], item, logits.get(pos), cut)
-                summary.files += 1
-                summary.flagged += row["verdict"] == "synthetic"
-                summary.errors += row["verdict"] == "error"
+                row = _row(todo[item.index], item, logits.get(pos), cut, options.evidence)
+                count_row(summary, row, cut)
                 if writer is not None:
                     writer.add(row)
                 if on_row is not None:
@@ -209,6 +233,24 @@ def scan(detector: Detector, paths: Sequence[str], options: ScanOptions = ScanOp
             bar.advance(len(batch.items), postfix=f"{summary.flagged} flagged, {summary.errors} errors")
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def file_work(detector: Detector | None, options: ScanOptions, evidence: EvidenceReader | None) -> FileWork:
+    """What decoding workers do with each file for this scan (``detector`` None: --metadata-only)."""
+    if detector is None:
+        return FileWork(None, options.want_hash, evidence=evidence, header_only=True)
+    return FileWork(CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
+                    max_pixels=options.max_pixels, perturbation=options.perturbation,
+                    evidence=evidence if options.read_provenance else None)
+
+
+def count_row(summary: ScanSummary, row: dict, cut: float | None) -> None:
+    """Add one row to the summary's counts."""
+    summary.files += 1
+    summary.flagged += row["verdict"] == "synthetic"
+    summary.errors += row["verdict"] == "error"
+    summary.by_metadata += row["verdict"] == "synthetic" and (row["logit"] is None or row["logit"] < cut
+                                                             if cut is not None else True)
 
 
 def _batch_logits(detector: Detector, batch: Batch, options: ScanOptions) -> dict[int, tuple[float, float]]:
@@ -221,13 +263,27 @@ def _batch_logits(detector: Detector, batch: Batch, options: ScanOptions) -> dic
     return dict(zip(batch.ok, zip(combined.cpu().tolist(), scores.cpu().tolist())))
 
 
-def _row(path: str, item: Item, scored: tuple[float, float] | None, cut: float) -> dict:
+def _row(path: str, item: Item, scored: tuple[float, float] | None, cut: float | None, evidence: str = "all") -> dict:
+    """One report row. ``cut`` None: a --metadata-only row."""
     info = item.info
     text, raw = path_columns(path)
-    ok = scored is not None and info.error is None and math.isfinite(scored[0])
-    logit, score = scored if ok else (None, None)
-    if scored is not None and not ok and info.error is None:
-        info.error = "the model gave a non-finite score"
+    evidence_columns = info.provenance or unread()
+    declared = evidence_columns["provenance"]
+    if cut is None:  # no model: the metadata decides, or says nothing
+        readable = info.size_bytes is not None and info.error is None
+        logit = score = None
+        verdict = ("synthetic" if declared in AI else "real" if declared == "captured" else "unknown") if readable \
+            else "error"
+        error = None if readable else (info.error or "not read")
+    else:
+        ok = scored is not None and info.error is None and math.isfinite(scored[0])
+        logit, score = scored if ok else (None, None)
+        if scored is not None and not ok and info.error is None:
+            info.error = "the model gave a non-finite score"
+        verdict = ("synthetic" if logit >= cut else "real") if ok else "error"
+        error = None if ok else (info.error or "not scored")
+        if evidence == "all" and declared in AI:  # declared AI flags the file; the row keeps the score
+            verdict = "synthetic"
     return {
         "path": text,
         "path_raw": raw,
@@ -238,7 +294,8 @@ def _row(path: str, item: Item, scored: tuple[float, float] | None, cut: float) 
         "height": info.height,
         "score": score,
         "logit": logit,
-        "verdict": ("synthetic" if logit >= cut else "real") if ok else "error",
-        "error": None if ok else (info.error or "not scored"),
+        "verdict": verdict,
+        "error": error,
         "sha256": info.sha256,
+        **evidence_columns,
     }

@@ -10,7 +10,22 @@ from click.testing import CliRunner
 
 from i2pscan.toydata import make_toy_dataset
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+
+
+def _corpora() -> Path:
+    """../shared/corpora beside the repository (for a git worktree: beside the main checkout)."""
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [repo.parent / "shared" / "corpora"]
+    git = repo / ".git"
+    if git.is_file():  # a worktree: .git names the main repository's git folder
+        text = git.read_text().strip()
+        if text.startswith("gitdir:"):
+            main_git = (repo / text.split(":", 1)[1].strip()).resolve()
+            candidates.append(main_git.parents[3] / "shared" / "corpora")  # <main>/.git/worktrees/<name>
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+CORPORA = _corpora()
 
 
 @pytest.fixture(scope="session")

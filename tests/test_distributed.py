@@ -76,14 +76,19 @@ def test_ray_scan_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file
     paths = [str(_img(tmp_path / f"{i:02d}.png", seed=i)) for i in range(12)]
     detector = Detector.load(detector_file)
 
-    def evidence(path, info):  # runs in the decode task's worker process, beside decoding
-        if path.endswith("05.png"):
-            os._exit(9)
-        if path.endswith("08.png"):
-            time.sleep(3600)
-        return {}
+    from i2pscan.provenance import EvidenceReader
 
-    work = FileWork(CropTransform(detector.preprocess, 1), evidence=evidence)
+    class Misbehaving:  # reads evidence in the decode task's worker process, from the bytes decoding read
+        real = EvidenceReader()
+
+        def read(self, data, path):
+            if path.endswith("05.png"):
+                os._exit(9)  # what a segfaulting reader looks like from outside
+            if path.endswith("08.png"):
+                time.sleep(3600)  # stuck in C code
+            return self.real.read(data, path)
+
+    work = FileWork(CropTransform(detector.preprocess, 1), evidence=Misbehaving())
     rows = []
     scan(detector, paths, ScanOptions(file_timeout_s=2.0), on_row=rows.append, block_files=4, work=work)
     assert [r["path"] for r in rows] == paths

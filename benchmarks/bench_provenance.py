@@ -1,0 +1,137 @@
+"""Provenance evidence: how fast a --metadata-only scan is, where the time of one file goes, and
+what reading the evidence adds to a model scan.
+
+    python benchmarks/bench_provenance.py [--corpora ../shared/corpora] [--repeat 3] [--workers N]
+
+In one run, on the shared corpora (provenance/ and robustness/, every file named explicitly):
+
+* ``scan --metadata-only`` end to end (``i2pscan.scan.scan`` with no model): files/s;
+* per file, the evidence reader's two parts: C2PA reading (c2pa-python, offline) against header
+  parsing (PNG text chunks, JPEG/WebP segments, XMP with defusedxml, EXIF);
+* a tiny-backbone model scan of the robustness corpus with and without the evidence reader, on
+  the same files in the same run (the issue's goal: at most 10 % overhead).
+
+Each timing is the best of ``--repeat`` runs (the machine is shared; the best run is the least
+disturbed), after one warm-up run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+from _table import machine, print_table
+from bench_scan import detector_for
+from i2pscan import console
+from i2pscan import provenance as prov
+from i2pscan.backbone import resolve_device
+from i2pscan.scan import ScanOptions, scan
+
+HERE = Path(__file__).resolve().parent
+
+
+def corpus_files(root: Path, name: str) -> list[str]:
+    return sorted(str(p) for p in (root / name).rglob("*") if p.is_file())
+
+
+def best_rate(run, n_files: int, repeat: int) -> float:
+    run()  # warm-up: imports, the C2PA context, worker start-up
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return n_files / best
+
+
+def per_file_ms(paths: list[str], repeat: int) -> tuple[list[float], list[float]]:
+    """(C2PA ms, header-parsing ms) per file, best of ``repeat``."""
+    reader = prov.EvidenceReader()
+    c2pa_ms, header_ms = [], []
+    for path in paths:
+        data = Path(path).read_bytes()
+        reader.read(data, path)  # warm-up
+        best_c, best_h = float("inf"), float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            found = prov._Found()
+            prov._scan_container(data, found)
+            for xmp in found.xmp[:4]:
+                prov._read_xmp(xmp, found)
+            if not found.xmp:
+                packet = prov._find_xmp_packet(data, found)
+                if packet:
+                    prov._read_xmp(packet, found)
+            for blob in found.exif[:2]:
+                prov._read_exif(blob, found)
+            t1 = time.perf_counter()
+            reader._read_c2pa(data, path, found)
+            t2 = time.perf_counter()
+            best_h, best_c = min(best_h, t1 - t0), min(best_c, t2 - t1)
+        c2pa_ms.append(best_c * 1e3)
+        header_ms.append(best_h * 1e3)
+    return c2pa_ms, header_ms
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpora", default=str(HERE.parents[1] / "shared" / "corpora"))
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (0: in this process)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    root = Path(args.corpora)
+    if not (root / "provenance").is_dir():
+        raise SystemExit(f"no corpora at {root} (pass --corpora)")
+    console.set_quiet(True)
+    print(f"machine: {machine()}; {args.workers} worker process(es); best of {args.repeat}")
+    provenance_files = corpus_files(root, "provenance")
+    robustness_files = corpus_files(root, "robustness")
+    both = provenance_files + robustness_files
+
+    md = ScanOptions(metadata_only=True, workers=args.workers, batch_size=16)
+    rows = []
+    for label, files in (("provenance/", provenance_files), ("robustness/", robustness_files), ("both", both)):
+        rate = best_rate(lambda: scan(None, files, md), len(files), args.repeat)
+        rows.append([f"--metadata-only, {label}", len(files), rate])
+    print_table("scan --metadata-only (files/s, end to end: read, header, evidence, rows)",
+                ["corpus", "files", "files/s"], rows)
+
+    c2pa_ms, header_ms = per_file_ms(both, args.repeat)
+    with_manifest = [i for i, path in enumerate(both) if prov.EvidenceReader().read(Path(path).read_bytes(),
+                                                                                     path).c2pa is not None]
+    rows = []
+    for label, idx in (("all files", range(len(both))), ("files with a C2PA manifest", with_manifest)):
+        c = [c2pa_ms[i] for i in idx]
+        h = [header_ms[i] for i in idx]
+        rows.append([label, len(c), statistics.mean(c), statistics.median(c), statistics.mean(h),
+                     statistics.median(h), f"{statistics.mean(c) / statistics.mean(h):.1f}x"])
+    print_table("time per file of the evidence reader's parts (ms)",
+                ["files", "n", "C2PA mean", "C2PA median", "header mean", "header median", "C2PA / header"], rows)
+
+    device = resolve_device(args.device)
+    tiny = detector_for("i2p-tiny", "default", 6, device)
+    base = ScanOptions(workers=args.workers, batch_size=16, read_provenance=False)
+    full = ScanOptions(workers=args.workers, batch_size=16)
+    scan(tiny, robustness_files[:8], full)  # warm-up
+    timings = {"without provenance": [], "with provenance": []}
+    for _ in range(args.repeat):  # interleaved, so that a disturbance hits both alike
+        for label, options in (("without provenance", base), ("with provenance", full)):
+            started = time.perf_counter()
+            scan(tiny, robustness_files, options)
+            timings[label].append(time.perf_counter() - started)
+    n = len(robustness_files)
+    baseline = n / min(timings["without provenance"])
+    rows = []
+    for label, times in timings.items():
+        rate = n / min(times)
+        rows.append([label, n, rate, f"{baseline / rate:.3f}x", f"{(baseline / rate - 1):+.1%}"])
+    print_table("tiny-backbone model scan of robustness/ (files/s; baseline: the same scan without provenance)",
+                ["scan", "files", "files/s", "time vs baseline", "overhead"], rows)
+
+
+if __name__ == "__main__":
+    main()
