@@ -53,8 +53,9 @@ def bench_discovery(n_files: int) -> list[list]:
             open(os.path.join(folder, f"{i:08d}.jpg"), "wb").close()
         results = {}
         for how in ("list", "stream"):
-            out = subprocess.run([sys.executable, "-c", _DISCOVER, root, how], capture_output=True, text=True,
-                                 check=True)
+            out = subprocess.run([sys.executable, "-c", _DISCOVER, root, how], capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(out.stderr)
             results[how] = json.loads(out.stdout)
             assert results[how]["n"] == n_files
         for how, label in (("list", "discover() -> list"), ("stream", "iter_discover() stream")):

@@ -186,12 +186,17 @@ def default_workers() -> int:
 # -- the scanner's decode pool --------------------------------------------------------------------
 
 DEFAULT_FILE_TIMEOUT_S = 120.0  # twice decode()'s own deadline: only a decoder deaf to signals gets here
+STARTUP_TIMEOUT_S = 120.0
 QUEUED_PER_WORKER = 2  # files a worker holds at once: one being decoded, one ready to start
+
+
+_READY = "ready"
 
 
 def _worker_main(conn, work: FileWork) -> None:
     worker_init()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    conn.send(_READY)  # the file clock starts now: a slow start on a loaded machine is not a hang
     while True:
         try:
             task = conn.recv()
@@ -214,13 +219,18 @@ class _Worker:
         self.process.start()
         child.close()
         self.held: deque[tuple[int, str]] = deque()  # sent, not answered, in the order it works on them
-        self.since = time.monotonic()  # when the file at the head of ``held`` started
+        self.ready = False  # the process has started and said so
+        self.born = self.since = time.monotonic()  # since: when the file at the head of ``held`` started
 
     def send(self, task: tuple[int, str]) -> None:
         if not self.held:
             self.since = time.monotonic()
         self.held.append(task)
         self.conn.send(task)
+
+    def overdue(self, timeout_s: float) -> bool:
+        """Silent for more than ``timeout_s`` on the file it holds (time to start up not counted)."""
+        return self.ready and bool(self.held) and time.monotonic() - self.since > timeout_s
 
     def stop(self, kill: bool = False) -> None:
         try:
@@ -280,6 +290,7 @@ class DecodePool:
         methods = multiprocessing.get_all_start_methods()
         self.context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self.restarts = 0
+        self.failed_starts = 0
 
     def items(self, paths: Iterable[str], stop: threading.Event | None = None) -> Iterator[Item]:
         feed = iter(enumerate(paths))
@@ -313,7 +324,8 @@ class DecodePool:
                 if exhausted and not retry and next_out == next_in:
                     return
                 busy = [w for w in workers if w.held]
-                deadline = min(w.since for w in busy) + self.timeout_s if busy else time.monotonic() + 1
+                clocks = [w.since for w in busy if w.ready]
+                deadline = min(clocks) + self.timeout_s if clocks else time.monotonic() + 1
                 ready = wait_ready([w.conn for w in busy] + [w.process.sentinel for w in busy],
                                    timeout=max(0.0, min(deadline - time.monotonic(), 1.0)))
                 for i, w in enumerate(workers):
@@ -324,13 +336,18 @@ class DecodePool:
                         died = not self._drain(w, done)
                     if died or not w.process.is_alive():
                         self._drain(w, done)  # answers sent before it died are valid
+                        if not w.ready:  # it died starting up, before touching any file
+                            self._restart_unstarted(workers, i, w, retry)
+                            continue
                         self._replace(workers, i, w, retry, done,
                                       f"the decoder crashed on this file ({_exit_text(w.process.exitcode)})",
                                       kill=False)
-                    elif w.held and time.monotonic() - w.since > self.timeout_s:
+                    elif w.overdue(self.timeout_s):
                         self._replace(workers, i, w, retry, done,
                                       f"the decoder hung on this file (no result after {self.timeout_s:g} s; "
                                       f"its process was stopped)", kill=True)
+                    elif not w.ready and time.monotonic() - w.born > STARTUP_TIMEOUT_S:
+                        self._restart_unstarted(workers, i, w, retry)
         finally:
             for w in workers:
                 w.stop(kill=bool(w.held))
@@ -338,14 +355,27 @@ class DecodePool:
     def _drain(self, w: _Worker, done: dict[int, Item]) -> bool:
         """Read every answer waiting on ``w``'s pipe; False when the worker is gone."""
         try:
-            while w.held and w.conn.poll():
-                item = w.conn.recv()
-                w.held.popleft()
+            while w.conn.poll():
+                message = w.conn.recv()
                 w.since = time.monotonic()
-                done[item.index] = item
+                if message == _READY:
+                    w.ready = True
+                    continue
+                w.held.popleft()
+                done[message.index] = message
         except (EOFError, OSError):
             return False
         return True
+
+    def _restart_unstarted(self, workers: list[_Worker], i: int, w: _Worker, retry: deque) -> None:
+        """A worker that never said it started holds no file's blame: its files go to a new one."""
+        self.failed_starts += 1
+        if self.failed_starts > 3:
+            raise RuntimeError(f"decoding workers do not start (no sign of life in {STARTUP_TIMEOUT_S:g} s)")
+        retry.extendleft(reversed(w.held))
+        w.held.clear()
+        w.stop(kill=True)
+        workers[i] = _Worker(self.context, self.work)
 
     def _replace(self, workers: list[_Worker], i: int, w: _Worker, retry: deque, done: dict[int, Item],
                  message: str, kill: bool) -> None:
