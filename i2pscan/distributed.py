@@ -22,6 +22,7 @@ import itertools
 import os
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -70,16 +71,22 @@ def connect(address: str) -> Iterator[None]:
         return
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     try:
-        if address == "local":
-            ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
-        else:
-            ray.init(address=address, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Ray Client warns on stderr before raising what we report
+            _init(address, kwargs)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError, depending on the form
         raise I2PError(f"cannot connect to the Ray cluster at {address}: {one_line(exc, 200)}") from exc
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _init(address: str, kwargs: dict) -> None:
+    if address == "local":
+        ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
+    else:
+        ray.init(address=address, **kwargs)
 
 
 def _decode_block(paths: list[str], work: FileWork, timeout_s: float) -> list[Item]:

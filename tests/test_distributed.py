@@ -149,5 +149,6 @@ def test_unreachable_cluster_is_a_usage_error(tmp_path, detector_file):
                         "--ray", "ray://127.0.0.1:9"], cwd=tmp_path, capture_output=True, text=True, env=env,
                        timeout=300)
     assert r.returncode == 2
-    assert r.stderr.startswith("error: cannot connect to the Ray cluster at ray://127.0.0.1:9: "), r.stderr
+    assert r.stderr.startswith("Error: cannot connect to the Ray cluster at ray://127.0.0.1:9: "), r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
     assert r.stdout == ""
