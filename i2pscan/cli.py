@@ -1,7 +1,8 @@
 """The ``i2pscan`` command line: parse options, call the library, print. No logic lives here.
 
 Exit codes (as clamscan): 0 done, nothing flagged; 1 done, something flagged; 2 usage or
-configuration error, nothing done; 3 done, nothing flagged, some files unreadable.
+configuration error, or a scan that could not finish (its scored rows kept for --resume, and the
+message says so); 3 done, nothing flagged, some files unreadable.
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ def cli():
       i2pscan evaluate test/ --detector detector.safetensors
     Offline demo with the tiny shipped backbone: examples/quickstart.sh
 
-    Exit codes: 0 nothing flagged, 1 something flagged, 2 usage or configuration error,
-    3 nothing flagged but some files unreadable.
+    Exit codes: 0 nothing flagged, 1 something flagged, 2 usage or configuration error (or a
+    scan stopped before the end), 3 nothing flagged but some files unreadable.
     """
 
 
@@ -264,7 +265,7 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
         return
     try:
         result = run_finetune(model, cal, train, out, config, val=val, resume=resume)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         if os.path.exists(checkpoint_path(out)):
             _log(f"interrupted: {checkpoint_path(out)} holds the last completed epoch; "
                  f"run the same command with --resume to continue")
@@ -319,7 +320,11 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     \b
     stdout carries results only; progress and the summary go to stderr. Exit codes:
       0  done, nothing flagged        1  done, at least one image flagged
-      2  usage or configuration error 3  done, nothing flagged, some files unreadable
+      2  usage or configuration error, or stopped before the end (with -o, scored rows are
+         kept and the message says to run again with --resume)
+      3  done, nothing flagged, some files unreadable
+    With --format/--flagged-only into a reader that leaves early (| head), the code reflects
+    the rows printed before it left.
     Quarantine what is flagged:
       i2pscan scan photos/ -d detector.safetensors --flagged-only -0 | xargs -0 mv -t quarantine/
     """
@@ -369,30 +374,47 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
                               overwrite=overwrite, shard_rows=flush_rows)
     if not files:
         _log(f"no image files found (extensions: {' '.join(exts)}; --ext, --hidden change what is picked up)")
-    emit = _row_printer(fmt, flagged_only, null, stop_when_closed=writer is None)
+    printer = _RowPrinter(fmt, flagged_only, null, stop_when_closed=writer is None)
     try:
         if ray_address:
             from .distributed import scan_on
 
-            summary = scan_on(ray_address, detector, files, options=options, writer=writer, on_row=emit,
+            summary = scan_on(ray_address, detector, files, options=options, writer=writer, on_row=printer,
                               total=len(files), pretrained=pretrained, evidence=reader)
         else:
-            summary = scan_mod.scan(detector, files, options, writer, on_row=emit, evidence=reader)
-    except _StdoutClosed:  # `i2pscan scan ... | head`: the reader has what it wanted
-        _exit(EXIT_CLEAN)
+            summary = scan_mod.scan(detector, files, options, writer, on_row=printer, evidence=reader)
+        table = writer.close({p: i for i, p in enumerate(files)}, {"finished": scan_mod.now()}) if writer else None
+    except _StdoutClosed:  # `i2pscan scan ... | head`: the code says what the reader was given
+        _exit(_scan_exit_code(printer.flagged, printer.errors))
     except BaseException as exc:
-        if writer is not None:  # whatever stopped the scan, keep what was scored
-            writer.abandon()
-            if os.path.isdir(writer.parts):
-                _log(f"stopped ({type(exc).__name__}); finished rows are in {writer.parts}: "
-                     f"run the same command with --resume to finish")
+        if writer is not None:  # whatever stopped the scan, keep what was scored and say how to finish
+            _keep_for_resume(writer, exc)
         raise
     flagged, errors = summary.flagged, summary.errors
-    if writer is not None:  # a resumed scan answers for the whole report, earlier runs included
-        counts = verdict_counts(writer.close({p: i for i, p in enumerate(files)}, {"finished": scan_mod.now()}))
+    if table is not None:  # a resumed scan answers for the whole report, earlier runs included
+        counts = verdict_counts(table)
         flagged, errors = counts.get("synthetic", 0), counts.get("error", 0)
     _log(summary.describe() + (f"; report: {output}" if output else ""))
-    _exit(EXIT_FLAGGED if flagged else EXIT_UNREADABLE if errors else EXIT_CLEAN)
+    _exit(_scan_exit_code(flagged, errors))
+
+
+def _scan_exit_code(flagged: int, errors: int) -> int:
+    return EXIT_FLAGGED if flagged else EXIT_UNREADABLE if errors else EXIT_CLEAN
+
+
+def _keep_for_resume(writer, exc: BaseException) -> None:
+    """Keep the scored rows of a stopped scan; when there are any, the error (or, for an
+    interruption, a line of its own, printed even with --quiet) says that --resume finishes it."""
+    from .errors import short_path
+
+    kept = writer.abandon()
+    if not kept:
+        return
+    hint = f"{kept} scored row(s) are kept in {short_path(writer.parts)}: run the same command with --resume to finish"
+    if isinstance(exc, I2PError):
+        exc.args = (f"{exc}; {hint}",)
+    else:
+        click.echo(f"stopped ({type(exc).__name__}); {hint}", err=True)
 
 
 def _exit(code: int) -> None:
@@ -404,40 +426,48 @@ class _StdoutClosed(Exception):
     pass
 
 
-def _row_printer(fmt: str, flagged_only: bool, null: bool, stop_when_closed: bool):
+class _RowPrinter:
     """A callback printing each row to stdout as asked. When the reader goes away (a closed
-    pipe), printing stops; the scan stops too unless a report is being written."""
-    from .report import row_json, row_line
+    pipe), printing stops; the scan stops too unless a report is being written. ``flagged`` and
+    ``errors`` count the rows handed out before that (rows --flagged-only leaves out included), so
+    that the exit code of ``scan ... | head -1`` reflects what the reader was given."""
 
-    stdout = sys.stdout.buffer
-    terminal = sys.stdout.isatty()
-    state = {"closed": False}
+    def __init__(self, fmt: str, flagged_only: bool, null: bool, stop_when_closed: bool):
+        self.fmt, self.flagged_only, self.null, self.stop_when_closed = fmt, flagged_only, null, stop_when_closed
+        self.terminal = sys.stdout.isatty()
+        self.closed = False
+        self.flagged = self.errors = 0
 
-    def emit(row: dict) -> None:
-        if state["closed"] or (flagged_only and row["verdict"] != "synthetic"):
+    def __call__(self, row: dict) -> None:
+        from .report import row_json, row_line
+
+        if self.closed:
             return
-        if fmt == "jsonl":
-            data = (row_json(row) + "\n").encode("utf-8")
-        elif flagged_only:
-            raw = row["path_raw"] if row["path_raw"] is not None else row["path"].encode("utf-8")
-            data = raw + (b"\0" if null else b"\n")
-        else:
-            data = (row_line(row) + "\n").encode("utf-8", "backslashreplace")
-        try:
-            if terminal:  # as text, so that a progress bar on the same terminal stays below the lines
-                sys.stdout.write(data.decode("utf-8", "backslashreplace"))
-                sys.stdout.flush()
+        if not self.flagged_only or row["verdict"] == "synthetic":
+            if self.fmt == "jsonl":
+                data = (row_json(row) + "\n").encode("utf-8")
+            elif self.flagged_only:
+                raw = row["path_raw"] if row["path_raw"] is not None else row["path"].encode("utf-8")
+                data = raw + (b"\0" if self.null else b"\n")
             else:
-                stdout.write(data)
-                stdout.flush()
-        except BrokenPipeError:
-            state["closed"] = True
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush stays quiet
-            if stop_when_closed:
-                raise _StdoutClosed() from None
-
-    return emit
+                data = (row_line(row) + "\n").encode("utf-8", "backslashreplace")
+            try:
+                if self.terminal:  # as text, so that a progress bar on the same terminal stays below the lines
+                    sys.stdout.write(data.decode("utf-8", "backslashreplace"))
+                    sys.stdout.flush()
+                else:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+            except BrokenPipeError:
+                self.closed = True
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush stays quiet
+                os.close(devnull)
+                if self.stop_when_closed:
+                    raise _StdoutClosed() from None
+                return
+        self.flagged += row["verdict"] == "synthetic"
+        self.errors += row["verdict"] == "error"
 
 
 @cli.command()
@@ -610,10 +640,25 @@ def _log(message: str) -> None:
     console.log(message)
 
 
+class Terminated(BaseException):
+    """SIGTERM (a supervisor, ``timeout``, ``docker stop``) as an exception, so that a stopped
+    scan keeps its rows and says how to resume, as it does for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> None:
     """Console-script entry point: exit codes as documented, no traceback for user errors."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = cli.main(args=argv, prog_name="i2pscan", standalone_mode=False)
+    except Terminated:
+        click.echo("Terminated.", err=True)
+        sys.exit(143)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

@@ -13,6 +13,16 @@ def one_line(exc: BaseException, limit: int | None = None) -> str:
     return text[:limit] if limit else text
 
 
+def short_path(path: str, limit: int = 160) -> str:
+    """A path for a message: whole when short, else its start and end around an ellipsis (a
+    4 KB path would bury the message). Reports keep paths whole; only messages shorten them."""
+    path = str(path)
+    if len(path) <= limit:
+        return path
+    head = limit // 3
+    return f"{path[:head]}…{path[len(path) - (limit - head - 1):]}"
+
+
 class I2PError(Exception):
     """A problem with the user's input or configuration, stated in one line.
 

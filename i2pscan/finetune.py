@@ -145,6 +145,8 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
     _check_calibration(backbone, calibration)
     train, val = _split(train, val, config)
     ckpt = checkpoint_path(out)
+    for written in (out, ckpt, log_path(out)):  # what a run killed mid-write left
+        tensorfile.remove_leftovers(written)
     state = None
     if resume:
         if not os.path.exists(ckpt):

@@ -10,6 +10,7 @@ order, to a temporary file that is then renamed over the report.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import math
 import os
@@ -22,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import I2PError
-from .tensorfile import atomic_path, check_writable
+from .errors import I2PError, one_line, short_path
+from .tensorfile import atomic_path, check_writable, remove_leftovers
 
 SCHEMA = pa.schema([
     pa.field("path", pa.string(), nullable=False),
@@ -98,32 +99,54 @@ class ReportWriter:
         if resume and overwrite:
             raise I2PError("--resume and --overwrite contradict each other")
         if os.path.isdir(self.path):
-            raise I2PError(f"{self.path} is a folder; -o needs a file name (or DIR/, with the slash, "
+            raise I2PError(f"{short_path(self.path)} is a folder; -o needs a file name (or DIR/, with the slash, "
                            f"for a dataset folder of part files)")
         check_writable(self.path)
-        if resume:
-            self._resume()
-        else:
-            if os.path.exists(self.parts) and not overwrite:
-                raise I2PError(f"an interrupted scan left {self.parts}: pass --resume to finish it, "
-                               f"or --overwrite to start over")
-            if os.path.exists(self.path) and not overwrite:
-                raise I2PError(f"{self.path} exists: pass --overwrite to replace it, or --resume to extend it")
-        os.makedirs(self.parts, exist_ok=True)
-        self._lock = _lock(self.parts, self.path)
-        if not resume and overwrite:
-            for name in os.listdir(self.parts):
-                if name.startswith("shard-"):
+        if os.path.lexists(self.parts) and not os.path.isdir(self.parts):
+            raise I2PError(f"{short_path(self.parts)} exists and is not a folder: move it away")
+        # The lock comes first: what is read below (shards, a finished report) cannot change under us.
+        self._lock = _ReportLock(self.parts, self.path)
+        try:
+            remove_leftovers(self.path)  # what a scan killed in its final merge left
+            for name in os.listdir(self.parts):  # only the lock's holder writes here: any temporary file is a leftover
+                if name.startswith(".tmp-"):
                     os.unlink(os.path.join(self.parts, name))
+            if resume:
+                self._resume()
+            else:
+                if self._shards() and not overwrite:
+                    raise I2PError(f"an interrupted scan left {short_path(self.parts)}: pass --resume to finish it, "
+                                   f"or --overwrite to start over")
+                if os.path.exists(self.path) and not overwrite:
+                    raise I2PError(f"{short_path(self.path)} exists: pass --overwrite to replace it, "
+                                   f"or --resume to extend it")
+                for shard in self._shards():
+                    os.unlink(shard)
+        except BaseException:
+            self._release()
+            raise
         self._next_shard = 1 + max([_shard_number(n) for n in os.listdir(self.parts)] or [0])
+
+    def _shards(self) -> list[str]:
+        return sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts) if n.startswith("shard-"))
+
+    def _release(self) -> None:
+        """Unlock; the work folder goes first when it holds no shard (so a waiting scan never
+        locks a folder that is about to disappear)."""
+        if not self._lock.closed:
+            try:
+                if not self._shards():
+                    shutil.rmtree(self.parts, ignore_errors=True)
+            except OSError:
+                pass
+            self._lock.close()
 
     def _resume(self) -> None:
         sources = []
         if os.path.isfile(self.path):
             self._base = self.path
             sources.append(self.path)
-        if os.path.isdir(self.parts):
-            sources += sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts) if n.startswith("shard-"))
+        sources += self._shards()
         for source in sources:
             self._check_compatible(source)
             for row in pq.read_table(source, columns=["path", "path_raw"]).to_pylist():
@@ -154,7 +177,7 @@ class ReportWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered rows as one complete shard file."""
+        """Write buffered rows as one complete shard file. Raises I2PError when it cannot."""
         self._last_flush = time.monotonic()
         if not self._buffer:
             return
@@ -165,21 +188,28 @@ class ReportWriter:
         self._next_shard += 1
         self._buffer = []
 
-    def abandon(self) -> None:
-        """After a failure: keep what was scanned (for --resume), or leave no trace if nothing was."""
+    def abandon(self) -> int:
+        """After a failure: keep what was scanned (for --resume), or leave no trace if nothing was.
+        Returns how many rows the kept shards hold (0: nothing kept)."""
         try:
             self.flush()
-        finally:
-            self._lock.close()
-            if not any(n.startswith("shard-") for n in os.listdir(self.parts)):
-                shutil.rmtree(self.parts, ignore_errors=True)
+        except I2PError as exc:  # the failure may be the very write that failed: keep the shards there are
+            _warn(f"{len(self._buffer)} row(s) could not be kept: {exc}")
+        kept = 0
+        try:
+            for shard in self._shards():
+                kept += pq.read_metadata(shard).num_rows
+        except (OSError, pa.ArrowInvalid):
+            pass
+        self._release()
+        return kept
 
     def close(self, order: dict[str, int], finished_meta: dict) -> pa.Table:
         """Merge every shard (and the report being extended) into the report, sorted by ``order``
-        (unknown paths last), atomically."""
+        (unknown paths last), atomically. Raises I2PError when the report cannot be written (the
+        shards stay, for --resume)."""
         self.flush()
-        shards = sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts) if n.startswith("shard-"))
-        sources = ([self._base] if self._base else []) + shards
+        sources = ([self._base] if self._base else []) + self._shards()
         tables = [conform(pq.read_table(s).replace_schema_metadata(None)) for s in sources]
         table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
         keys = [row_key(r) for r in table.select(["path", "path_raw"]).to_pylist()]
@@ -191,8 +221,8 @@ class ReportWriter:
         table = table.take(pa.array(rows, pa.int64()))
         table = table.replace_schema_metadata({META_KEY: json.dumps({**self.meta, **finished_meta}).encode()})
         _atomic_write(table, self.path)
+        shutil.rmtree(self.parts, ignore_errors=True)  # before unlocking: see _release
         self._lock.close()
-        shutil.rmtree(self.parts, ignore_errors=True)
         return table
 
 
@@ -204,18 +234,82 @@ def conform(table: pa.Table) -> pa.Table:
     return table.select(SCHEMA.names).cast(SCHEMA)
 
 
-def _lock(parts: str, report: str):
-    handle = open(os.path.join(parts, ".lock"), "w")
+class _ReportLock:
+    """The lock of a report's work folder, held by this process only.
+
+    A POSIX record lock (``lockf``): forked children (decoding workers) do not inherit it, so a
+    scan killed with SIGKILL frees its report at once even while its workers wind down; an
+    ``flock`` would stay held by them. Record locks do not exclude within one process, so a
+    process also remembers the lock files it holds. The lock file records the holder's pid.
+    """
+
+    _held: set[tuple[int, int]] = set()
+
+    def __init__(self, parts: str, report: str):
+        self.closed = True
+        name = os.path.join(parts, ".lock")
+        for _ in range(50):
+            os.makedirs(parts, exist_ok=True)
+            try:
+                st = os.stat(name)
+                if (st.st_dev, st.st_ino) in self._held:
+                    raise I2PError(f"another scan is writing {short_path(report)} right now (in this process)")
+            except FileNotFoundError:
+                pass
+            try:
+                fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            except FileNotFoundError:  # the folder went away: a scan finished just now
+                continue
+            st = os.fstat(fd)
+            try:
+                _lockf(fd)
+            except OSError as exc:
+                holder = _read_pid(fd)
+                os.close(fd)
+                who = f" (pid {holder})" if holder else ""
+                raise I2PError(f"another scan{who} is writing {short_path(report)} right now; "
+                               f"wait for it to finish, or use another -o") from exc
+            try:  # the holder before us may have removed the folder between our open and our lock
+                same = os.stat(name).st_ino == st.st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd, self._key, self.closed = fd, (st.st_dev, st.st_ino), False
+            self._held.add(self._key)
+            return
+        raise I2PError(f"cannot lock {short_path(parts)}: it keeps disappearing")
+
+    def close(self) -> None:
+        if not self.closed:
+            self._held.discard(self._key)
+            os.close(self._fd)  # closing releases the record lock
+            self.closed = True
+
+
+def _lockf(fd: int) -> None:
     try:
         import fcntl
-
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except ImportError:  # no advisory locks on this platform
-        pass
-    except OSError as exc:
-        handle.close()
-        raise I2PError(f"another scan is writing {report} right now") from exc
-    return handle
+        return
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text.isdigit() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _warn(message: str) -> None:
+    from . import console
+
+    console.warn(message)
 
 
 def _shard_number(name: str) -> int:
@@ -226,8 +320,26 @@ def _shard_number(name: str) -> int:
 
 
 def _atomic_write(table: pa.Table, path: str) -> None:
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    try:
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+    except OSError as exc:
+        raise I2PError(f"cannot write {short_path(path)}: {write_failure(exc)}") from exc
+
+
+def write_failure(exc: OSError) -> str:
+    """Why a write failed, naming the file-size limit (``ulimit -f``) when that is the cause."""
+    if exc.errno == errno.EFBIG or "File too large" in str(exc):  # pyarrow's errors carry no errno
+        try:
+            import resource
+
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            if limit != resource.RLIM_INFINITY:
+                return f"file too large: the file-size limit (ulimit -f) is {limit:,} bytes"
+        except ImportError:
+            pass
+        return "file too large"
+    return exc.strerror or one_line(exc)
 
 
 def _read_meta(path: str) -> dict:
@@ -252,7 +364,7 @@ class DatasetWriter(ReportWriter):
     size never has to fit one file or one machine's memory; pyarrow, pandas, polars and DuckDB
     read the folder as one table (hidden names such as the lock are skipped). Resume, overwrite
     and the lock work as for a single report; rows are in input order within a part, parts in
-    the order they were written.
+    the order they were written. The folder is never removed, even when it stays empty.
     """
 
     def __init__(self, path: str, meta: dict, resume: bool = False, overwrite: bool = False,
@@ -268,30 +380,46 @@ class DatasetWriter(ReportWriter):
         self._base = None
         if resume and overwrite:
             raise I2PError("--resume and --overwrite contradict each other")
-        if os.path.exists(self.parts) and not os.path.isdir(self.parts):
-            raise I2PError(f"{self.parts} is a file; -o DIR/ needs a folder (or drop the / for one report file)")
+        if os.path.lexists(self.parts) and not os.path.isdir(self.parts):
+            raise I2PError(f"{short_path(self.parts)} is a file; -o DIR/ needs a folder "
+                           f"(or drop the / for one report file)")
         check_writable(os.path.join(self.parts, "probe") if os.path.isdir(self.parts) else self.parts)
-        existing = self._part_files()
-        if resume:
-            for source in existing:
-                self._check_compatible(source)
-                for row in pq.read_table(source, columns=["path", "path_raw"]).to_pylist():
-                    self._done[row_key(row)] = None
-        elif existing and not overwrite:
-            raise I2PError(f"{self.parts} already holds a report: pass --resume to finish or extend it, "
-                           f"or --overwrite to start over")
-        os.makedirs(self.parts, exist_ok=True)
-        self._lock = _lock(self.parts, self.path)
-        if overwrite:
-            for name in existing:
-                os.unlink(name)
-        self._next_shard = 1 + max([_shard_number(os.path.basename(n)) for n in self._part_files()] or [0])
+        self._lock = _ReportLock(self.parts, self.path)
+        try:
+            for name in os.listdir(self.parts):  # only the lock's holder writes here
+                if name.startswith(".tmp-"):
+                    os.unlink(os.path.join(self.parts, name))
+            existing = self._shards()
+            if resume:
+                for source in existing:
+                    self._check_compatible(source)
+                    for row in pq.read_table(source, columns=["path", "path_raw"]).to_pylist():
+                        self._done[row_key(row)] = None
+            elif existing and not overwrite:
+                raise I2PError(f"{short_path(self.parts)} already holds a report: pass --resume to finish or "
+                               f"extend it, or --overwrite to start over")
+            elif overwrite:
+                for name in existing:
+                    os.unlink(name)
+        except BaseException:
+            self._release()
+            raise
+        self._next_shard = 1 + max([_shard_number(os.path.basename(n)) for n in self._shards()] or [0])
 
-    def _part_files(self) -> list[str]:
+    def _shards(self) -> list[str]:
         if not os.path.isdir(self.parts):
             return []
         return sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts)
                       if n.startswith("part-") and n.endswith(".parquet"))
+
+    def _release(self) -> None:
+        """Unlock; the folder stays (it is the report), the lock file goes."""
+        if not self._lock.closed:
+            try:
+                os.unlink(os.path.join(self.parts, ".lock"))
+            except OSError:
+                pass
+            self._lock.close()
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
@@ -303,24 +431,14 @@ class DatasetWriter(ReportWriter):
         self._next_shard += 1
         self._buffer = []
 
-    def abandon(self) -> None:
-        try:
-            self.flush()
-        finally:
-            self._lock.close()
-
     def close(self, order: dict[str, int] | None = None, finished_meta: dict | None = None) -> pa.Table:
         """Write the last part; return the verdicts of the whole folder (earlier runs included).
         ``order`` is not used: parts are never rewritten."""
         self.flush()
-        parts = self._part_files()
+        parts = self._shards()
         table = (pa.concat_tables([pq.read_table(p, columns=["verdict"]) for p in parts]) if parts
                  else pa.table({"verdict": pa.array([], pa.string())}))
-        self._lock.close()
-        try:
-            os.unlink(os.path.join(self.parts, ".lock"))
-        except OSError:
-            pass
+        self._release()
         return table
 
 

@@ -22,7 +22,7 @@ from . import __version__, console
 from .decode import CropTransform, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from .pool import Batch, DEFAULT_FILE_TIMEOUT_S, FileWork, Item, scan_batches
 from .detector import Detector
-from .errors import I2PError, one_line
+from .errors import I2PError, one_line, short_path
 from .provenance import AI, EvidenceReader, unread
 from .report import ReportWriter, mtime_of, path_columns
 
@@ -42,12 +42,14 @@ def discover(inputs: Sequence[str], options: DiscoverOptions = DiscoverOptions()
              stdin: Iterable[bytes] | None = None) -> list[str]:
     """Expand files, folders (recursively, sorted) and ``-`` (paths on stdin) into a file list.
 
-    A file named explicitly (argument or stdin) is scanned whatever its extension; in folders, files are picked by
-    extension (case-insensitive), hidden names are skipped unless ``hidden``, symlinks are not
-    followed unless ``follow_symlinks`` (then without loops), and ``exclude`` globs match the path
-    below the folder or the bare name. Each file appears once. Raises I2PError, before any work,
-    for an argument that does not exist; a missing path read from stdin, or a folder that cannot
-    be listed, is kept so that it becomes an error row.
+    A file named explicitly (argument or stdin) is scanned whatever its extension, and a symlink
+    named explicitly is followed (as ``find -H`` does); in folders, files are picked by extension
+    (case-insensitive), hidden names are skipped unless ``hidden``, symlinks are not followed
+    unless ``follow_symlinks`` (then without loops), and ``exclude`` globs match the path below the
+    folder or the bare name. Each file appears once. A folder named explicitly that holds no image
+    file gets a warning line. Raises I2PError, before any work, for an argument that does not
+    exist; a missing path read from stdin, or a folder that cannot be listed, is kept so that it
+    becomes an error row.
     """
     return list(iter_discover(inputs, options, stdin))
 
@@ -59,7 +61,7 @@ def iter_discover(inputs: Sequence[str], options: DiscoverOptions = DiscoverOpti
     inputs could overlap, the set of paths already given). Arguments are checked first."""
     for item in inputs:
         if item != "-" and not os.path.lexists(item):
-            raise I2PError(f"no such file or folder: {item}")
+            raise I2PError(f"no such file or folder: {short_path(item)}")
     return _discovered(inputs, options, stdin)
 
 
@@ -68,22 +70,27 @@ def _discovered(inputs: Sequence[str], options: DiscoverOptions, stdin: Iterable
     extensions = tuple(e.lower().lstrip(".") for e in options.extensions)
     for item in inputs:  # paths read from stdin are data: one that is missing becomes an error row
         for path in (_stdin_paths(stdin) if item == "-" else [item]):
-            if os.path.isdir(path) and (options.follow_symlinks or not os.path.islink(path) or path.endswith(os.sep)):
-                found = _walk(path, extensions, options)
-            else:
-                found = [path]
-            for f in found:
+            folder = os.path.isdir(path)
+            images = 0
+            for f in (_walk(path, extensions, options) if folder else [path]):
+                images += 1
                 if seen is None:
                     yield f
                 elif f not in seen:
                     seen.add(f)
                     yield f
+            if folder and not images:
+                console.warn(f"{short_path(path)} is a folder with no image files to scan "
+                             f"(--ext, --hidden change what is picked up)")
 
 
 def _stdin_paths(stdin: Iterable[bytes] | None) -> list[str]:
+    """Paths on stdin, NUL-separated when the input holds a NUL, else one per line. Names are
+    kept byte for byte: a ``\\r`` before the newline is part of the name (convert CRLF lists with
+    ``tr -d '\\r'``); empty lines are skipped."""
     data = (stdin if stdin is not None else sys.stdin.buffer).read()
     sep = b"\0" if b"\0" in data else b"\n"
-    return [os.fsdecode(p.rstrip(b"\r") if sep == b"\n" else p) for p in data.split(sep) if p.strip()]
+    return [os.fsdecode(p) for p in data.split(sep) if p]
 
 
 def _walk(root: str, extensions: tuple[str, ...], options: DiscoverOptions) -> Iterator[str]:
@@ -100,7 +107,7 @@ def _walk(root: str, extensions: tuple[str, ...], options: DiscoverOptions) -> I
             seen.add((st.st_dev, st.st_ino))
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
-            console.warn(f"cannot list {folder}: {exc.strerror or exc}")
+            console.warn(f"cannot list {short_path(folder)}: {exc.strerror or exc}")
             yield folder  # an error row, so that the scan's exit code says something was unreadable
             return
         for entry in entries:
