@@ -127,7 +127,8 @@ def test_a_scan_killed_with_live_workers_can_be_resumed_at_once(tmp_path, detect
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     parts = tmp_path / "r.parquet.parts"
     _wait_for(lambda: parts.exists() and len(list(parts.glob("shard-*"))) >= 2)
-    workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    workers = [int(p) for task in Path(f"/proc/{proc.pid}/task").iterdir()  # forked by the pool's thread too
+               for p in (task / "children").read_text().split()]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     writer = ReportWriter(str(tmp_path / "r.parquet"), json.loads(
