@@ -8,7 +8,10 @@ layout ``i2pscan calibrate`` takes. The detector learns from the ``--train`` sub
 trained subset's own test split is reported as "in-domain". For each strategy (i2p,
 low-sensitivity, task-fisher, random, head-only, full) it prints and writes: AUC per held-out
 subset, mean AUC / AP / accuracy over held-out subsets, in-domain AUC, trainable backbone
-weights, detector bytes and training seconds.
+weights, detector bytes and training seconds. When the backbone is ViT-L-14, the published
+detectors (``rine-2class``, ``univfd``; trained by their authors on ProGAN, not on ``--train``) are
+added as baseline rows, scored on the same held-out images with the same ``--pretrained`` weights
+(``--no-published`` leaves them out).
 
 On the tiny backbone and the toy data (``i2pscan demo-data``) it runs in a minute on a CPU; with
 ViT-L-14 on GenImage (``--backbone ViT-L-14 --train sdv14``) it is the paper-style table for a
@@ -57,6 +60,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", default=None, help="also write the table (.md or .csv)")
+    p.add_argument("--no-published", action="store_true", help="no published baseline rows (ViT-L-14 only)")
     p.add_argument("--work", default=None, help="folder for the calibration and detectors (default: a temp folder)")
     args = p.parse_args()
 
@@ -90,20 +94,20 @@ def main() -> None:
         result = finetune(load_backbone(args.backbone, args.pretrained, device=device), cal, train, out, config)
         seconds = time.monotonic() - started
         scores = evaluate(Detector.load(out, device=device), test, ScanOptions(batch_size=batch, workers=workers))
-        by_subset = {r["subset"]: r for r in scores.rows}
-        held = [by_subset[s] for s in held_out]
-        rows.append({
-            "strategy": strategy,
-            **{f"AUC {s}": by_subset[s]["auc"] for s in held_out},
-            "held-out AUC": float(np.mean([r["auc"] for r in held])),
-            "held-out AP": float(np.mean([r["ap"] for r in held])),
-            "held-out acc": float(np.mean([r["acc"] for r in held])),
-            "in-domain AUC": by_subset[args.train]["auc"],
-            "trainable": result.mask.trainable,
-            "detector bytes": os.path.getsize(out),
-            "train s": round(seconds, 1),
-        })
+        rows.append(_row(strategy, scores, held_out, args.train, result.mask.trainable, out, round(seconds, 1)))
         print(f"  {strategy}: held-out AUC {rows[-1]['held-out AUC']:.3f} ({seconds:.1f} s)", flush=True)
+
+    if args.backbone == "ViT-L-14" and not args.no_published:
+        from i2pscan.published import SHIPPED, shipped_path
+
+        pretrained = None if args.pretrained == "default" else args.pretrained
+        for name in SHIPPED:
+            started = time.monotonic()
+            scores = evaluate(Detector.load(name, device=device, pretrained=pretrained), test,
+                              ScanOptions(batch_size=batch, workers=workers))
+            rows.append(_row(f"{name} (published)", scores, held_out, args.train, None, str(shipped_path(name)), None))
+            print(f"  {name}: held-out AUC {rows[-1]['held-out AUC']:.3f} ({time.monotonic() - started:.1f} s)",
+                  flush=True)
 
     columns = list(rows[0])
     print_table(f"mask strategies, trained on {args.train}, mean over {len(held_out)} held-out subset(s)",
@@ -111,6 +115,24 @@ def main() -> None:
     if args.out:
         _write(args.out, columns, rows)
         print(f"\ntable written to {args.out}")
+
+
+def _row(name, scores, held_out, trained_on, trainable, detector_path, seconds) -> dict:
+    """One table row; a published detector has no trainable count or training time (``–``)."""
+    by_subset = {r["subset"]: r for r in scores.rows}
+    held = [by_subset[s] for s in held_out]
+    published = trainable is None
+    return {
+        "strategy": name,
+        **{f"AUC {s}": by_subset[s]["auc"] for s in held_out},
+        "held-out AUC": float(np.mean([r["auc"] for r in held])),
+        "held-out AP": float(np.mean([r["ap"] for r in held])),
+        "held-out acc": float(np.mean([r["acc"] for r in held])),
+        "in-domain AUC": by_subset[trained_on]["auc"],
+        "trainable": "–" if published else trainable,
+        "detector bytes": os.path.getsize(detector_path),
+        "train s": "–" if published else seconds,
+    }
 
 
 def _write(path: str, columns: list[str], rows: list[dict]) -> None:

@@ -135,6 +135,25 @@ class Backbone:
             result[block] = cls if view == "cls" else torch.cat([cls, patches.mean(dim=1)], dim=1)
         return result
 
+    def ln2_class_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Tensor[B, L, D]: for every block, the class token at the output of its ``ln_2`` (the
+        LayerNorm in front of the MLP), as RINE reads CLIP. Runs the whole (untruncated) tower."""
+        if self._run_blocks != self.num_blocks:
+            raise RuntimeError("ln2_class_tokens() needs the untruncated backbone")
+        batch_first = getattr(self.visual.transformer, "batch_first", True)
+        tokens: list[torch.Tensor] = []
+
+        def keep(module, inputs, output):
+            tokens.append(output[:, 0] if batch_first else output[0])
+
+        hooks = [block.ln_2.register_forward_hook(keep) for block in self.blocks]
+        try:
+            self.visual(images)
+        finally:
+            for h in hooks:
+                h.remove()
+        return torch.stack(tokens, dim=1)
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The projected image embedding of the whole tower (CLIP's cross-modal space)."""
         if self._run_blocks != self.num_blocks or self.visual.proj is None:
@@ -155,14 +174,18 @@ class Backbone:
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: str | None = "default",
-                  device: str | torch.device = "cpu", quick_gelu: bool | None = None) -> Backbone:
-    """Build an open_clip vision tower by model name and load its weights.
+                  device: str | torch.device = "cpu", quick_gelu: bool | None = None,
+                  want_hash: bool = True) -> Backbone:
+    """Build an open_clip vision tower (only it: no text tower) by model name and load its weights.
 
-    ``pretrained``: an open_clip tag (downloaded and cached by open_clip), a local weights file
-    (.safetensors, or the .bin/.pt files open_clip reads), ``"default"`` for the backbone's usual
-    weights (the shipped file for tiny backbones, ``openai`` otherwise), or ``None`` for a random
-    initialisation (benchmarks; its identity is the hash of those random weights).
+    ``pretrained``: an open_clip tag (downloaded once and cached by open_clip; offline without a
+    cache this fails within seconds), a local weights file (.safetensors, or the .bin/.pt files
+    open_clip reads), ``"default"`` for the backbone's usual weights (the shipped file for tiny
+    backbones, ``openai`` otherwise), or ``None`` for a random initialisation (benchmarks; its
+    identity is the hash of those random weights).
     ``quick_gelu``: force the activation (detector files record it); ``None`` follows the tag.
+    ``want_hash``: compute the sha256 of the weights (cached by file path, size and mtime);
+    without it ``sha256`` is ``None`` (published detectors record no hash).
     Raises :class:`I2PError` for an unknown name, a missing file or weights that cannot be fetched.
     """
     if name not in open_clip.list_models():
@@ -170,56 +193,218 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: str | None = "defaul
                        f"others: any open_clip ViT name (e.g. ViT-L-14, ViT-B-16)")
     if pretrained == "default":
         pretrained = default_pretrained(name)
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
     if quick_gelu is None:
-        quick_gelu = bool(pretrained and open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+        quick_gelu = bool(tag_cfg.get("quick_gelu", False))
     is_file = bool(pretrained) and os.path.isfile(pretrained)
-    if pretrained and not is_file and not open_clip.get_pretrained_cfg(name, pretrained):
+    if pretrained and not is_file and not tag_cfg:
         if os.path.sep in pretrained or pretrained.endswith((".safetensors", ".bin", ".pt", ".pth")):
             raise I2PError(f"weights file not found: {pretrained}")
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
         raise I2PError(f"{pretrained!r} is neither a weights file nor a pretrained tag of {name} (tags: {tags})")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            logging.disable(logging.ERROR)  # open_clip logs to the root logger; our message says it better
-            try:
-                model = open_clip.create_model(name, pretrained=pretrained or None, force_quick_gelu=quick_gelu,
-                                               device="cpu", require_pretrained=bool(pretrained))
-            finally:
-                logging.disable(logging.NOTSET)
-    except Exception as exc:  # open_clip raises RuntimeError; a damaged file raises whatever its reader raises
-        if is_file:
-            raise I2PError(f"cannot load weights {pretrained} into {name}: {one_line(exc, 200)}") from exc
-        raise I2PError(
-            f"cannot fetch the {name} weights {pretrained!r} (offline?): download them once on a machine "
-            f"with internet (they are cached), or pass --pretrained PATH to a local weights file"
-        ) from exc
-    visual = getattr(model, "visual", None)
-    if not isinstance(visual, VisionTransformer):
-        raise I2PError(f"backbone {name!r} is not an open_clip VisionTransformer; i2pscan needs a ViT with a class token")
+    weights_file = pretrained if is_file else fetch_weights(name, pretrained) if pretrained else None
+    config = open_clip.get_model_config(name) or {}
+    if weights_file:  # built on the meta device, then the file's tensors become its parameters: one copy
+        visual = _vision_tower(name, config, quick_gelu, on_meta=True)
+        try:
+            loaded = _load_vision_weights(visual, weights_file, name)
+        except Exception as exc:  # a damaged file raises whatever its reader raises
+            raise I2PError(f"cannot load weights {weights_file} into {name}: {one_line(exc, 200)}") from exc
+        if loaded is not None:
+            visual = loaded
+        if any(t.is_meta for t in [*visual.parameters(), *visual.buffers()]):
+            raise I2PError(f"cannot load weights {weights_file} into {name}: some tensors are missing")
+    else:
+        visual = _vision_tower(name, config, quick_gelu)
     visual.eval()
     for p in visual.parameters():
         p.requires_grad_(False)
-    config = open_clip.get_model_config(name) or {}
     config = {**config, "quick_gelu": quick_gelu}
-    pp = getattr(visual, "preprocess_cfg", None) or {}
+    pp = {**config.get("preprocess_cfg", {}), **{k: tag_cfg[k] for k in ("mean", "std") if k in tag_cfg}}
     mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
     image_size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
-    backbone = Backbone(
-        visual=visual,
-        name=name,
-        pretrained=pretrained,
-        model_config=config,
-        sha256=weights_sha256(visual),
-        num_blocks=len(visual.transformer.resblocks),
-        mean=mean,
-        std=std,
-        image_size=image_size,
-    )
-    del model  # the text tower is never used
+    sha256 = None
+    if want_hash:
+        sha256 = cached_weights_sha256(weights_file, name, visual) if weights_file else weights_sha256(visual)
+    backbone = Backbone(visual=visual, name=name, pretrained=pretrained, model_config=config, sha256=sha256,
+                        num_blocks=len(visual.transformer.resblocks), mean=mean, std=std, image_size=image_size)
     visual.to(resolve_device(device) if isinstance(device, str) else device)
     return backbone
+
+
+def _vision_tower(name: str, config: dict, quick_gelu: bool, on_meta: bool = False) -> VisionTransformer:
+    """The vision tower alone, built from the model config (open_clip's create_model would build
+    and initialise the text tower too: for ViT-L-14 that is 120 M parameters never used)."""
+    from open_clip.model import _build_vision_tower
+
+    with warnings.catch_warnings(), torch.device("meta" if on_meta else "cpu"):
+        warnings.simplefilter("ignore")
+        visual = _build_vision_tower(config["embed_dim"], config["vision_cfg"], quick_gelu=quick_gelu)
+    if not isinstance(visual, VisionTransformer):
+        raise I2PError(f"backbone {name!r} is not an open_clip VisionTransformer; i2pscan needs a ViT with a class token")
+    return visual
+
+
+def _load_vision_weights(visual: VisionTransformer, path: str, name: str) -> VisionTransformer | None:
+    """Load the ``visual.*`` tensors of an open_clip checkpoint into ``visual`` (strictly), reading
+    only those from a safetensors file. A checkpoint in another layout (OpenAI's TorchScript,
+    timm) goes through open_clip's own converter on a whole model; then that model's tower is
+    returned."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            keys = [k for k in f.keys() if k.startswith("visual.")]
+            state = {k[len("visual."):]: f.get_tensor(k) for k in keys}
+    else:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+            checkpoint = checkpoint["state_dict"]
+        if not isinstance(checkpoint, dict):
+            raise ValueError("not a state dict")
+        state = {}
+        for k, v in checkpoint.items():
+            k = k[len("module."):] if k.startswith("module.") else k
+            if k.startswith("visual."):
+                state[k[len("visual."):]] = v
+    if not state:  # another layout: let open_clip convert it (builds the text tower too; rarely taken)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.disable(logging.ERROR)
+            try:
+                quick = any(type(m).__name__ == "QuickGELU" for m in visual.modules())
+                model = open_clip.create_model(name, pretrained=path, force_quick_gelu=quick, device="cpu",
+                                               require_pretrained=True)
+            finally:
+                logging.disable(logging.NOTSET)
+        return model.visual
+    visual.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()},
+                           strict=True, assign=True)
+    return None
+
+
+def fetch_weights(name: str, tag: str) -> str:
+    """The local file of an open_clip pretrained tag: from the cache, else downloaded once (with
+    progress) and cached. Offline, or with the hub unreachable, raises I2PError within seconds
+    naming where the file comes from and ``--pretrained PATH``."""
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if "file" in cfg:
+        return cfg["file"]
+    hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
+    cache_dir = _hf_cache_dir()
+    if hub:  # as open_clip names the file: a safetensors twin first
+        repo, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        names = [filename]
+        if filename == "open_clip_pytorch_model.bin":
+            names.insert(0, "open_clip_model.safetensors")
+        elif filename.endswith((".bin", ".pth")):
+            names.insert(0, filename[:-4] + ".safetensors")
+        from huggingface_hub import try_to_load_from_cache
+
+        for n in names:
+            cached = try_to_load_from_cache(repo, n, cache_dir=cache_dir)
+            if isinstance(cached, str) and os.path.isfile(cached):
+                return cached
+        where, host = f"https://huggingface.co/{repo}", "huggingface.co"
+    else:
+        cached = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+        if os.path.isfile(cached):
+            return cached
+        from urllib.parse import urlparse
+
+        where, host = url, urlparse(url).hostname or ""
+    hint = (f"the {name} weights {tag!r} are not cached here and {host} cannot be reached; download them "
+            f"({where}) on a machine with internet and pass --pretrained PATH to the file, or run once online "
+            f"(open_clip caches them)")
+    if _offline() or not _reachable(host):
+        raise I2PError(hint)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path = open_clip.download_pretrained(cfg, cache_dir=cache_dir if hub else None)
+    except Exception as exc:
+        raise I2PError(f"{hint} ({one_line(exc, 120)})") from exc
+    if not path or not os.path.isfile(path):
+        raise I2PError(hint)
+    return path
+
+
+def _hf_cache_dir() -> str:
+    """huggingface_hub's cache folder, read from the environment now (not at its import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                    os.path.expanduser("~/.cache"), "huggingface")
+    return os.path.join(home, "hub")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "I2PSCAN_OFFLINE"))
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host``:443 opens within ``timeout`` seconds (DNS included).
+    Behind a proxy the proxy decides, so this answers yes and the download says what failed."""
+    if not host:
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    import threading
+
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def cache_dir() -> Path:
+    """Where i2pscan keeps small caches: $XDG_CACHE_HOME/i2pscan (default ~/.cache/i2pscan)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "i2pscan"
+
+
+def cached_weights_sha256(path: str, name: str, visual: torch.nn.Module) -> str:
+    """weights_sha256(visual), remembered by (file path, size, mtime, model name) so that a
+    second run with the same 1.2 GB file does not hash it again. A cache that cannot be read or
+    written is ignored."""
+    st = os.stat(path)
+    key = json.dumps([os.path.abspath(path), st.st_size, st.st_mtime_ns, name])
+    store = cache_dir() / "backbone-sha256.json"
+    try:
+        cache = json.loads(store.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    hit = cache.get(key)
+    if isinstance(hit, str) and len(hit) == 64:
+        return hit
+    digest = weights_sha256(visual)
+    cache = {k: v for k, v in list(cache.items())[-63:]}  # keep it small
+    cache[key] = digest
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f".{store.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, store)
+    except OSError:
+        pass
+    return digest
 
 
 def recorded_weights(identity: dict, override: str | None = None) -> str:

@@ -52,10 +52,27 @@ def _scoring_options(f):
                      help="Flag at this calibrated probability instead of the detector's threshold.")(f)
     f = click.option("--pretrained", default=None, metavar="TAG|PATH",
                      help="Backbone weights, when the detector's recorded source is not available here.")(f)
-    f = click.option("--detector", "-d", "detector_file", envvar="I2PSCAN_DETECTOR", required=False,
-                     type=click.Path(dir_okay=False, path_type=str),
-                     help="Detector file from `i2pscan finetune` [env: I2PSCAN_DETECTOR].")(f)
     return f
+
+
+def _detector_option(multiple: bool):
+    more = " Repeat to compare several in one table." if multiple else ""
+    return click.option("--detector", "-d", "detector_file", envvar="I2PSCAN_DETECTOR", default=None,
+                        multiple=multiple, metavar="NAME|FILE",
+                        help="A shipped detector (`i2pscan detectors`) or a detector file from `i2pscan finetune` "
+                             f"[env: I2PSCAN_DETECTOR; default: rine-2class].{more}")
+
+
+def _default_detector(given):
+    """The detector asked for, or the shipped default, announced on stderr."""
+    if given:
+        return given
+    from .published import DEFAULT_DETECTOR
+
+    _log(f"no --detector given: using the shipped {DEFAULT_DETECTOR} (RINE, ECCV 2024; `i2pscan info "
+         f"{DEFAULT_DETECTOR}`); choose another with -d or I2PSCAN_DETECTOR, or scan without a model with "
+         f"--metadata-only")
+    return DEFAULT_DETECTOR
 
 
 def _run_options(f):
@@ -102,7 +119,7 @@ def _command(f):
 
 class _Group(click.Group):
     def list_commands(self, ctx):
-        return ["calibrate", "finetune", "scan", "evaluate", "info", "report", "demo-data"]
+        return ["calibrate", "finetune", "scan", "evaluate", "info", "detectors", "report", "demo-data"]
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -117,6 +134,7 @@ def cli():
       i2pscan scan photos/ --detector detector.safetensors -o report.parquet
       i2pscan evaluate test/ --detector detector.safetensors
     Offline demo with the tiny shipped backbone: examples/quickstart.sh
+    No training at all: `i2pscan scan photos/` uses the shipped rine-2class (`i2pscan detectors`).
 
     Exit codes: 0 nothing flagged, 1 something flagged, 2 usage or configuration error (or a
     scan stopped before the end), 3 nothing flagged but some files unreadable.
@@ -278,6 +296,7 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@_detector_option(multiple=False)
 @_scoring_options
 @click.option("--output", "-o", type=click.Path(path_type=str), default=None, metavar="REPORT.parquet|DIR/",
               help="Write a Parquet report with one row per file (written in closed shards, resumable); "
@@ -351,8 +370,6 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
             raise click.UsageError(f"{model_only[0]} needs a model; --metadata-only runs none")
     if metadata_only and ray_address:
         raise click.UsageError("--metadata-only runs no model; scan it without --ray")
-    if not metadata_only and detector_file is None:
-        raise click.UsageError("Missing option '--detector' / '-d' (or pass --metadata-only to scan without a model).")
     reader = EvidenceReader.from_trust_file(c2pa_trust)
     where = resolve_device(device)
     exts = tuple(e.strip() for x in extensions for e in x.split(",") if e.strip()) or (
@@ -366,7 +383,8 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
                                    max_pixels=max_pixels or DEFAULT_MAX_PIXELS, evidence=evidence,
                                    c2pa_trust=os.path.abspath(c2pa_trust) if c2pa_trust else None,
                                    metadata_only=metadata_only)
-    detector = None if metadata_only else Detector.load(detector_file, device=where, pretrained=pretrained)
+    detector = None if metadata_only else Detector.load(_default_detector(detector_file), device=where,
+                                                        pretrained=pretrained)
     writer = None
     if output:
         writer_class = DatasetWriter if is_dataset_path(output) else ReportWriter
@@ -472,6 +490,7 @@ class _RowPrinter:
 
 @cli.command()
 @click.argument("data", type=click.Path(exists=True, path_type=str))
+@_detector_option(multiple=True)
 @_scoring_options
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="FILE",
               help="Also write the table: .parquet, .csv or .md.")
@@ -499,12 +518,11 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops
     from .pool import default_workers
     from .samples import load_labelled
     from .detector import Detector
-    from .evaluate import CLEAN, evaluate as run_evaluate, plot, print_result, write_result
+    from .evaluate import CLEAN, combine as combine_results, evaluate_detectors, plot, print_result, write_result
+    from .published import resolve
     from .tensorfile import check_writable
     from .scan import ScanOptions
 
-    if detector_file is None:
-        raise click.UsageError("Missing option '--detector' / '-d'.")
     if out and not out.lower().endswith((".parquet", ".csv", ".md")):
         raise click.UsageError("--out must end in .parquet, .csv or .md")
     perturbs = tuple(CLEAN if p == CLEAN else parse_perturbation(p) for p in perturbations) or (CLEAN,)
@@ -515,18 +533,24 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops
         check_writable(os.path.join(plot_dir, "roc.png"))
     where = resolve_device(device)
     sample = load_labelled(data, max_per_class=max_per_class, seed=seed, subsets=subset, split=split)
-    detector = Detector.load(detector_file, device=where, pretrained=pretrained)
+    specs = list(dict.fromkeys(detector_file)) or [_default_detector(None)]
+    for spec in specs:
+        resolve(spec)  # a misspelt second detector stops before the first one's evaluation
     options = ScanOptions(crops=crops, combine=combine, threshold=threshold,
                           batch_size=batch_size or default_batch_size(where),
                           workers=default_workers() if workers is None else workers)
-    result = run_evaluate(detector, sample, options, perturbs)
+    results = evaluate_detectors(specs, lambda spec: Detector.load(spec, device=where, pretrained=pretrained),
+                                 sample, options, perturbs)
+    result = combine_results(results)
     print_result(result)
     if out:
         write_result(result, out)
         _log(f"table written to {out}")
     if plot_dir:
-        for path in plot(result, plot_dir):
-            _log(f"plot: {path}")
+        for name, one in results:
+            folder = plot_dir if len(results) == 1 else os.path.join(plot_dir, _slug(name))
+            for path in plot(one, folder):
+                _log(f"plot: {path}")
 
 
 @cli.command()
@@ -624,14 +648,29 @@ def demo_data(out, train_per_class, val_per_class, tile, seed, quiet):
 
 
 @cli.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.argument("file", metavar="NAME|FILE")
 @click.option("--json", "as_json", is_flag=True, help="Print the file's metadata as JSON.")
 @_command
 def info(file, as_json):
-    """Show what a detector or calibration FILE holds and how it was made."""
+    """Show what a detector or calibration FILE (or a shipped detector NAME) holds and how it was made."""
     from .inspect import describe
+    from .published import resolve
 
-    describe(file, as_json=as_json)
+    describe(resolve(file), as_json=as_json)
+
+
+@cli.command()
+@_command
+def detectors():
+    """List the detectors that ship with i2pscan (use a NAME with -d, and `i2pscan info NAME`)."""
+    from .inspect import list_shipped
+
+    list_shipped()
+
+
+def _slug(name: str) -> str:
+    base = os.path.basename(name)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in (base[:-len(".safetensors")] if base.endswith(".safetensors") else base))
 
 
 def _log(message: str) -> None:

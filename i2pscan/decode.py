@@ -66,6 +66,7 @@ class Decoded:
     mtime: float | None = None
     sha256: str | None = None
     data: bytes | None = None  # the file's bytes, when asked for (keep_bytes): shared with the evidence reader
+    exif: dict | None = None  # with keep_bytes: the EXIF tags Pillow already parsed (read_exif's keys)
     provenance: dict | None = None  # report columns from provenance.EvidenceReader, when asked for
 
 
@@ -95,6 +96,8 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
             warnings.simplefilter("ignore")
             image = _open_checked(data, max_pixels, result)
             if image is not None:
+                if keep_bytes:  # Pillow parses EXIF for the orientation anyway: share it with the evidence reader
+                    result.exif = _exif_tags(image.getexif)
                 result.image = _to_rgb(_oriented(image))
                 result.width, result.height = result.image.size
     except FileNotFoundError:
@@ -177,12 +180,20 @@ def read_exif(blob: bytes) -> dict:
     """Selected tags of a raw EXIF block (a TIFF structure, optionally after ``Exif\\0\\0``):
     {name: value} for Make, Model, Software, ImageDescription, Artist, DateTimeOriginal,
     LensModel, UserComment (bytes). Empty when the block cannot be parsed; never raises."""
+    def load() -> Image.Exif:
+        exif = Image.Exif()
+        exif.load(blob)
+        return exif
+
+    return _exif_tags(load)
+
+
+def _exif_tags(get_exif) -> dict:
     out: dict = {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            exif = Image.Exif()
-            exif.load(blob)
+            exif = get_exif()
             for tag, name in _EXIF_IFD0.items():
                 if exif.get(tag) is not None:
                     out[name] = exif.get(tag)
@@ -309,40 +320,57 @@ def _deadline(seconds: float | None) -> Iterator[None]:
 # Crops
 
 
+CROP_MODES = ("i2p", "torchvision")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """How an image becomes model input: a crop of ``crop_size`` at native resolution, normalised."""
+    """How an image becomes model input: a crop of ``crop_size`` at native resolution, normalised.
+
+    ``crop_mode`` ``i2p``: centre offset rounded down, a small image padded with the mean colour.
+    ``torchvision``: as torchvision's ``CenterCrop`` (the published detectors' authors use it):
+    offset ``int(round(d / 2))`` (half to even), a small image padded with black.
+    """
 
     crop_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    crop_mode: str = "i2p"
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(int(d["crop_size"]), tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]))
+        return cls(int(d["crop_size"]), tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]),
+                   str(d.get("crop_mode", "i2p")))
 
     def to_dict(self) -> dict:
-        return {"crop_size": self.crop_size, "mean": list(self.mean), "std": list(self.std)}
+        d = {"crop_size": self.crop_size, "mean": list(self.mean), "std": list(self.std)}
+        if self.crop_mode != "i2p":
+            d["crop_mode"] = self.crop_mode
+        return d
 
     def normalise(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 HxWx3 (H, W <= crop) -> float CxSxS, centred in a zero (mean-colour) canvas."""
+        """uint8 HxWx3 (H, W <= crop) -> float CxSxS, centred in a canvas of the padding colour."""
         s = self.crop_size
         mean = np.asarray(self.mean, np.float32)
         std = np.asarray(self.std, np.float32)
         norm = (pixels.astype(np.float32) / 255.0 - mean) / std
-        out = np.zeros((s, s, 3), np.float32)
         h, w = norm.shape[:2]
+        if self.crop_mode == "torchvision" and (h < s or w < s):
+            out = np.broadcast_to(-mean / std, (s, s, 3)).astype(np.float32)
+        else:
+            out = np.zeros((s, s, 3), np.float32)
         top, left = (s - h) // 2, (s - w) // 2
         out[top:top + h, left:left + w] = norm
         return torch.from_numpy(out.transpose(2, 0, 1).copy())
 
 
-def crop_origins(width: int, height: int, size: int, n: int) -> list[tuple[int, int]]:
+def crop_origins(width: int, height: int, size: int, n: int, crop_mode: str = "i2p") -> list[tuple[int, int]]:
     """Top-left corners of ``n`` crops: the centre first, then the four corners, then a grid."""
     if n < 1:
         raise ValueError("n must be >= 1")
     max_x, max_y = max(width - size, 0), max(height - size, 0)
-    origins = [(max_x // 2, max_y // 2), (0, 0), (max_x, 0), (0, max_y), (max_x, max_y)]
+    centre = (int(round(max_x / 2.0)), int(round(max_y / 2.0))) if crop_mode == "torchvision" else (max_x // 2, max_y // 2)
+    origins = [centre, (0, 0), (max_x, 0), (0, max_y), (max_x, max_y)]
     if n > len(origins):
         g = math.ceil(math.sqrt(n))
         grid = [(round(max_x * i / max(g - 1, 1)), round(max_y * j / max(g - 1, 1))) for j in range(g) for i in range(g)]
@@ -360,7 +388,7 @@ class CropTransform:
     def __call__(self, image: Image.Image, index: int) -> torch.Tensor:
         s = self.preprocess.crop_size
         crops = []
-        for x, y in crop_origins(image.width, image.height, s, self.n_crops):
+        for x, y in crop_origins(image.width, image.height, s, self.n_crops, self.preprocess.crop_mode):
             # crop in Pillow first: converting a whole 12 MP image to an array costs as much as decoding it
             box = (x, y, min(x + s, image.width), min(y + s, image.height))
             crops.append(self.preprocess.normalise(np.asarray(image.crop(box))))

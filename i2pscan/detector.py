@@ -4,12 +4,20 @@ A detector file is safetensors: the head's tensors (``head.*``), and for every t
 tensor its flat indices and delta values (``delta.<name>.indices`` / ``delta.<name>.values``; a
 dense delta has no indices), with JSON metadata that says everything needed to rebuild and trust
 it. Loading checks all of it before any work and refuses a mismatch in one line.
+
+Published detectors (``architecture`` ``rine`` or ``univfd``, see published.py) hold their
+authors' head tensors under ``rine.*`` / ``univfd.*`` and run the whole backbone.
+
+Loading order, cheapest first, nothing built until everything that can be checked is: the header
+size and the content checksum (tensorfile), the metadata schema (schema.py), every tensor's name,
+dtype, shape and finiteness against what the metadata claims (shapes computed on the meta device,
+so a file claiming a huge head allocates nothing), then the backbone, the head, and one neutral
+image that must give a finite logit.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -17,12 +25,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import tensorfile
-from .backbone import VIEWS, Backbone, load_backbone, recorded_weights
+from . import published, tensorfile
+from .backbone import Backbone, load_backbone, recorded_weights
 from .decode import CropTransform, decode, Preprocess
 from .errors import I2PError
 from .features import autocast
 from .head import DetectorHead, HeadConfig
+from .schema import check_detector_meta
 from .sensitivity import eligible_parameters
 
 KIND = "detector"
@@ -30,6 +39,7 @@ META_KEYS = {
     "i2pscan_version", "created", "backbone", "preprocessing", "view", "last_block", "head", "threshold",
     "threshold_logit", "temperature", "target_fpr", "mask", "training", "calibration",
 }
+PREFIX = {"i2p": "head.", "rine": "rine.", "univfd": "univfd."}
 
 
 @dataclass
@@ -53,6 +63,7 @@ def write_detector(path: str | os.PathLike, meta: dict, head: DetectorHead, delt
     missing = META_KEYS - set(meta)
     if missing:
         raise ValueError(f"detector metadata lacks {sorted(missing)}")
+    meta = {"architecture": "i2p", **meta}
     tensors = {f"head.{k}": v for k, v in head.state_dict().items()}
     for name, d in deltas.items():
         if d.indices is not None:
@@ -76,12 +87,18 @@ class Detector:
     ``Detector.load(path)`` is the way in; ``score`` the way out.
     """
 
-    def __init__(self, backbone: Backbone, head: DetectorHead, meta: dict, sha256: str, path: str):
+    def __init__(self, backbone: Backbone, head: torch.nn.Module, meta: dict, sha256: str, path: str):
         self.backbone = backbone
         self.head = head.eval()
         self.meta = meta
         self.sha256 = sha256
         self.path = path
+        self.architecture = meta.get("architecture", "i2p")
+
+    @property
+    def name(self) -> str:
+        """The shipped name (``rine-2class``) or the file path: what tables and logs call it."""
+        return published.shipped_name(self.path) or self.path
 
     @property
     def id(self) -> str:
@@ -103,7 +120,7 @@ class Detector:
 
     @property
     def layers(self) -> list[int]:
-        return list(self.head.config.layers)
+        return list(self.head.config.layers) if self.architecture == "i2p" else []
 
     @property
     def preprocess(self) -> Preprocess:
@@ -115,50 +132,45 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", pretrained: str | None = None) -> "Detector":
-        """Read and verify a detector file, then build the model on ``device``.
+        """Read and verify a detector file (or a shipped detector by name), then build the model on
+        ``device``.
 
         ``pretrained`` points at the backbone's weights when the recorded source is not available
         here (a local file on another machine, or an offline machine with a copy of the weights).
         Raises I2PError when the file is not a detector, is damaged, or does not match the backbone.
         """
-        path = os.fspath(path)
+        path = published.resolve(path)
         _, meta, tensors = tensorfile.read(path, (KIND,))
-        unknown = set(meta) - META_KEYS - {"notes"}
-        if unknown:
-            raise I2PError(f"{path}: unknown metadata key(s) {', '.join(sorted(unknown))} "
-                           f"(format {tensorfile.FORMAT_VERSION}): written by a newer i2pscan?")
-        if META_KEYS - set(meta):
-            raise I2PError(f"{path}: metadata lacks {', '.join(sorted(META_KEYS - set(meta)))}; not a complete detector")
-        _validate(meta, tensors, path)
-        recorded = meta["backbone"]
-        backbone = load_backbone(recorded["name"], recorded_weights(recorded, pretrained), device=device,
-                                 quick_gelu=bool(recorded.get("model_config", {}).get("quick_gelu", False)))
-        if backbone.sha256 != recorded["sha256"]:
-            raise I2PError(f"{path}: backbone weights differ from those it was trained on "
-                           f"(sha256 {backbone.sha256[:12]}… here, {recorded['sha256'][:12]}… recorded)")
-        if backbone.preprocessing()["crop_size"] != meta["preprocessing"]["crop_size"]:
-            raise I2PError(f"{path}: crop size {meta['preprocessing']['crop_size']} does not match the backbone")
-        last_block = int(meta["last_block"])
-        if not 1 <= last_block <= backbone.num_blocks:
-            raise I2PError(f"{path}: L* = {last_block} is outside the backbone's 1..{backbone.num_blocks} blocks")
-        eligible = eligible_parameters(backbone, last_block)
-        backbone.truncate(last_block)
-        for name, delta in _deltas(tensors, path).items():
-            if name not in eligible:
-                raise I2PError(f"{path}: delta for {name}, which is not a tunable tensor of blocks 1..{last_block}")
-            param = eligible[name]
-            _check_delta(name, delta, param, path)
-            apply_delta(param, delta)
-        head = _build_head(meta, tensors, path, backbone.device)
-        return cls(backbone, head, meta, file_sha256(path), path)
+        architecture = check_detector_meta(meta, path)
+        _check_tensors(architecture, meta, tensors, path)
+        if architecture == "i2p":
+            backbone, head = _build_i2p(meta, tensors, path, device, pretrained)
+        else:
+            backbone, head = _build_published(architecture, meta, tensors, path, device, pretrained)
+        detector = cls(backbone, head, meta, file_sha256(path), path)
+        detector._check_neutral()
+        return detector
+
+    def _check_neutral(self) -> None:
+        """A detector that cannot score a mean-colour image is broken (huge or degenerate
+        weights): refuse it now rather than blame every image of a scan."""
+        size = self.preprocess.crop_size
+        logit = self.logits(torch.zeros(1, 3, size, size))
+        if not bool(torch.isfinite(logit).all()):
+            raise I2PError(f"{self.path}: gives no finite score for a neutral (mean-colour) image; its weights "
+                           f"are broken")
 
     @torch.no_grad()
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """Raw head logits of preprocessed crops [B, 3, S, S] (uncalibrated)."""
         pixels = pixels.to(self.device, non_blocking=True)
         with autocast(self.device):
-            taps = self.backbone.taps(pixels, self.layers, self.meta["view"])
-            logits, _ = self.head(taps)
+            if self.architecture == "rine":
+                logits = self.head(self.backbone.ln2_class_tokens(pixels))
+            elif self.architecture == "univfd":
+                logits = self.head(self.backbone.embed(pixels))
+            else:
+                logits, _ = self.head(self.backbone.taps(pixels, self.layers, self.meta["view"]))
         return logits.float()
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -184,49 +196,101 @@ class Detector:
         return out
 
 
-def _validate(meta: dict, tensors: dict[str, torch.Tensor], path: str) -> None:
-    """Types and ranges of everything scanning relies on, so that a damaged or hand-edited file is
-    refused here, in one line, rather than failing half-way through a scan."""
+def _check_tensors(architecture: str, meta: dict, tensors: dict[str, torch.Tensor], path: str) -> None:
+    """Every tensor as finetune (or the conversion script) writes it: the expected names, float32
+    heads and values, int32 indices (int64 only where int32 cannot hold them), the shapes the
+    metadata's configuration implies, finite values. Nothing is allocated for the check."""
 
     def bad(what: str) -> I2PError:
         return I2PError(f"{path}: {what}; the detector file is damaged or was edited")
 
-    def number(key: str) -> float:
-        v = meta[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise bad(f"{key} is {v!r}, not a finite number")
-        return float(v)
-
-    if number("temperature") <= 0:
-        raise bad("temperature must be positive")
-    number("threshold_logit")
-    if not 0 <= number("threshold") <= 1:
-        raise bad("threshold must be a probability")
-    bb = meta["backbone"]
-    if not isinstance(bb, dict) or not isinstance(bb.get("name"), str) or not isinstance(bb.get("sha256"), str):
-        raise bad("backbone must record a name and a sha256")
-    pp = meta["preprocessing"]
-    if (not isinstance(pp, dict) or not isinstance(pp.get("crop_size"), int) or pp["crop_size"] < 1
-            or len(pp.get("mean", ())) != 3 or len(pp.get("std", ())) != 3 or not all(x > 0 for x in pp["std"])):
-        raise bad("preprocessing must give crop_size, 3 means and 3 positive stds")
-    if meta["view"] not in VIEWS:
-        raise bad(f"view {meta['view']!r} is not one of {', '.join(VIEWS)}")
-    last_block = meta["last_block"]
-    if isinstance(last_block, bool) or not isinstance(last_block, int):
-        raise bad(f"last_block is {last_block!r}, not a block number")
-    head = meta["head"]
-    if not isinstance(head, dict) or not isinstance(head.get("config"), dict):
-        raise bad("head configuration missing")
-    layers = head["config"].get("layers")
-    if not layers or not all(isinstance(b, int) and 1 <= b <= last_block for b in layers):
-        raise bad(f"head layers {layers!r} must be blocks in 1..L* = {last_block}")
-    recorded = meta["mask"].get("tensors") if isinstance(meta["mask"], dict) else None
-    present = sorted({k[len("delta."):].rsplit(".", 1)[0] for k in tensors if k.startswith("delta.")})
-    if recorded is None or sorted(recorded) != present:
-        raise bad(f"its delta tensors ({len(present)}) do not match the tuned tensors it records")
+    prefix = PREFIX[architecture]
+    for key in tensors:
+        if not key.startswith(prefix) and not (architecture == "i2p" and key.startswith("delta.")):
+            raise bad(f"unexpected tensor {key} in a {architecture} detector")
+    with torch.device("meta"):
+        if architecture == "i2p":
+            try:
+                expected = DetectorHead(HeadConfig.from_dict(meta["head"]["config"])).state_dict()
+            except (I2PError, ValueError, TypeError) as exc:
+                raise bad(f"head configuration: {exc}") from None
+        else:
+            expected = published.build_head(architecture, meta["head"]["config"]).state_dict()
+    present = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
+    missing, extra = sorted(set(expected) - set(present)), sorted(set(present) - set(expected))
+    if missing or extra:
+        raise bad(f"head tensors do not match its configuration (missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, want in expected.items():
+        t = present[name]
+        if t.dtype != torch.float32:
+            raise bad(f"tensor {prefix}{name} is {str(t.dtype).replace('torch.', '')}, not float32")
+        if t.shape != want.shape:
+            raise bad(f"tensor {prefix}{name} has shape {tuple(t.shape)}, its configuration says {tuple(want.shape)}")
     for key, t in tensors.items():
+        if key.endswith(".values") and t.dtype != torch.float32:
+            raise bad(f"tensor {key} is {str(t.dtype).replace('torch.', '')}, not float32")
+        if key.endswith(".indices"):
+            if t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
+                raise bad(f"tensor {key} is not a 1-D int32 index list")
+            if t.dtype == torch.int64 and t.numel() and int(t.max()) < 2**31:
+                raise bad(f"tensor {key} is int64 although its indices fit int32 (not as i2pscan writes it)")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise bad(f"tensor {key} holds NaN or infinite values")
+    if architecture == "i2p":
+        recorded = meta["mask"]["tensors"]
+        deltas = sorted({k[len("delta."):].rsplit(".", 1)[0] for k in tensors if k.startswith("delta.")})
+        if sorted(recorded) != deltas:
+            raise bad(f"its delta tensors ({len(deltas)}) do not match the tuned tensors it records ({len(recorded)})")
+
+
+def _build_i2p(meta: dict, tensors: dict[str, torch.Tensor], path: str, device, pretrained) -> tuple[Backbone, DetectorHead]:
+    recorded = meta["backbone"]
+    backbone = load_backbone(recorded["name"], recorded_weights(recorded, pretrained), device=device,
+                             quick_gelu=bool(recorded["model_config"]["quick_gelu"]))
+    if backbone.sha256 != recorded["sha256"]:
+        raise I2PError(f"{path}: backbone weights differ from those it was trained on "
+                       f"(sha256 {backbone.sha256[:12]}… here, {recorded['sha256'][:12]}… recorded)")
+    _check_backbone_shape(backbone, meta, path)
+    last_block = int(meta["last_block"])
+    if not 1 <= last_block <= backbone.num_blocks:
+        raise I2PError(f"{path}: L* = {last_block} is outside the backbone's 1..{backbone.num_blocks} blocks")
+    eligible = eligible_parameters(backbone, last_block)
+    backbone.truncate(last_block)
+    for name, delta in _deltas(tensors, path).items():
+        if name not in eligible:
+            raise I2PError(f"{path}: delta for {name}, which is not a tunable tensor of blocks 1..{last_block}")
+        param = eligible[name]
+        _check_delta(name, delta, param, path)
+        apply_delta(param, delta)
+    return backbone, _build_head(meta, tensors, path, backbone.device)
+
+
+def _build_published(architecture: str, meta: dict, tensors: dict[str, torch.Tensor], path: str, device,
+                     pretrained) -> tuple[Backbone, torch.nn.Module]:
+    recorded = meta["backbone"]
+    backbone = load_backbone(recorded["name"], recorded_weights(recorded, pretrained), device=device,
+                             quick_gelu=bool(recorded["model_config"]["quick_gelu"]), want_hash=False)
+    _check_backbone_shape(backbone, meta, path)
+    config = meta["head"]["config"]
+    if architecture == "rine" and (config["blocks"] != backbone.num_blocks or config["in_dim"] != backbone.width):
+        raise I2PError(f"{path}: RINE head for {config['blocks']} blocks of width {config['in_dim']}; the backbone "
+                       f"has {backbone.num_blocks} of width {backbone.width}")
+    out_dim = backbone.visual.proj.shape[1] if backbone.visual.proj is not None else backbone.width
+    if architecture == "univfd" and config["in_dim"] != out_dim:
+        raise I2PError(f"{path}: UnivFD head for embeddings of {config['in_dim']}; the backbone gives {out_dim}")
+    head = published.build_head(architecture, config)
+    prefix = PREFIX[architecture]
+    head.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()}, strict=True)
+    return backbone, head.to(backbone.device)
+
+
+def _check_backbone_shape(backbone: Backbone, meta: dict, path: str) -> None:
+    recorded = meta["backbone"]
+    if (backbone.num_blocks, backbone.width) != (recorded["num_blocks"], recorded["width"]):
+        raise I2PError(f"{path}: records a backbone of {recorded['num_blocks']} blocks of width {recorded['width']}; "
+                       f"{backbone.name} here has {backbone.num_blocks} of width {backbone.width}")
+    if backbone.preprocessing()["crop_size"] != meta["preprocessing"]["crop_size"]:
+        raise I2PError(f"{path}: crop size {meta['preprocessing']['crop_size']} does not match the backbone")
 
 
 def _deltas(tensors: dict[str, torch.Tensor], path: str) -> dict[str, Delta]:

@@ -107,6 +107,32 @@ def evaluate(detector: Detector, sample: LabelledSample, options: ScanOptions = 
     return EvalResult(rows, all_scores, cut)
 
 
+def evaluate_detectors(specs, load, sample: LabelledSample, options: ScanOptions = ScanOptions(),
+                       perturbations: tuple[str, ...] = (CLEAN,)) -> list[tuple[str, EvalResult]]:
+    """Evaluate several detectors (names or files) on one sample, one detector in memory at a
+    time: ``load(spec)`` builds each. Returns (detector name, result) pairs in the given order."""
+    out = []
+    for spec in specs:
+        detector = load(spec)
+        out.append((detector.name, evaluate(detector, sample, options, perturbations)))
+        del detector
+    return out
+
+
+def combine(results: list[tuple[str, EvalResult]]) -> EvalResult:
+    """One table of several detectors' results: each row gains a ``detector`` column (name or
+    file), rows grouped by perturbation, then subset (the mean last), then detector."""
+    if len(results) == 1:
+        return results[0][1]
+    order = {}
+    for _, r in results:
+        for row in r.rows:
+            order.setdefault((row["perturbation"], row["subset"]), len(order))
+    rows = [{"detector": name, **row} for name, r in results for row in r.rows]
+    rows.sort(key=lambda row: order[(row["perturbation"], row["subset"])])  # stable: detectors keep their order
+    return EvalResult(rows, [s for _, r in results for s in r.scores], results[0][1].threshold_logit)
+
+
 def _rows(s: Scores, cut: float) -> list[dict]:
     out = []
     names = sorted(set(s.subsets.tolist()) | set(s.errors))
@@ -144,7 +170,7 @@ def _row(perturbation, subset, labels, logits, errors, cut, ai=None, ai_count=0)
 
 # -- output --------------------------------------------------------------------------------------
 
-_HEADERS = {"perturbation": "perturbation", "subset": "subset", "n_real": "real", "n_fake": "fake",
+_HEADERS = {"detector": "detector", "perturbation": "perturbation", "subset": "subset", "n_real": "real", "n_fake": "fake",
             "errors": "errors", "acc_real": "acc real", "acc_fake": "acc fake", "acc": "acc", "acc_05": "acc@0.5",
             "ap": "AP", "auc": "AUC", "oracle_acc": "oracle acc", "tpr_at_fpr_1": "TPR@1%FPR",
             "tpr_at_fpr_5": "TPR@5%FPR", "ai_meta": "AI metadata", "acc_no_meta": "acc w/o AI metadata"}
@@ -153,10 +179,11 @@ _SHOWN = ("subset", "n_real", "n_fake", "errors", "acc_real", "acc_fake", "acc",
 
 
 def print_result(result: EvalResult) -> None:
+    shown = (("detector",) if result.rows and "detector" in result.rows[0] else ()) + _SHOWN
     for perturbation in dict.fromkeys(r["perturbation"] for r in result.rows):
         rows = [r for r in result.rows if r["perturbation"] == perturbation]
         title = "evaluation" + ("" if perturbation == CLEAN else f" under {perturbation}")
-        console.table(title, [_HEADERS[k] for k in _SHOWN], [[_cell(r[k]) for k in _SHOWN] for r in rows],
+        console.table(title, [_HEADERS[k] for k in shown], [[_cell(r[k]) for k in shown] for r in rows],
                       to_stdout=True)
 
 
@@ -169,6 +196,8 @@ def _cell(v):
 def write_result(result: EvalResult, path: str) -> None:
     """``.parquet``, ``.csv`` or ``.md``, chosen by the suffix; one row per (perturbation, subset)."""
     columns = ["perturbation", "subset", "n_real", "n_fake", "errors", *METRICS, "ai_meta", "acc_no_meta"]
+    if result.rows and "detector" in result.rows[0]:
+        columns.insert(0, "detector")
     lower = path.lower()
     if lower.endswith(".parquet"):
         import pyarrow as pa

@@ -18,7 +18,10 @@ def describe(path: str, as_json: bool = False) -> dict:
         return meta
     rows = [["file", path], ["kind", kind], ["size", f"{os.path.getsize(path):,} bytes"]]
     rows += _common_rows(meta)
-    rows += _detector_rows(meta) if kind == "detector" else _calibration_rows(meta)
+    if kind == "detector" and meta.get("architecture", "i2p") != "i2p":
+        rows += _published_rows(meta)
+    else:
+        rows += _detector_rows(meta) if kind == "detector" else _calibration_rows(meta)
     console.table(None, ["", ""], rows, to_stdout=True)
     if kind == "calibration":
         layer_rows = [[r["block"], r["auc"], r["accuracy"], r["fisher"], r["importance"],
@@ -35,9 +38,46 @@ def _common_rows(meta: dict) -> list[list]:
         ["made by", f"i2pscan {meta.get('i2pscan_version', '?')} on {meta.get('created', '?')}"],
         ["backbone", f"{bb['name']} ({bb.get('pretrained')}), {bb['num_blocks']} blocks, width {bb['width']}"
                      f"{', QuickGELU' if bb.get('model_config', {}).get('quick_gelu') else ''}"],
-        ["backbone sha256", bb["sha256"]],
-        ["preprocessing", f"crop {pp['crop_size']} px without resizing, mean {_fmt(pp['mean'])}, std {_fmt(pp['std'])}"],
+        ["backbone sha256", bb["sha256"] or f"none recorded: a published detector runs open_clip {bb['name']} "
+                                              f"{bb.get('pretrained')} as its authors did, whose weights could not be "
+                                              "hashed where it was converted; they are not checked at load"],
+        ["preprocessing", f"{'centre crop (torchvision rounding, black padding)' if pp.get('crop_mode') == 'torchvision' else 'crop'} "
+                          f"{pp['crop_size']} px without resizing, mean {_fmt(pp['mean'])}, std {_fmt(pp['std'])}"],
     ]
+
+
+def _published_rows(meta: dict) -> list[list]:
+    card = meta["published"]
+    config = meta["head"]["config"]
+    arch = ("RINE: ln_2 class tokens of all " f"{config.get('blocks')} blocks, proj1, softmax(alpha) over blocks, proj2, head"
+            if meta["architecture"] == "rine" else "UnivFD: one linear layer on the projected CLIP image embedding")
+    return [
+        ["detector", f"{card['name']}: {card.get('title', '')}"],
+        ["architecture", arch],
+        ["paper", card["paper"]],
+        ["source", card["source"]],
+        ["licence", f"{card['licence']} (THIRD_PARTY_NOTICES)"],
+        ["training data", card["training_data"]],
+        ["reported accuracy", card["reported"]],
+        ["original file", f"{card.get('original_file', '?')}, sha256 {card['original_sha256']}"],
+        ["threshold", f"{meta['threshold']:.4f} (the authors': sigmoid(logit) > 0.5), temperature {meta['temperature']:g}"],
+    ]
+
+
+def list_shipped() -> list[dict]:
+    """Print the shipped detectors (name, what, licence, backbone) to stdout; returns their cards."""
+    from .published import DEFAULT_DETECTOR, SHIPPED, shipped_path
+
+    cards, rows = [], []
+    for name in SHIPPED:
+        _, meta = tensorfile.read_meta(shipped_path(name), ("detector",))
+        card = meta["published"]
+        cards.append(card)
+        bb = meta["backbone"]
+        rows.append([name + (" (default)" if name == DEFAULT_DETECTOR else ""), card.get("title", ""), card["licence"],
+                     f"{bb['name']} {bb['pretrained']}"])
+    console.table(None, ["name", "detector", "licence", "backbone"], rows, to_stdout=True)
+    return cards
 
 
 def _calibration_rows(meta: dict) -> list[list]:

@@ -134,8 +134,8 @@ class HeaderFiles(ImageFiles):
 def _add_evidence(info: Decoded, evidence: EvidenceReader | None, path: str) -> None:
     """Provenance columns from the bytes decoding already read (then the bytes are dropped)."""
     if evidence is not None:
-        info.provenance = evidence.read(info.data, path).columns() if info.data is not None else unread()
-    info.data = None
+        info.provenance = evidence.read(info.data, path, info.exif).columns() if info.data is not None else unread()
+    info.data = info.exif = None
 
 
 def worker_init(_worker_id: int = 0) -> None:

@@ -43,6 +43,8 @@ MAX_TEXT_BYTES = 4 << 20  # one text chunk, decompressed
 MAX_TOTAL_TEXT_BYTES = 16 << 20  # all text chunks of a file together
 MAX_XMP_BYTES = 4 << 20
 MAX_MANIFEST_BYTES = 64 << 20  # a C2PA manifest store larger than this is not handed to the SDK
+MAX_CHUNKS = 100_000  # PNG chunks / JPEG segments / RIFF chunks walked per file (a hostile file may hold millions)
+MAX_LIST = 50  # status codes, source types... kept in the detail
 PROMPT_CHARS = 2048
 SHORT_CHARS = 256
 
@@ -77,6 +79,7 @@ def known_generator(text: str | None) -> str | None:
     """The generator a Software/CreatorTool/claim-generator string names, per the table, or None."""
     if not text:
         return None
+    text = text[:1024]  # a tool name is short; a hostile multi-megabyte "Software" must not cost time
     for pattern, name in table()["software"]:
         if pattern.search(text):
             return name
@@ -173,39 +176,31 @@ class EvidenceReader:
             self._pid = os.getpid()
         return self._context
 
-    def read(self, data: bytes | None, path: str | None = None) -> Evidence:
+    def read(self, data: bytes | None, path: str | None = None, exif: dict | None = None) -> Evidence:
         """Evidence from ``data`` (the whole file). ``path`` only hints the container (its
-        extension) to the C2PA SDK. Never raises for a bad file."""
+        extension) to the C2PA SDK. ``exif``: the tags decoding already parsed (decode.read_exif's
+        keys), so that they are not parsed twice; None parses them here. Never raises for a bad file."""
         if data is None:
             return Evidence(provenance=None)
         try:
-            return self._read(data, path)
+            return self._read(data, path, exif)
         except I2PError:
             raise
         except Exception as exc:  # a bug or an SDK surprise must not cost the image its row
             return Evidence(provenance=None, detail={"notes": [f"provenance reader failed: {one_line(exc, 200)}"]})
 
-    def _read(self, data: bytes, path: str | None) -> Evidence:
-        found = _Found()
-        try:
-            _scan_container(data, found)
-        except Exception as exc:  # a malformed container: keep what was read before it
-            found.notes.append(f"metadata: {one_line(exc, 200)}")
-        for xmp in found.xmp[:4]:
-            _read_xmp(xmp, found)
-        if not found.xmp:
-            packet = _find_xmp_packet(data, found)
-            if packet:
-                _read_xmp(packet, found)
-        for blob in found.exif[:2]:
-            _read_exif(blob, found)
-        c2pa = self._read_c2pa(data, path, found)
-        return _weigh(found, c2pa)
+    def _read(self, data: bytes, path: str | None, exif: dict | None) -> Evidence:
+        found = read_headers(data, exif)
+        return _weigh(found, self._read_c2pa(data, path, found))
 
     def _read_c2pa(self, data: bytes, path: str | None, found: "_Found") -> dict | None:
         if found.manifest_bytes > MAX_MANIFEST_BYTES:
             return {"state": "error", "error": f"manifest store too large ({found.manifest_bytes:,} bytes, "
                                                 f"limit {MAX_MANIFEST_BYTES:,})"}
+        if found.complete and not found.manifest_bytes:
+            return None  # a PNG/JPEG/WebP read to its end (or image data) keeps its manifest in caBX/APP11/C2PA
+        if not found.complete and not _may_hold_manifest(data):
+            return None
         import c2pa
 
         hint = _format_hint(path)
@@ -227,6 +222,35 @@ class EvidenceReader:
             except Exception as exc:
                 return {"state": "error", "error": one_line(exc, 300)}
         return _c2pa_summary(store, state)
+
+
+def _may_hold_manifest(data: bytes) -> bool:
+    """False when the bytes cannot hold an embedded C2PA manifest store: every store is a JUMBF
+    superbox (box type ``jumb``) labelled ``c2pa``. Most files have neither, and the search costs
+    far less than asking the SDK (which would report no manifest for them)."""
+    return data.find(b"jumb") >= 0 or data.find(b"c2pa") >= 0
+
+
+def read_headers(data: bytes, exif: dict | None = None) -> "_Found":
+    """Everything but C2PA: container metadata (PNG text, JPEG/WebP segments), XMP, EXIF
+    (``exif``: tags decoding already parsed, else parsed here). Never raises."""
+    found = _Found()
+    try:
+        _scan_container(data, found)
+    except Exception as exc:  # a malformed container: keep what was read before it
+        found.notes.append(f"metadata: {one_line(exc, 200)}")
+    for xmp in found.xmp[:4]:
+        _read_xmp(xmp, found)
+    if not found.xmp and not found.complete:  # XMP outside the places PNG/JPEG/WebP define for it
+        packet = _find_xmp_packet(data, found)
+        if packet:
+            _read_xmp(packet, found)
+    if exif is not None:
+        _add_exif(exif, found)
+    else:
+        for blob in found.exif[:2]:
+            _read_exif(blob, found)
+    return found
 
 
 def _format_hint(path: str | None) -> str | None:
@@ -252,21 +276,22 @@ def _c2pa_summary(store: dict, state: str | None) -> dict:
     manifests = store.get("manifests") or {}
     active = manifests.get(store.get("active_manifest") or "", {})
     out: dict[str, Any] = {"state": state,
-                           "codes": [s.get("code") for s in store.get("validation_status") or [] if s.get("code")]}
+                           "codes": [s.get("code") for s in store.get("validation_status") or []
+                                     if isinstance(s, dict) and s.get("code")][:MAX_LIST]}
     out["claim_generator"] = _short(active.get("claim_generator") or " ".join(
         str(i["name"]) for i in active.get("claim_generator_info") or [] if isinstance(i, dict) and i.get("name"))
         or None)
     sig = active.get("signature_info") or {}
     out["signer"] = {k: _short(sig.get(k)) for k in ("issuer", "common_name", "time") if sig.get(k)}
     types, agents = _actions(active)
-    out["source_types"] = types
-    out["software_agents"] = agents
+    out["source_types"] = types[:MAX_LIST]
+    out["software_agents"] = agents[:MAX_LIST]
     ingredient_types = []
     for ing in active.get("ingredients") or []:
         label = ing.get("active_manifest") if isinstance(ing, dict) else None
         if label and label in manifests:
             ingredient_types += _actions(manifests[label])[0]
-    out["ingredient_source_types"] = sorted(set(ingredient_types))
+    out["ingredient_source_types"] = sorted(set(ingredient_types))[:MAX_LIST]
     out["ingredient_ai"] = any(source_type_kind(t) in AI for t in ingredient_types)
     return out
 
@@ -298,6 +323,7 @@ class _Found:
     exif: list[bytes] = field(default_factory=list)
     xmp: list[bytes] = field(default_factory=list)
     manifest_bytes: int = 0
+    complete: bool = False  # a PNG, JPEG or WebP whose metadata places were all walked: nothing elsewhere
     notes: list[str] = field(default_factory=list)
     xmp_info: dict = field(default_factory=dict)
     exif_info: dict = field(default_factory=dict)
@@ -317,11 +343,14 @@ def _scan_container(data: bytes, found: _Found) -> None:
 
 def _png(data: bytes, found: _Found) -> None:
     pos, end = 8, len(data)
-    while pos + 8 <= end:
+    for _ in range(MAX_CHUNKS):
+        if pos + 8 > end:
+            break
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
         body = data[pos + 8:pos + 8 + length]
         pos += 12 + length
         if kind == b"IEND":
+            found.complete = True
             break
         if kind in (b"tEXt", b"zTXt", b"iTXt"):
             item = _png_text(kind, body, found)
@@ -378,7 +407,9 @@ _XMP_SIG = b"http://ns.adobe.com/xap/1.0/\x00"
 
 def _jpeg(data: bytes, found: _Found) -> None:
     pos, end = 2, len(data)
-    while pos + 4 <= end:
+    for _ in range(MAX_CHUNKS):
+        if pos + 4 > end:
+            break
         if data[pos] != 0xFF:
             break
         marker = data[pos + 1]
@@ -389,6 +420,7 @@ def _jpeg(data: bytes, found: _Found) -> None:
             pos += 2
             continue
         if marker in (0xDA, 0xD9):  # start of scan: the metadata segments are behind us
+            found.complete = True
             break
         length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
         body = data[pos + 4:pos + 2 + length]
@@ -405,7 +437,11 @@ def _jpeg(data: bytes, found: _Found) -> None:
 
 def _webp(data: bytes, found: _Found) -> None:
     pos, end = 12, len(data)
-    while pos + 8 <= end:
+    if pos >= end:
+        return
+    for _ in range(MAX_CHUNKS):
+        if pos + 8 > end:
+            break
         kind, length = struct.unpack("<4sI", data[pos:pos + 8])
         body = data[pos + 8:pos + 8 + length]
         pos += 8 + length + (length & 1)
@@ -415,7 +451,7 @@ def _webp(data: bytes, found: _Found) -> None:
             found.xmp.append(body)
         elif kind == b"C2PA":
             found.manifest_bytes += length
-
+    found.complete = pos == end + (end & 1) or pos == end
 
 def _find_xmp_packet(data: bytes, found: _Found) -> bytes | None:
     """An XMP packet anywhere in the bytes (AVIF, HEIF, JXL, GIF, TIFF, SVG keep it in places of
@@ -469,7 +505,7 @@ def _read_xmp(packet: bytes, found: _Found) -> None:
                 types.append(value)
         elif el.tag == _NS_XMP + "CreatorTool" and (el.text or "").strip():
             tools.append(el.text.strip())
-    found.xmp_info["digital_source_types"] = [_short(t.rstrip("/").rsplit("/", 1)[-1]) for t in types]
+    found.xmp_info["digital_source_types"] = [_short(t.rstrip("/").rsplit("/", 1)[-1]) for t in types][:MAX_LIST]
     if tools:
         found.xmp_info["creator_tool"] = _short(tools[0])
 
@@ -480,7 +516,10 @@ def _read_xmp(packet: bytes, found: _Found) -> None:
 def _read_exif(blob: bytes, found: _Found) -> None:
     from .decode import read_exif
 
-    tags = read_exif(blob)
+    _add_exif(read_exif(blob), found)
+
+
+def _add_exif(tags: dict, found: _Found) -> None:
     for k, v in tags.items():
         if k == "UserComment":
             v = _user_comment(v)

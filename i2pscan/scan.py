@@ -256,8 +256,8 @@ def count_row(summary: ScanSummary, row: dict, cut: float | None) -> None:
     summary.files += 1
     summary.flagged += row["verdict"] == "synthetic"
     summary.errors += row["verdict"] == "error"
-    summary.by_metadata += row["verdict"] == "synthetic" and (row["logit"] is None or row["logit"] < cut
-                                                             if cut is not None else True)
+    below_cut = cut is None or row["logit"] is None or row["logit"] < cut
+    summary.by_metadata += row["verdict"] == "synthetic" and row["provenance"] in AI and below_cut
 
 
 def _batch_logits(detector: Detector, batch: Batch, options: ScanOptions) -> dict[int, tuple[float, float]]:

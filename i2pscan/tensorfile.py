@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import stat
+import struct
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator
@@ -25,6 +26,8 @@ FORMAT_VERSION = 1
 _KIND = "i2pscan.kind"
 _FORMAT = "i2pscan.format"
 _META = "i2pscan.meta"
+_SHA = "i2pscan.sha256"
+MAX_HEADER_BYTES = 4 << 20  # a detector's header is a few KB; refuse giant metadata before parsing it
 
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
@@ -33,10 +36,26 @@ def write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor], 
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    metadata = {_KIND: kind, _FORMAT: str(FORMAT_VERSION), _META: json.dumps(meta, sort_keys=True)}
+    text = json.dumps(meta, sort_keys=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    metadata = {_KIND: kind, _FORMAT: str(FORMAT_VERSION), _META: text, _SHA: content_sha256(text, tensors)}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+        _canonical_header(tmp)
+
+
+def _canonical_header(path: str) -> None:
+    """Rewrite the safetensors header with its keys sorted (the writer orders metadata at random),
+    so that the same content gives the same bytes. Same length, so the data offsets hold."""
+    with open(path, "r+b") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        raw = fh.read(n)
+        header = json.loads(raw)
+        text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        if len(text) > n:
+            return
+        fh.seek(8)
+        fh.write(text + b" " * (n - len(text)))
 
 
 @contextmanager
@@ -138,6 +157,17 @@ def check_writable(path: str | os.PathLike) -> None:
         raise I2PError(f"cannot write in {short_path(folder)}: {exc.strerror or exc}") from exc
 
 
+def content_sha256(meta_text: str, tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the metadata text and every tensor (name, dtype, shape, bytes, in name order):
+    written into the file, and checked on reading, so that a flipped bit anywhere is caught."""
+    digest = hashlib.sha256(meta_text.encode("utf-8"))
+    for key in sorted(tensors):
+        t = tensors[key].detach().to("cpu").contiguous()
+        digest.update(json.dumps([key, str(t.dtype), list(t.shape)]).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
 def read_meta(path: str | os.PathLike, kinds: tuple[str, ...]) -> tuple[str, dict]:
     """The kind and metadata of an i2pscan file, reading only its header."""
     kind, meta, _ = _open(path, kinds, load=False)
@@ -159,6 +189,10 @@ def _open(path, kinds, load):
     if head.startswith(_PICKLE_MAGIC):
         raise I2PError(f"{path} is a pickle (PyTorch .pt/.bin), not an i2pscan {what} file; "
                        f"refusing to load it because pickles can run code")
+    header = _header_size(path)
+    if header > MAX_HEADER_BYTES:
+        raise I2PError(f"{path}: its header claims {header:,} bytes of metadata (at most {MAX_HEADER_BYTES:,} "
+                       f"allowed); refusing it")
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
@@ -171,12 +205,28 @@ def _open(path, kinds, load):
             if not version.isdigit() or int(version) > FORMAT_VERSION:
                 raise I2PError(f"{path} has format version {version or '?'}; this i2pscan reads up to "
                                f"{FORMAT_VERSION}: upgrade i2pscan")
-            meta = json.loads(metadata[_META])
+            text = metadata[_META]
+            meta = json.loads(text)
+            if not isinstance(meta, dict):
+                raise I2PError(f"{path}: its i2pscan metadata is not a JSON object")
             tensors = {k: f.get_tensor(k) for k in f.keys()} if load else {}
+            recorded = metadata.get(_SHA)
+            if load and recorded is not None and content_sha256(text, tensors) != recorded:
+                raise I2PError(f"{path}: its content does not match the checksum it records (damaged in "
+                               f"transfer or edited); get the file again")
     except SafetensorError as exc:
         raise I2PError(f"{path} is not a readable safetensors file (truncated or corrupt): {exc}") from exc
-    except (json.JSONDecodeError, KeyError) as exc:
+    except (json.JSONDecodeError, KeyError, ValueError, RecursionError) as exc:
         raise I2PError(f"{path}: its i2pscan metadata is corrupt") from exc
     except OSError as exc:
         raise I2PError(f"cannot read {path}: {exc}") from exc
+    if load and kinds == ("detector",) and metadata.get(_SHA) is None:
+        raise I2PError(f"{path}: records no checksum (written by an older i2pscan?); write it again with "
+                       f"this version")
     return metadata[_KIND], meta, tensors
+
+
+def _header_size(path: str) -> int:
+    with open(path, "rb") as fh:
+        first = fh.read(8)
+    return struct.unpack("<Q", first)[0] if len(first) == 8 else 0

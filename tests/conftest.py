@@ -137,3 +137,15 @@ def ray_cluster():
     assert address.startswith("127.0.0.1:"), address
     yield address
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """The backbone-hash cache (XDG_CACHE_HOME/i2pscan) lives in a temporary folder during tests."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

@@ -22,3 +22,18 @@ def test_ablation_runs_every_strategy_on_the_tiny_backbone(toy_dir, tmp_path):
     assert strategies == ["i2p", "low-sensitivity", "task-fisher", "random", "head-only", "full"]
     for name in strategies:
         assert (tmp_path / "work" / f"{name}.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_bench_provenance_prints_its_three_tables():
+    from conftest import CORPORA
+
+    if not (CORPORA / "provenance").is_dir():
+        pytest.skip("../shared/corpora is not present on this machine")
+    r = subprocess.run([sys.executable, "bench_provenance.py", "--corpora", str(CORPORA), "--repeat", "1",
+                        "--model-repeat", "1"], cwd=BENCH, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for title in ("scan --metadata-only (files/s", "time per file of the evidence reader's parts (ms)",
+                  "tiny-backbone model scan of robustness/"):
+        assert title in r.stdout
+    assert "--metadata-only, both           238" in r.stdout

@@ -76,10 +76,10 @@ def test_finetune_errors(trained, toy_dir, run_cli, tmp_path, case, message):
 
 @pytest.mark.parametrize("case,message", [
     ("sha", "backbone weights differ"),
-    ("unknown-key", "unknown metadata key"),
+    ("unknown-key", r"Additional properties are not allowed \('surprise' was unexpected\)"),
     ("indices", "fall outside the tensor"),
     ("head", "head tensors do not match"),
-    ("last-block", "outside the backbone"),
+    ("last-block", "L\\* = 99 is beyond the backbone's 6 blocks"),
 ])
 def test_detector_load_refuses_tampered_files(trained, tmp_path, case, message):
     src, dst = trained / "det.safetensors", tmp_path / "bad.safetensors"

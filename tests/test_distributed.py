@@ -81,12 +81,12 @@ def test_ray_scan_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file
     class Misbehaving:  # reads evidence in the decode task's worker process, from the bytes decoding read
         real = EvidenceReader()
 
-        def read(self, data, path):
+        def read(self, data, path, exif=None):
             if path.endswith("05.png"):
                 os._exit(9)  # what a segfaulting reader looks like from outside
             if path.endswith("08.png"):
                 time.sleep(3600)  # stuck in C code
-            return self.real.read(data, path)
+            return self.real.read(data, path, exif)
 
     work = FileWork(CropTransform(detector.preprocess, 1), evidence=Misbehaving())
     rows = []

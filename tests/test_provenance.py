@@ -267,6 +267,14 @@ def test_text_chunk_bomb_is_cut_and_malformed_chunks_survive(reader):
     assert reader.read(b"RIFF\x10\x00\x00\x00WEBPEXIF\xff\xff\xff\x7f", "t.webp").provenance == "none"
     zbad = good[:33] + _chunk(b"zTXt", b"parameters\0\0" + b"not zlib") + good[33:]
     assert any("corrupt" in n for n in reader.read(zbad, "z.png").detail["notes"])
+    many = good[:33] + _chunk(b"teXt", b"") * 400_000 + good[33:]  # 4.8 MB of empty ancillary chunks
+    started = time.monotonic()
+    assert reader.read(many, "many.png").provenance == "none"
+    assert time.monotonic() - started < 10
+    huge_software = _png({"Software": "flux " * 500_000})  # a pattern with .* must not go quadratic
+    started = time.monotonic()
+    assert reader.read(huge_software, "s.png").provenance == "none"
+    assert time.monotonic() - started < 5
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -455,3 +463,13 @@ def test_evaluate_counts_ai_metadata_and_measures_the_model_on_the_rest(tmp_path
     assert row["ai_meta"] == 3
     assert row["acc_no_meta"] == pytest.approx(metrics(labels[rest], scores[rest], detector.threshold_logit)["acc"])
     assert row["acc"] == pytest.approx(metrics(labels, scores, detector.threshold_logit)["acc"])  # model only
+
+
+def test_model_scan_keeps_evidence_of_files_that_do_not_decode(provenance_corpus, detector_file, run_cli):
+    files = [provenance_corpus / "c2pa-python" / "C.dng", provenance_corpus / "c2pa-rs" / "sample1.jxl",
+             provenance_corpus / "c2pa-rs" / "ocsp.jpg"]
+    r = run_cli("scan", *files, "-d", detector_file, "--workers", "0", "--format", "jsonl", "--evidence", "model")
+    rows = {Path(x["path"]).name: x for x in map(json.loads, r.stdout.splitlines())}
+    assert rows["C.dng"]["c2pa"] == "valid" and rows["C.dng"]["provenance"] == "generated"
+    assert rows["sample1.jxl"]["verdict"] == "error" and rows["sample1.jxl"]["provenance"] == "none"
+    assert rows["ocsp.jpg"]["provenance"] == "ai-edited" and rows["ocsp.jpg"]["score"] is not None

@@ -269,3 +269,37 @@ def test_open_uses_the_system_browser_when_there_is_a_display(tmp_path, run_cli,
     r = run_cli("report", "r.parquet", "--html", "page", "--open", "--workers", "0")
     assert r.exit_code == 0, r.stderr
     assert opened == [(tmp_path / "page" / "index.html").as_uri()] and "no display" not in r.stderr
+
+
+def test_a_failed_rebuild_leaves_the_earlier_page_whole(tmp_path, monkeypatch):
+    _img(tmp_path / "a.png")
+    make_report(tmp_path / "r.parquet", [{"path": "a.png", "score": 0.9, "verdict": "synthetic"}])
+    first = build.build_page(str(tmp_path / "r.parquet"), str(tmp_path / "page"), root=str(tmp_path))
+    before = {p: p.read_bytes() for p in (tmp_path / "page").rglob("*") if p.is_file()}
+    assert len(before) == 2
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build.thumbs_mod, "make_thumbs", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build.build_page(str(tmp_path / "r.parquet"), str(tmp_path / "page"), root=str(tmp_path))
+    assert {p: p.read_bytes() for p in (tmp_path / "page").rglob("*") if p.is_file()} == before
+    assert sorted(os.listdir(tmp_path / "page")) == ["index.html", "thumbs"]
+    # a build killed harder leaves its temporary folder; the next build clears it
+    (tmp_path / "page" / ".thumbs-abc").mkdir()
+    monkeypatch.undo()
+    assert build.build_page(str(tmp_path / "r.parquet"), str(tmp_path / "page"), root=str(tmp_path)).thumbs == 1
+    assert sorted(os.listdir(tmp_path / "page")) == ["index.html", "thumbs"] and first.index.endswith("index.html")
+
+
+def test_page_files_get_the_modes_the_umask_gives(tmp_path):
+    _img(tmp_path / "a.png")
+    make_report(tmp_path / "r.parquet", [{"path": "a.png", "score": 0.9, "verdict": "synthetic"}])
+    old = os.umask(0o022)
+    try:
+        summary = build.build_page(str(tmp_path / "r.parquet"), str(tmp_path / "page"), root=str(tmp_path))
+    finally:
+        os.umask(old)
+    assert os.stat(summary.index).st_mode & 0o777 == 0o644
+    assert os.stat(tmp_path / "page" / "thumbs").st_mode & 0o777 == 0o755

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 import webbrowser
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import pyarrow.parquet as pq
 from .. import __version__
 from ..errors import I2PError, one_line
 from ..report import META_KEY, row_key
-from ..tensorfile import atomic_path
+from ..tensorfile import atomic_path, current_umask
 from . import thumbs as thumbs_mod
 
 DEFAULT_MAX_THUMBS = 5000
@@ -103,21 +104,25 @@ def build_page(report: str, out_dir: str, max_thumbs: int = DEFAULT_MAX_THUMBS, 
     names = pf.schema_arrow.names
     survey = _survey(pf, names, max_thumbs, root)
 
-    thumbs_dir = os.path.join(out_dir, "thumbs")
-    os.makedirs(thumbs_dir, exist_ok=True)
-    jobs = list(zip(survey.index.tolist(), survey.source.tolist()))
-    with (progress or _no_progress)(len(jobs), "thumbnails") as ticker:
-        notes = thumbs_mod.make_thumbs(jobs, thumbs_dir, workers, on_done=ticker.advance)
-    failures: dict[str, int] = {}
-    for note in notes.values():
-        if note is not None:
-            failures[note] = failures.get(note, 0) + 1
-
-    page_meta = _page_meta(report, meta, survey, names, root, len(notes) - sum(failures.values()))
-    index = os.path.join(out_dir, "index.html")
-    with atomic_path(index) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as out:
-        _write_page(out, pf, names, page_meta, survey, notes)
-    os.chmod(index, 0o644 & ~_umask())
+    # a page being replaced stays whole until the new one is complete
+    new_thumbs = tempfile.mkdtemp(prefix=".thumbs-", dir=out_dir)
+    try:
+        jobs = list(zip(survey.index.tolist(), survey.source.tolist()))
+        with (progress or _no_progress)(len(jobs), "thumbnails") as ticker:
+            notes = thumbs_mod.make_thumbs(jobs, new_thumbs, workers, on_done=ticker.advance)
+        failures: dict[str, int] = {}
+        for note in notes.values():
+            if note is not None:
+                failures[note] = failures.get(note, 0) + 1
+        page_meta = _page_meta(report, meta, survey, names, root, len(notes) - sum(failures.values()))
+        index = os.path.join(out_dir, "index.html")
+        with atomic_path(index) as tmp:
+            with open(tmp, "w", encoding="utf-8", newline="\n") as out:
+                _write_page(out, pf, names, page_meta, survey, notes)
+            os.chmod(new_thumbs, 0o777 & ~current_umask())  # mkdtemp makes 0700 whatever the umask
+            _swap_folder(new_thumbs, os.path.join(out_dir, "thumbs"))
+    finally:
+        shutil.rmtree(new_thumbs, ignore_errors=True)
     return PageSummary(index=index, rows=survey.rows, thumbs=page_meta["thumbs"], thumb_failures=failures,
                        seconds=time.monotonic() - started)
 
@@ -217,6 +222,8 @@ def _survey(pf: pq.ParquetFile, names: list[str], max_thumbs: int, root: str) ->
                 raws = _column(batch, "path_raw")
                 rank = np.where(verdicts[eligible] == "synthetic", 0, 1).astype(np.int8)
                 neg = np.where(valid[eligible], -scores[eligible], np.inf)
+                best = np.lexsort((eligible, neg, rank))[:max_thumbs]  # this batch's best, before paths
+                eligible, rank, neg = eligible[best], rank[best], neg[best]
                 src = np.empty(eligible.size, object)
                 for j, k in enumerate(eligible):
                     p = row_key({"path": paths[k], "path_raw": raws[k]})
@@ -242,14 +249,17 @@ def _prepare_folder(out_dir: str) -> None:
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise I2PError(f"--html {out_dir}: a file is in the way; name a folder")
     if os.path.isdir(out_dir):
-        entries = set(os.listdir(out_dir))
+        leftovers = [e for e in os.listdir(out_dir) if e.startswith(_TEMPORARY)]  # of a build that was killed
         index = os.path.join(out_dir, "index.html")
-        if entries and not (os.path.isfile(index) and _is_review_page(index)):
+        if set(os.listdir(out_dir)) - set(leftovers) and not (os.path.isfile(index) and _is_review_page(index)):
             raise I2PError(f"--html {out_dir}: the folder is not empty and holds no review page; "
                            f"name a new or empty folder")
-        old = os.path.join(out_dir, "thumbs")
-        if os.path.isdir(old):
-            shutil.rmtree(old)
+        for name in leftovers:
+            path = os.path.join(out_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
         return
     parent = os.path.dirname(os.path.abspath(out_dir))
     if not os.path.isdir(parent):
@@ -260,15 +270,23 @@ def _prepare_folder(out_dir: str) -> None:
         raise I2PError(f"--html {out_dir}: cannot create the folder: {exc.strerror or exc}") from exc
 
 
+_TEMPORARY = (".thumbs-", ".old-thumbs-", ".tmp-")
+
+
+def _swap_folder(new: str, dest: str) -> None:
+    """Put folder ``new`` at ``dest``, replacing what was there."""
+    if os.path.isdir(dest):
+        old = tempfile.mkdtemp(prefix=".old-thumbs-", dir=os.path.dirname(dest))
+        os.rename(dest, os.path.join(old, "thumbs"))
+        os.rename(new, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, dest)
+
+
 def _is_review_page(path: str) -> bool:
     with open(path, "rb") as fh:
         return f'<meta name="generator" content="{MARK}">'.encode() in fh.read(4096)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _threshold(meta: dict) -> float | None:

@@ -397,6 +397,7 @@
       if (e.key === 'Enter' && t.id === 'q') { state.q = t.value.trim().toLowerCase(); refilter(); t.blur(); highlight(true); }
       return;
     }
+    if (t && (t.tagName === 'BUTTON' || t.tagName === 'A') && (e.key === 'Enter' || e.key === ' ')) return;
     const open = !viewer.hidden;
     switch (e.key) {
       case 'ArrowRight': move(1); break;

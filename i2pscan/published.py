@@ -1,0 +1,148 @@
+"""Published detectors that ship with i2pscan (DESIGN §1.4): RINE and UnivFD.
+
+Both sit on OpenAI's CLIP ViT-L/14 (open_clip ``ViT-L-14``, ``openai``, QuickGELU) and use their
+authors' test-time preprocessing: a 224 px centre crop at native resolution (torchvision's
+``CenterCrop``: offset rounded half to even, black padding), CLIP mean/std.
+
+- RINE (Koutlis & Papadopoulos, ECCV 2024): for each of the 24 blocks, the class token at the
+  output of the block's ``ln_2``; ``proj1`` on each; weights ``softmax(alpha)`` over the blocks,
+  per dimension; the weighted sum; ``proj2``; ``head`` -> one logit. Dropout (inactive at test
+  time) precedes each Linear of proj1/proj2 and ReLU follows it; the head is
+  Linear-ReLU-Dropout-Linear-ReLU-Dropout-Linear. Tensor names are the authors'.
+- UnivFD (Ojha, Li & Lee, CVPR 2023): one Linear layer on the projected image embedding
+  (``encode_image``, not normalised).
+
+The shipped files are made by ``weights/convert_published.py`` from the authors' releases.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import I2PError
+
+SHIPPED = ("rine-2class", "univfd")
+DEFAULT_DETECTOR = "rine-2class"
+
+
+def shipped_path(name: str) -> Path:
+    """The package-data file of a shipped detector."""
+    with resources.as_file(resources.files("i2pscan.weights") / f"{name}.safetensors") as path:
+        return Path(path)
+
+
+def resolve(spec: str | os.PathLike) -> str:
+    """A detector given as a shipped name or a file path -> the file to load.
+
+    A name wins only when no file of that name exists here (``./univfd`` is always the file).
+    Raises I2PError for neither.
+    """
+    spec = os.fspath(spec)
+    if os.path.exists(spec) or os.path.sep in spec or spec.endswith(".safetensors"):
+        return spec
+    if spec in SHIPPED:
+        path = shipped_path(spec)
+        if not path.is_file():
+            raise I2PError(f"the shipped detector {spec} is missing from this installation ({path}); reinstall i2pscan")
+        return str(path)
+    raise I2PError(f"no detector file {spec} and no shipped detector of that name (shipped: {', '.join(SHIPPED)}; "
+                   f"`i2pscan detectors` lists them)")
+
+
+def shipped_name(path: str | os.PathLike) -> str | None:
+    """The shipped name of a detector file, if it is one of the shipped files."""
+    for name in SHIPPED:
+        try:
+            if os.path.samefile(path, shipped_path(name)):
+                return name
+        except OSError:
+            continue
+    return None
+
+
+class RineHead(nn.Module):
+    """RINE's trainable part, with the authors' module layout and tensor names."""
+
+    def __init__(self, blocks: int, in_dim: int, proj_dim: int, nproj: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(1, blocks, proj_dim))
+        self.proj1 = self._projection(in_dim, proj_dim, nproj)
+        self.proj2 = self._projection(proj_dim, proj_dim, nproj)
+        self.head = nn.Sequential(nn.Linear(proj_dim, proj_dim), nn.ReLU(), nn.Dropout(),
+                                  nn.Linear(proj_dim, proj_dim), nn.ReLU(), nn.Dropout(),
+                                  nn.Linear(proj_dim, 1))
+
+    @staticmethod
+    def _projection(in_dim: int, out_dim: int, n: int) -> nn.Sequential:
+        layers: list[nn.Module] = [nn.Dropout()]
+        for i in range(n):
+            layers += [nn.Linear(in_dim if i == 0 else out_dim, out_dim), nn.ReLU(), nn.Dropout()]
+        return nn.Sequential(*layers)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, blocks, in_dim] (ln_2 class tokens) -> logits [B]."""
+        g = self.proj1(tokens.float())
+        z = (torch.softmax(self.alpha, dim=1) * g).sum(dim=1)
+        return self.head(self.proj2(z)).squeeze(-1)
+
+
+class UnivFDHead(nn.Module):
+    """UnivFD's linear probe on CLIP's projected image embedding."""
+
+    def __init__(self, in_dim: int):
+        super().__init__()
+        self.fc = nn.Linear(in_dim, 1)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """embedding [B, in_dim] -> logits [B]."""
+        return self.fc(embedding.float()).squeeze(-1)
+
+
+def build_head(architecture: str, config: dict) -> nn.Module:
+    if architecture == "rine":
+        return RineHead(config["blocks"], config["in_dim"], config["proj_dim"], config["nproj"])
+    if architecture == "univfd":
+        return UnivFDHead(config["in_dim"])
+    raise ValueError(f"not a published architecture: {architecture}")
+
+
+#: What ``i2pscan info NAME`` shows; the conversion script writes these into the files.
+CARDS = {
+    "rine-2class": {
+        "name": "rine-2class",
+        "title": "RINE, the authors' 2-class ProGAN checkpoint",
+        "paper": "C. Koutlis, S. Papadopoulos, \"Leveraging Representations from Intermediate Encoder-blocks for "
+                 "Synthetic Image Detection\", ECCV 2024 (arXiv 2402.19091)",
+        "source": "https://github.com/mever-team/rine @ 9b7fd5857cc205d0412be6aeee0d7611b95bd620 : "
+                  "ckpt/model_2class_trainable.pth",
+        "licence": "Apache-2.0",
+        "training_data": "ForenSynths (Wang et al. 2020) training set, ProGAN images of 2 LSUN classes "
+                         "(car, cat) and their real counterparts",
+        "reported": "accuracy and average precision per test set and their mean over 20 test sets (ForenSynths "
+                    "GANs and UnivFD's diffusion sets), paper §4, results tables, RINE row for the 2-class "
+                    "ProGAN training; figures not copied here (not verifiable offline), not reproduced here",
+        "original_file": "model_2class_trainable.pth",
+        "original_sha256": "680d301b6d191da85b9dabcebf42cd3df20c5c669fa8320c498f835d02bf5ccb",
+    },
+    "univfd": {
+        "name": "univfd",
+        "title": "UnivFD, the authors' linear probe on CLIP ViT-L/14",
+        "paper": "U. Ojha, Y. Li, Y. J. Lee, \"Towards Universal Fake Image Detectors that Generalize Across "
+                 "Generative Models\", CVPR 2023 (arXiv 2302.10174)",
+        "source": "https://github.com/WisconsinAIVision/UniversalFakeDetect @ "
+                  "76a0e3e60a8a06458707a625d269ba815a2e5919 : pretrained_weights/fc_weights.pth",
+        "licence": "MIT",
+        "training_data": "ForenSynths (Wang et al. 2020) training set, ProGAN images of 4 LSUN classes "
+                         "(car, cat, chair, horse) and their real counterparts",
+        "reported": "average precision and accuracy per test generator and their mean, paper §4, the AP and "
+                    "accuracy tables, row 'Ours' (CLIP ViT-L/14, linear probe); figures not copied here "
+                    "(not verifiable offline), not reproduced here",
+        "original_file": "fc_weights.pth",
+        "original_sha256": "477100745713bcc957beb2b40859536859b6483fd6301b3b9293151b194c7847",
+    },
+}
