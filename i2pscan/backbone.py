@@ -194,9 +194,8 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: str | None = "defaul
     if pretrained == "default":
         pretrained = default_pretrained(name)
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
-    if quick_gelu is None:
-        quick_gelu = bool(tag_cfg.get("quick_gelu", False))
     is_file = bool(pretrained) and os.path.isfile(pretrained)
+    quick_gelu = resolve_quick_gelu(name, pretrained, quick_gelu)
     if pretrained and not is_file and not tag_cfg:
         if os.path.sep in pretrained or pretrained.endswith((".safetensors", ".bin", ".pt", ".pth")):
             raise I2PError(f"weights file not found: {pretrained}")
@@ -231,6 +230,44 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: str | None = "defaul
                         num_blocks=len(visual.transformer.resblocks), mean=mean, std=std, image_size=image_size)
     visual.to(resolve_device(device) if isinstance(device, str) else device)
     return backbone
+
+
+def resolve_quick_gelu(name: str, pretrained: str | None, quick_gelu: bool | None = None) -> bool:
+    """Whether the tower uses QuickGELU (OpenAI CLIP's activation) instead of GELU.
+
+    Precedence: ``quick_gelu`` when given (what a calibration or detector recorded, or the user's
+    ``--quick-gelu/--no-quick-gelu``); a ``-quickgelu`` model name; for a weights file, the
+    ``open_clip_config.json`` beside it; for a tag, open_clip's record of that tag; for a file of a
+    model whose known weights all use one activation, that one. Otherwise (e.g. a ViT-L-14 file,
+    whose ``openai`` weights use QuickGELU and ``laion2b_*`` ones GELU) it refuses to guess: a
+    wrong guess gives a model that runs but is silently not the one the weights were trained in.
+    """
+    config_quick = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+    if quick_gelu is not None:
+        if config_quick and not quick_gelu:
+            raise I2PError(f"{name} is a QuickGELU model: drop -quickgelu from the name to use GELU")
+        return bool(quick_gelu)
+    if config_quick or not pretrained:
+        return config_quick
+    if not os.path.isfile(pretrained):
+        return bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+    beside = os.path.join(os.path.dirname(os.path.abspath(pretrained)), "open_clip_config.json")
+    if os.path.isfile(beside):
+        try:
+            with open(beside) as fh:
+                model_cfg = json.load(fh)["model_cfg"]
+            return bool(model_cfg.get("quick_gelu", False))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise I2PError(f"cannot read the activation from {beside}: {one_line(exc, 120)}") from exc
+    known = {tag: bool(open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False))
+             for tag in open_clip.list_pretrained_tags_by_model(name)}
+    if len(set(known.values())) <= 1:
+        return next(iter(known.values()), False)
+    quick = next(t for t, q in known.items() if q)
+    plain = next(t for t, q in known.items() if not q)
+    raise I2PError(f"cannot tell which activation {os.path.basename(pretrained)} was trained with ({name} weights "
+                   f"differ: {quick} uses QuickGELU, {plain} GELU): pass --backbone {name}-quickgelu for "
+                   f"OpenAI-style weights or --no-quick-gelu for GELU, or put its open_clip_config.json beside it")
 
 
 def _vision_tower(name: str, config: dict, quick_gelu: bool, on_meta: bool = False) -> VisionTransformer:
@@ -274,13 +311,14 @@ def _load_vision_weights(visual: VisionTransformer, path: str, name: str) -> Vis
     if not state:  # another layout: let open_clip convert it (builds the text tower too; rarely taken)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            previous = logging.root.manager.disable
             logging.disable(logging.ERROR)
             try:
                 quick = any(type(m).__name__ == "QuickGELU" for m in visual.modules())
                 model = open_clip.create_model(name, pretrained=path, force_quick_gelu=quick, device="cpu",
                                                require_pretrained=True)
             finally:
-                logging.disable(logging.NOTSET)
+                logging.disable(previous)  # the caller's setting, not NOTSET
         return model.visual
     visual.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()},
                            strict=True, assign=True)

@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 from . import __version__, console, tensorfile
 from .backbone import VIEWS, Backbone
-from .samples import LabelledSample
+from .samples import FileSet, LabelledSample
 from .errors import I2PError
 from .features import extract
 
@@ -160,6 +160,8 @@ def calibrate(backbone: Backbone, sample: LabelledSample, config: CalibrateConfi
             "source": os.path.abspath(sample.source),
             "fingerprint": sample.fingerprint(),
             "counts": counts,
+            # what the critical layers and gate were chosen with: finetune keeps these out of validation
+            "files": FileSet.of([sample.paths[i] for i in extracted.kept], hashed=True).entries(),
             "skipped": [{"path": p, "error": e} for p, e in extracted.failures],
         },
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -168,8 +170,9 @@ def calibrate(backbone: Backbone, sample: LabelledSample, config: CalibrateConfi
 
 def score_layers(features: list[np.ndarray], labels: np.ndarray, folds: int = 5, c: float = 1.0,
                  seed: int = 0) -> LayerScores:
-    """Out-of-fold AUC and accuracy of a standardised L2 logistic probe per layer, and the Fisher
-    ratio of the class means along the direction of a probe fitted on all of the layer's data."""
+    """Out-of-fold AUC, accuracy and Fisher ratio (separation of the class means over the class
+    variances) of the decision values of a standardised L2 logistic probe per layer: every image
+    is scored by a probe that did not see it, so none of the three rewards memorising."""
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     splits = list(splitter.split(np.zeros(len(labels)), labels))
     auc, acc, fisher = [], [], []
@@ -186,7 +189,7 @@ def score_layers(features: list[np.ndarray], labels: np.ndarray, folds: int = 5,
             oof[test] = probe.decision_function(x[test])
         auc.append(roc_auc_score(labels, oof))
         acc.append(float(np.mean((oof > 0) == labels)))
-        fisher.append(_fisher_ratio(_probe(c, seed).fit(x, labels), x, labels))
+        fisher.append(_fisher_ratio(oof, labels))
     return LayerScores(np.asarray(auc), np.asarray(acc), np.asarray(fisher))
 
 
@@ -201,8 +204,7 @@ def _probe(c: float, seed: int):
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
 
 
-def _fisher_ratio(probe, x: np.ndarray, labels: np.ndarray) -> float:
-    z = probe.decision_function(x)
+def _fisher_ratio(z: np.ndarray, labels: np.ndarray) -> float:
     z0, z1 = z[labels == 0], z[labels == 1]
     spread = z0.var() + z1.var()
     return float((z1.mean() - z0.mean()) ** 2 / spread) if spread > 0 else 0.0

@@ -105,6 +105,10 @@ def _command(f):
         try:
             return f(*args, **kwargs)
         except I2PError as exc:
+            if os.environ.get("I2PSCAN_DEBUG"):  # the cause's traceback too (e.g. what open_clip raised)
+                import traceback
+
+                traceback.print_exception(exc, file=sys.stderr)
             raise UserError(str(exc)) from exc
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -149,6 +153,9 @@ def cli():
               help="open_clip model name, or i2p-tiny / i2p-tiny-deep (shipped, CPU-sized).")
 @click.option("--pretrained", default=None, metavar="TAG|PATH",
               help="open_clip pretrained tag or a local weights file [default: openai; the shipped file for tiny backbones].")
+@click.option("--quick-gelu/--no-quick-gelu", "quick_gelu", default=None,
+              help="Activation of weights from a file when neither a -quickgelu name nor an open_clip_config.json "
+                   "beside the file says it [default: refuse to guess where the model's known weights differ].")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many critical layers S to keep.")
 @click.option("--gamma", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
@@ -162,7 +169,7 @@ def cli():
 @_seed_option
 @_run_options
 @_command
-def calibrate(data, out, backbone, pretrained, top_k, gamma, folds, view, max_per_class, subset, split, plot, seed,
+def calibrate(data, out, backbone, pretrained, quick_gelu, top_k, gamma, folds, view, max_per_class, subset, split, plot, seed,
               device, batch_size, workers, quiet):
     """Find the backbone layers that carry forgery cues in a labelled sample DATA.
 
@@ -185,7 +192,7 @@ def calibrate(data, out, backbone, pretrained, top_k, gamma, folds, view, max_pe
                                      batch_size=batch_size or default_batch_size(where),
                                      workers=default_workers() if workers is None else workers)
     sample = load_labelled(data, max_per_class=max_per_class, seed=seed, subsets=subset, split=split)
-    model = load_backbone(backbone, pretrained or "default", device=where)
+    model = load_backbone(backbone, pretrained or "default", device=where, quick_gelu=quick_gelu)
     result = cal_mod.calibrate(model, sample, config)
     result.save(out)
     cal_mod.print_summary(result)
@@ -238,6 +245,9 @@ def calibrate(data, out, backbone, pretrained, top_k, gamma, folds, view, max_pe
               help="Images used to estimate task saliency.")
 @click.option("--sensitivity-target", type=click.Choice(["embedding", "taps"]), default="embedding", show_default=True,
               help="Representation whose movement sensitivity measures: the CLIP embedding or the tapped features.")
+@click.option("--crop-policies", default="1:mean", show_default=True, metavar="N:mean|max[,...]",
+              help="Crop policies (scan --crops N --combine mean|max) to fit a threshold and temperature for; "
+                   "1:mean is always fitted. A scan with another policy warns.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Choose the mask, print what would be tuned, and stop.")
 @_sample_options
@@ -246,7 +256,7 @@ def calibrate(data, out, backbone, pretrained, top_k, gamma, folds, view, max_pe
 @_command
 def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, max_steps, accumulate, lr_backbone,
              lr_head, weight_decay, warmup_steps, contrastive_weight, val_data, val_split, target_fpr,
-             sensitivity_samples, saliency_samples, sensitivity_target, resume, dry_run, max_per_class, subset, split,
+             sensitivity_samples, saliency_samples, sensitivity_target, crop_policies, resume, dry_run, max_per_class, subset, split,
              seed, device, batch_size, workers, quiet):
     """Train a detector on labelled DATA: sparse updates inside a low-sensitivity subspace.
 
@@ -272,6 +282,7 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
                             warmup_steps=warmup_steps, contrastive_weight=contrastive_weight, val_split=val_split,
                             target_fpr=target_fpr, sensitivity_samples=sensitivity_samples,
                             saliency_samples=saliency_samples, sensitivity_target=sensitivity_target, seed=seed,
+                            crop_policies=tuple(p for p in crop_policies.split(",") if p.strip()),
                             workers=default_workers() if workers is None else workers)
     cal = Calibration.load(calibration_file)
     train = load_labelled(data, max_per_class=max_per_class, seed=seed, subsets=subset, split=split)

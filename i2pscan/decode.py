@@ -216,9 +216,12 @@ def _unidentified_message(data: bytes) -> str:
 
 
 def _open_checked(data: bytes, max_pixels: int, result: Decoded) -> Image.Image | None:
-    if Image.MAX_IMAGE_PIXELS != max_pixels // 2:
-        Image.MAX_IMAGE_PIXELS = max_pixels // 2  # Pillow warns above this and refuses above twice it
-    image = Image.open(io.BytesIO(data))
+    previous = Image.MAX_IMAGE_PIXELS  # the process's setting: restored, whatever happens
+    Image.MAX_IMAGE_PIXELS = max_pixels // 2  # Pillow warns above this and refuses above twice it
+    try:
+        image = Image.open(io.BytesIO(data))
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
     result.format = image.format
     width, height = image.size
     result.width, result.height = width, height

@@ -18,6 +18,7 @@ image that must give a finite logit.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -33,6 +34,8 @@ from .features import autocast
 from .head import DetectorHead, HeadConfig
 from .schema import check_detector_meta
 from .sensitivity import eligible_parameters
+from .sparse import attach
+from . import inference
 
 KIND = "detector"
 META_KEYS = {
@@ -40,6 +43,23 @@ META_KEYS = {
     "threshold_logit", "temperature", "target_fpr", "mask", "training", "calibration",
 }
 PREFIX = {"i2p": "head.", "rine": "rine.", "univfd": "univfd."}
+
+
+@dataclass(frozen=True)
+class Cut:
+    """How a scan with one crop policy decides: flag when the combined logit >= ``logit``;
+    score = sigmoid(logit / ``temperature``). ``fitted``: fitted for this policy at finetune time."""
+
+    policy: str
+    logit: float
+    threshold: float
+    temperature: float
+    fitted: bool
+    source: str  # "detector" or "--threshold"
+
+    def to_dict(self) -> dict:
+        return {"policy": self.policy, "threshold": self.threshold, "threshold_logit": self.logit,
+                "temperature": self.temperature, "fitted_for_policy": self.fitted, "source": self.source}
 
 
 @dataclass
@@ -82,7 +102,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 class Detector:
-    """A backbone cut after L* with its delta merged in, and the head: images in, probabilities out.
+    """A backbone cut after L* with its delta attached, and the head: images in, probabilities out.
 
     ``Detector.load(path)`` is the way in; ``score`` the way out.
     """
@@ -160,22 +180,40 @@ class Detector:
             raise I2PError(f"{self.path}: gives no finite score for a neutral (mean-colour) image; its weights "
                            f"are broken")
 
-    @torch.no_grad()
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Raw head logits of preprocessed crops [B, 3, S, S] (uncalibrated)."""
+        """Raw head logits of preprocessed crops [B, 3, S, S] (uncalibrated). An I2P detector goes
+        through ``inference.logits``, the function its validation used."""
+        if self.architecture == "i2p":
+            return inference.logits(self.backbone, self.head, self.meta["view"], pixels)
         pixels = pixels.to(self.device, non_blocking=True)
         with autocast(self.device):
             if self.architecture == "rine":
                 logits = self.head(self.backbone.ln2_class_tokens(pixels))
-            elif self.architecture == "univfd":
-                logits = self.head(self.backbone.embed(pixels))
             else:
-                logits, _ = self.head(self.backbone.taps(pixels, self.layers, self.meta["view"]))
+                logits = self.head(self.backbone.embed(pixels))
         return logits.float()
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Calibrated probability of being synthetic: sigmoid(logit / temperature)."""
-        return torch.sigmoid(logits / self.temperature)
+        return torch.sigmoid(logits / (self.temperature if temperature is None else temperature))
+
+    def cut(self, crops: int = 1, combine: str = "mean", threshold: float | None = None) -> Cut:
+        """The threshold and temperature for a crop policy: those fitted for it at finetune time,
+        else the centre-crop ones (``fitted`` False: the caller warns). ``threshold``: a probability
+        given by the user, mapped through the policy's temperature."""
+        key = inference.policy_key(crops, combine)
+        fitted = self.meta.get("thresholds", {}).get(key)
+        if fitted is None and key == inference.DEFAULT_POLICY:
+            fitted = {"threshold": self.threshold, "threshold_logit": self.threshold_logit,
+                      "temperature": self.temperature}
+        record = fitted or {"threshold": self.threshold, "threshold_logit": self.threshold_logit,
+                            "temperature": self.temperature}
+        t = float(record["temperature"])
+        if threshold is not None:
+            return Cut(key, t * math.log(threshold / (1.0 - threshold)), float(threshold), t, fitted is not None,
+                       "--threshold")
+        return Cut(key, float(record["threshold_logit"]), float(record["threshold"]), t, fitted is not None,
+                   "detector")
 
     def score(self, images: torch.Tensor | Sequence) -> np.ndarray:
         """Calibrated probabilities (float32) for a batch of preprocessed crops, or for a list of
@@ -256,12 +294,16 @@ def _build_i2p(meta: dict, tensors: dict[str, torch.Tensor], path: str, device, 
         raise I2PError(f"{path}: L* = {last_block} is outside the backbone's 1..{backbone.num_blocks} blocks")
     eligible = eligible_parameters(backbone, last_block)
     backbone.truncate(last_block)
-    for name, delta in _deltas(tensors, path).items():
+    deltas = _deltas(tensors, path)
+    for name, delta in deltas.items():
         if name not in eligible:
             raise I2PError(f"{path}: delta for {name}, which is not a tunable tensor of blocks 1..{last_block}")
-        param = eligible[name]
-        _check_delta(name, delta, param, path)
-        apply_delta(param, delta)
+        _check_delta(name, delta, eligible[name], path)
+    # the delta stays a separate float32 term, as in validation (never merged into W0: see sparse.attach)
+    attached = attach(backbone, eligible, {n: d.indices for n, d in deltas.items()})
+    for name, module in attached.items():
+        module.values.requires_grad_(False)
+        module.values.data.copy_(deltas[name].values.reshape(module.values.shape).to(module.values.device))
     return backbone, _build_head(meta, tensors, path, backbone.device)
 
 

@@ -32,7 +32,8 @@ from .errors import I2PError, one_line
 from .pool import DecodePool, FileWork, Item, collate
 from .report import ReportWriter
 from .provenance import EvidenceReader
-from .scan import ScanOptions, ScanSummary, _batch_logits, _row, count_row, file_work, threshold_logit
+from .scan import (ScanOptions, ScanSummary, _batch_logits, _row, choose_cut, count_row, file_work,
+                   warn_if_unfitted)
 
 ray = None  # imported on first use: an optional extra (pip install 'i2pscan[ray]')
 
@@ -112,7 +113,7 @@ class _Scorer:
             fh.write(detector_bytes)
         self.detector = Detector.load(path, device="cuda" if gpu else "cpu", pretrained=pretrained)
         self.options = options
-        self.cut = threshold_logit(self.detector, options.threshold)
+        self.cut = choose_cut(self.detector, options)
 
     def score(self, paths: list[str], items: list[Item]) -> list[dict]:
         batch_size = self.options.batch_size
@@ -121,8 +122,8 @@ class _Scorer:
             batch = collate(items[start:start + batch_size])
             if self.detector.device.type == "cuda":
                 batch.pin_memory()
-            logits = _batch_logits(self.detector, batch, self.options)
-            rows += [_row(paths[start + pos], item, logits.get(pos), self.cut, self.options.evidence)
+            logits = _batch_logits(self.detector, batch, self.options, self.cut.temperature)
+            rows += [_row(paths[start + pos], item, logits.get(pos), self.cut.logit, self.options.evidence)
                      for pos, item in enumerate(batch.items)]
         return rows
 
@@ -173,8 +174,10 @@ def scan(detector: Detector, paths: Iterable[str], options: ScanOptions = ScanOp
     work = work or file_work(detector, options, evidence or EvidenceReader.from_trust_file(options.c2pa_trust))
     work_ref = ray.put(work)
     max_in_flight = max(4, 2 * cpus)
-    summary = ScanSummary(threshold=options.threshold if options.threshold is not None else detector.threshold)
-    cut = threshold_logit(detector, options.threshold)
+    chosen = choose_cut(detector, options)
+    warn_if_unfitted(chosen)
+    summary = ScanSummary(threshold=chosen.threshold)
+    cut = chosen.logit
     skipped = [0]
 
     def todo() -> Iterator[str]:

@@ -80,7 +80,7 @@ def _mean(x: np.ndarray) -> float:
 def evaluate(detector: Detector, sample: LabelledSample, options: ScanOptions = ScanOptions(),
              perturbations: tuple[str, ...] = (CLEAN,)) -> EvalResult:
     """Score ``sample`` once per perturbation (``none`` is clean) and compute the metrics."""
-    cut = threshold_logit(detector, options.threshold)
+    cut = threshold_logit(detector, options.threshold, options.crops, options.combine)
     subset_of = {it.path: it.subset for it in sample.items}
     label_of = {it.path: it.label for it in sample.items}
     rows, all_scores = [], []

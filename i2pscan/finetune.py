@@ -27,11 +27,12 @@ from .calibrate import Calibration
 from .augment import Augment, TrainTransform
 from .decode import CropTransform, Preprocess
 from .pool import ImageFiles, loader
-from .samples import LabelledSample, split_stratified
+from .samples import FileSet, LabelledSample, split_stratified
 from .detector import Delta, write_detector
 from .errors import I2PError
 from .features import autocast, extract
 from .head import DetectorHead, HeadConfig, supervised_contrastive
+from .inference import DEFAULT_POLICY, normalise_policies, sample_logits
 from .sensitivity import (
     STRATEGIES,
     Mask,
@@ -42,7 +43,7 @@ from .sensitivity import (
     print_mask,
     task_saliency,
 )
-from .sparse import SparseAttention, SparseDelta, SparseLinear
+from .sparse import DenseDelta, SparseDelta, attach
 
 CHECKPOINT_KIND = "checkpoint"
 _RESUMABLE_CHANGES = ("epochs", "max_steps", "workers")
@@ -70,6 +71,7 @@ class FinetuneConfig:
     saliency_samples: int = 256
     sensitivity_target: str = "embedding"
     proj_dim: int | None = None
+    crop_policies: tuple[str, ...] = (DEFAULT_POLICY,)  # fit a threshold for each (N:mean|max); 1:mean always
     augment: Augment = field(default_factory=Augment)
     seed: int = 0
     workers: int = 0
@@ -87,6 +89,10 @@ class FinetuneConfig:
             raise I2PError("--epochs, --batch-size and --accumulate must be at least 1")
         if self.sensitivity_target not in ("embedding", "taps"):
             raise I2PError("--sensitivity-target must be embedding or taps")
+        object.__setattr__(self, "crop_policies", normalise_policies(self.crop_policies))
+        if self.warmup_steps < 1 and needs_scores(self.strategy)[1]:
+            raise I2PError(f"--strategy {self.strategy} ranks weights by the task saliency of a warmed-up head: "
+                           f"--warmup-steps must be at least 1 (or choose low-sensitivity or random)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +104,7 @@ class FinetuneResult:
     meta: dict
     mask: Mask
     log: list[dict]
+    validation: dict = field(default_factory=dict)  # paths, labels, logits {policy: array}, best_epoch_logits
 
 
 def checkpoint_path(out: str | os.PathLike) -> str:
@@ -114,22 +121,6 @@ def _beside(out, suffix: str) -> str:
     return stem + suffix
 
 
-class DenseDelta(nn.Module):
-    """Parametrization W = W0 + values of a wholly tuned tensor (strategy ``full``); ``indices`` is None.
-
-    Sparse masks do not use a parametrization: see ``i2pscan.sparse`` and ``_attach``.
-    """
-
-    indices = None
-
-    def __init__(self, shape: torch.Size, device: torch.device):
-        super().__init__()
-        self.values = nn.Parameter(torch.zeros(shape, device=device))
-
-    def forward(self, original: torch.Tensor) -> torch.Tensor:
-        return original + self.values
-
-
 def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample, out: str | os.PathLike,
              config: FinetuneConfig = FinetuneConfig(), val: LabelledSample | None = None, resume: bool = False,
              on_epoch_end: Callable[[int, dict], None] | None = None) -> FinetuneResult:
@@ -143,7 +134,7 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
     """
     out = os.fspath(out)
     _check_calibration(backbone, calibration)
-    train, val = _split(train, val, config)
+    train, val, cal_overlap = _split(train, val, config, calibration)
     ckpt = checkpoint_path(out)
     for written in (out, ckpt, log_path(out)):  # what a run killed mid-write left
         tensorfile.remove_leftovers(written)
@@ -200,11 +191,12 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, entry)
 
-    meta = _finish(run, deltas, head, val, calibration, backbone, mask, config, train, trainer.failures)
+    meta = _finish(run, deltas, head, val, calibration, backbone, mask, config, train, trainer.failures,
+                   cal_overlap)
     write_detector(out, meta, head, {n: Delta(d.indices, d.values.detach()) for n, d in deltas.items()})
     _write_log(log_path(out), run.log)
     os.remove(ckpt)
-    return FinetuneResult(out, meta, mask, run.log)
+    return FinetuneResult(out, meta, mask, run.log, run.validation)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,7 +208,7 @@ def plan_mask(backbone: Backbone, calibration: Calibration, train: LabelledSampl
     same validation split, warms up a head, scores the weights, prints and returns the mask.
     Writes nothing; the backbone is left as it was."""
     _check_calibration(backbone, calibration)
-    train, _ = _split(train, val, config)
+    train, _, _ = _split(train, val, config, calibration)
     params = eligible_parameters(backbone, calibration.last_block)
     return _plan(backbone, _new_head(backbone, calibration, config), params, train, calibration, config)
 
@@ -228,18 +220,38 @@ def _plan(backbone, head, params, train, calibration, config) -> Mask:
     return mask
 
 
-def _split(train: LabelledSample, val: LabelledSample | None, config: FinetuneConfig):
+def _split(train: LabelledSample, val: LabelledSample | None, config: FinetuneConfig,
+           calibration: Calibration | None = None) -> tuple[LabelledSample, LabelledSample, int]:
+    """(training, validation, how many validation images the calibration also used).
+
+    Validation never shares a file with training: the same real path (symlinks resolved) or the
+    same bytes. Calibration images go to the training part of an automatic split as far as each
+    group allows; any that validate anyway (or are in ``--val``) are counted and warned about.
+    """
+    cal_files = FileSet((calibration.sample.get("files") or []) if calibration is not None else [])
     if val is None:
-        train_idx, val_idx = split_stratified(train, config.val_split, config.seed)
+        avoid = cal_files.find(train.paths) if len(cal_files) else []
+        train_idx, val_idx = split_stratified(train, config.val_split, config.seed, avoid=avoid)
         train, val = train.subset(train_idx), train.subset(val_idx)
     else:
-        shared = set(train.paths) & set(val.paths)
+        shared = FileSet.of(val.paths).find(train.paths)
         if shared:
-            raise I2PError(f"{len(shared)} validation image(s) are also training images (e.g. {min(shared)}); "
-                           f"give --val data of its own, or --split to keep only training images in DATA")
+            example = train.paths[shared[0]]
+            raise I2PError(f"{len(shared)} training image(s) are also validation images (the same file or the "
+                           f"same bytes, e.g. {example}); give --val data of its own, or --split to keep only "
+                           f"training images in DATA")
     _check_classes(train, "training")
     _check_classes(val, "validation")
-    return train, val
+    overlap = len(cal_files.find(val.paths)) if len(cal_files) else 0
+    if overlap:
+        console.warn(f"{overlap} of {len(val.items)} validation image(s) were in the calibration sample "
+                     f"(they chose the critical layers): calibrate on images that do not validate")
+    real = int(np.sum(val.labels == 0))
+    needed = math.ceil(1 / config.target_fpr)
+    if real < needed:
+        console.warn(f"only {real} real validation image(s): a threshold at --target-fpr {config.target_fpr} "
+                     f"needs at least {needed} to be more than a guess")
+    return train, val, overlap
 
 
 def _new_head(backbone: Backbone, calibration: Calibration, config: FinetuneConfig) -> DetectorHead:
@@ -254,6 +266,11 @@ def _check_calibration(backbone: Backbone, cal: Calibration) -> None:
         raise I2PError(f"the calibration was made with {cal.backbone['name']} (weights "
                        f"{cal.backbone['sha256'][:12]}…), not {backbone.name} ({backbone.sha256[:12]}…): "
                        f"calibrate again with this backbone")
+    recorded = bool(cal.backbone.get("model_config", {}).get("quick_gelu", False))
+    if recorded != bool(backbone.model_config.get("quick_gelu", False)):
+        act = {True: "QuickGELU", False: "GELU"}
+        raise I2PError(f"the calibration was made with {act[recorded]}, this backbone uses {act[not recorded]}: "
+                       f"load the backbone with the calibration's activation")
     if backbone.run_blocks != backbone.num_blocks:
         raise I2PError("finetune needs an untruncated backbone")
 
@@ -330,42 +347,7 @@ def _pixel_batches(backbone: Backbone, sample: LabelledSample, config: FinetuneC
 
 
 def _attach(backbone: Backbone, params: dict[str, nn.Parameter], mask: Mask) -> dict[str, SparseDelta | DenseDelta]:
-    """Make every tuned tensor trainable; returns, by parameter name, objects with ``values`` (the
-    Parameter that trains) and ``indices`` (flat indices into the tensor; None when dense).
-
-    A sparse mask swaps the block's modules for ones that add the delta without a dense copy of
-    the weights (``i2pscan.sparse``): ``attn`` becomes a SparseAttention when its in- or
-    out-projection is tuned, ``mlp.c_fc``/``mlp.c_proj`` SparseLinears. They keep the same frozen
-    Parameters under the same names. A dense delta (``full``) is a parametrization W0 + values.
-    """
-    deltas: dict[str, SparseDelta | DenseDelta] = {}
-    tuned = {n: idx for n, idx in mask.indices.items() if idx is None or len(idx)}
-    sparse = {n: idx for n, idx in tuned.items() if idx is not None}
-    for i, block in enumerate(backbone.blocks):
-        prefix = f"transformer.resblocks.{i}."
-        in_proj, out_proj = sparse.get(prefix + "attn.in_proj_weight"), sparse.get(prefix + "attn.out_proj.weight")
-        if in_proj is not None or out_proj is not None:
-            block.attn = SparseAttention(block.attn, in_proj, out_proj)
-            if in_proj is not None:
-                deltas[prefix + "attn.in_proj_weight"] = block.attn.in_proj_delta
-            if out_proj is not None:
-                deltas[prefix + "attn.out_proj.weight"] = block.attn.out_proj.delta
-        for fc in ("c_fc", "c_proj"):
-            indices = sparse.get(f"{prefix}mlp.{fc}.weight")
-            if indices is not None:
-                setattr(block.mlp, fc, SparseLinear(getattr(block.mlp, fc), indices))
-                deltas[f"{prefix}mlp.{fc}.weight"] = getattr(block.mlp, fc).delta
-    unplaced = set(sparse) - set(deltas)
-    if unplaced:
-        raise I2PError(f"cannot tune {sorted(unplaced)[0]}: not an attention or MLP weight of a kept block")
-    modules = dict(backbone.visual.named_modules())
-    for name in tuned:
-        if tuned[name] is None:
-            owner, attr = name.rsplit(".", 1)
-            delta = DenseDelta(params[name].shape, backbone.device)
-            parametrize.register_parametrization(modules[owner], attr, delta, unsafe=True)
-            deltas[name] = delta
-    return {n: deltas[n] for n in tuned}
+    return attach(backbone, params, mask.indices)
 
 
 @dataclass
@@ -376,6 +358,7 @@ class _RunState:
     best_epoch: int = 0
     best: dict | None = None
     log: list[dict] = field(default_factory=list)
+    validation: dict | None = None  # filled at the end: the saved detector's validation logits per policy
 
 
 def _snapshot(deltas: dict[str, SparseDelta], head: DetectorHead, val: tuple[np.ndarray, np.ndarray] | None) -> dict:
@@ -458,17 +441,11 @@ class _Trainer:
 
 @torch.no_grad()
 def predict(backbone, head, sample: LabelledSample, view: str, batch_size: int, workers: int,
-            description: str = "validate") -> tuple[np.ndarray, np.ndarray]:
-    """Head logits and labels of the images in ``sample`` that decode (centre crop)."""
-    head.eval()
-    layers = list(head.config.layers)
-    with parametrize.cached():
-        ex = extract(backbone, sample.paths, layers, view, batch_size, workers, description=description)
-    if not ex.kept:
-        raise I2PError("none of the validation images could be decoded")
-    logits = [head({b: ex.features[b][i:i + batch_size].to(backbone.device) for b in layers})[0].float().cpu()
-              for i in range(0, len(ex.kept), batch_size)]
-    return torch.cat(logits).numpy(), sample.labels[ex.kept]
+            description: str = "validate", policy: str = DEFAULT_POLICY) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (as a scan with ``policy`` computes them: ``inference.sample_logits``) and labels of
+    the images in ``sample`` that decode."""
+    logits, kept = sample_logits(backbone, head, view, sample.paths, (policy,), batch_size, workers, description)
+    return logits[policy], sample.labels[kept]
 
 
 def validation_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -513,17 +490,19 @@ def threshold_at_fpr(real_logits: np.ndarray, fpr: float) -> float:
     return float(np.nextafter(z[k], np.float32(np.inf)))
 
 
-def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, failures) -> dict:
+def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, failures,
+            cal_overlap: int = 0) -> dict:
     if run.best is None or run.best["val_logits"] is None:
         raise I2PError("training ran no epoch; nothing to save")
     for name, values in run.best["deltas"].items():
         deltas[name].values.data.copy_(values)
     head.load_state_dict(run.best["head"])
     head.eval()
-    logits, labels = run.best["val_logits"], run.best["val_labels"]
-    temperature = fit_temperature(logits, labels)
-    threshold_logit = threshold_at_fpr(logits[labels == 0], config.target_fpr)
-    threshold = float(1.0 / (1.0 + math.exp(-threshold_logit / temperature))) if math.isfinite(threshold_logit) else 0.0
+    thresholds, logits, kept = fit_thresholds(backbone, head, val, calibration.view, config)
+    run.validation = {"paths": [val.paths[i] for i in kept], "labels": val.labels[kept], "logits": logits,
+                      "best_epoch_logits": run.best["val_logits"]}
+    centre = thresholds[DEFAULT_POLICY]
+    temperature, threshold_logit, threshold = centre["temperature"], centre["threshold_logit"], centre["threshold"]
     best_metrics = next(e for e in run.log if e["epoch"] == run.best_epoch)
     if failures:
         console.warn(f"{len(failures)} training image(s) could not be decoded and were skipped")
@@ -539,6 +518,7 @@ def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, 
         "threshold": threshold,
         "threshold_logit": threshold_logit,
         "temperature": temperature,
+        "thresholds": thresholds,
         "target_fpr": config.target_fpr,
         "mask": {"strategy": mask.strategy, "rho": mask.rho, "q": mask.q, "trainable": mask.trainable,
                  "eligible": mask.eligible,
@@ -549,6 +529,7 @@ def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, 
             "counts": {"train": _counts(train), "val": _counts(val)},
             "fingerprint": train.fingerprint(),
             "val_fingerprint": val.fingerprint(),
+            "val_in_calibration": cal_overlap,
             "best_epoch": run.best_epoch,
             "epochs": run.epoch,
             "steps": run.step,
@@ -558,6 +539,26 @@ def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, 
         "calibration": {"critical_layers": calibration.critical, "fingerprint": calibration.sample.get("fingerprint"),
                         "importance": [float(w) for w in calibration.importance]},
     }
+
+
+def fit_thresholds(backbone, head, val: LabelledSample, view: str, config: FinetuneConfig
+                   ) -> tuple[dict[str, dict], dict[str, np.ndarray], list[int]]:
+    """For every crop policy of ``config``: the temperature and the threshold at ``target_fpr``,
+    fitted on the validation logits a scan with that policy computes (the detector as it will be
+    saved). Returns ({policy: {threshold, threshold_logit, temperature, val_fpr, val_real}},
+    {policy: logits}, positions in ``val`` of the images that decoded)."""
+    logits, kept = sample_logits(backbone, head, view, val.paths, config.crop_policies, config.batch_size,
+                                 config.workers, description="thresholds")
+    labels = val.labels[kept]
+    out = {}
+    for policy, z in logits.items():
+        temperature = fit_temperature(z, labels)
+        cut = threshold_at_fpr(z[labels == 0], config.target_fpr)
+        probability = float(1.0 / (1.0 + math.exp(-cut / temperature))) if math.isfinite(cut) else 0.0
+        out[policy] = {"threshold": probability, "threshold_logit": cut, "temperature": temperature,
+                       "val_fpr": float(np.mean(z[labels == 0] >= np.float32(cut))),
+                       "val_real": int(np.sum(labels == 0))}
+    return out, logits, kept
 
 
 def _counts(sample: LabelledSample) -> dict:

@@ -183,9 +183,15 @@ def _stratified(items: list[LabelledImage], per_class: int, seed: int) -> list[L
     return kept
 
 
-def split_stratified(sample: LabelledSample, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (train, validation): ``fraction`` of each (label, subset) group held out."""
+def split_stratified(sample: LabelledSample, fraction: float, seed: int,
+                     avoid: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """Indices (train, validation): ``fraction`` of each (label, subset) group held out.
+
+    Items in ``avoid`` (e.g. the calibration sample) go to validation only where a group has too
+    few other items to fill its share.
+    """
     rng = random.Random(seed)
+    avoid = set(avoid)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, it in enumerate(sample.items):
         groups[(it.label, it.subset)].append(i)
@@ -193,9 +199,87 @@ def split_stratified(sample: LabelledSample, fraction: float, seed: int) -> tupl
     for key in sorted(groups):
         idx = groups[key][:]
         rng.shuffle(idx)
+        idx.sort(key=lambda i: i in avoid)  # stable: the shuffled order within each kind
         n_val = int(round(len(idx) * fraction))
         if len(idx) >= 2:
             n_val = min(max(n_val, 1), len(idx) - 1)
         val.extend(idx[:n_val])
         train.extend(idx[n_val:])
     return sorted(train), sorted(val)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class FileSet:
+    """File identities: the real path (symlinks resolved) and the size and sha256 of the bytes.
+
+    ``find(paths)`` says which paths are one of these files or a byte-identical copy; content is
+    hashed only for files whose size matches a member's, so comparing two large samples costs a
+    stat per file. Unreadable files are compared by path only.
+    """
+
+    def __init__(self, entries: Sequence[Sequence] = ()):
+        self._real: set[str] = set()
+        self._by_size: dict[int, list[list]] = defaultdict(list)  # size -> [[path, sha256 or None]]
+        for real, size, sha in entries:
+            self._real.add(real)
+            if size is not None:
+                self._by_size[int(size)].append([real, sha])
+
+    @classmethod
+    def of(cls, paths: Sequence[str], hashed: bool = False) -> "FileSet":
+        """The identities of ``paths``; ``hashed``: compute every sha256 now (for recording them)."""
+        entries = []
+        for p in paths:
+            size = _size(p)
+            entries.append((os.path.realpath(p), size, _sha256(p) if hashed and size is not None else None))
+        return cls(entries)
+
+    def entries(self) -> list[list]:
+        """[[real path, size, sha256], ...] sorted by path (JSON-friendly), hashing what is not yet."""
+        out = [[m[0], size, self._hash(m)] for size, members in self._by_size.items() for m in members]
+        sized = {e[0] for e in out}
+        out += [[real, None, None] for real in self._real - sized]
+        return sorted(out, key=lambda e: e[0])
+
+    def _hash(self, member: list) -> str | None:
+        if member[1] is None:
+            try:
+                member[1] = _sha256(member[0])
+            except OSError:
+                return None
+        return member[1]
+
+    def find(self, paths: Sequence[str]) -> list[int]:
+        """Positions in ``paths`` of files in this set (same real path or same bytes)."""
+        found = []
+        for i, p in enumerate(paths):
+            if os.path.realpath(p) in self._real:
+                found.append(i)
+                continue
+            size = _size(p)
+            members = self._by_size.get(size) if size is not None else None
+            if members:
+                try:
+                    digest = _sha256(p)
+                except OSError:
+                    continue
+                if any(self._hash(m) == digest for m in members):
+                    found.append(i)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._real)
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None

@@ -18,10 +18,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from . import __version__, console
+from . import __version__, console, inference
 from .decode import CropTransform, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from .pool import Batch, DEFAULT_FILE_TIMEOUT_S, FileWork, Item, scan_batches
-from .detector import Detector
+from .detector import Cut, Detector
 from .errors import I2PError, one_line, short_path
 from .provenance import AI, EvidenceReader, unread
 from .report import ReportWriter, mtime_of, path_columns
@@ -184,23 +184,35 @@ class ScanSummary:
 
 
 def report_metadata(detector: Detector | None, options: ScanOptions, inputs: Sequence[str]) -> dict:
-    """What a report records about how it was made (``detector`` None: a --metadata-only scan)."""
+    """What a report records about how it was made, the threshold actually used included
+    (``detector`` None: a --metadata-only scan)."""
     if detector is None:
         return {"i2pscan_version": __version__, "detector_id": None, "detector_path": None, "detector": {},
-                "options": options.to_dict(), "inputs": list(inputs), "started": now()}
+                "options": options.to_dict(), "inputs": list(inputs), "started": now(), "threshold": None}
     return {"i2pscan_version": __version__, "detector_id": detector.id, "detector_path": os.path.abspath(detector.path),
-            "detector": detector.meta, "options": options.to_dict(), "inputs": list(inputs), "started": now()}
+            "detector": detector.meta, "options": options.to_dict(), "inputs": list(inputs), "started": now(),
+            "threshold": choose_cut(detector, options).to_dict()}
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def threshold_logit(detector: Detector, threshold: float | None) -> float:
-    """The logit at or above which a file is flagged: the detector's, or the given probability's."""
-    if threshold is None:
-        return detector.threshold_logit
-    return detector.temperature * math.log(threshold / (1.0 - threshold))
+def choose_cut(detector: Detector, options: ScanOptions) -> Cut:
+    """The threshold and temperature fitted for the scan's crop policy (``Detector.cut``)."""
+    return detector.cut(options.crops, options.combine, options.threshold)
+
+
+def warn_if_unfitted(cut: Cut) -> None:
+    if not cut.fitted:
+        console.warn(f"the detector has no threshold fitted for --crops {cut.policy.replace(':', ' --combine ')}: "
+                     f"using the centre-crop one, whose false-positive rate may differ; "
+                     f"finetune with --crop-policies {cut.policy} to fit one")
+
+
+def threshold_logit(detector: Detector, threshold: float | None, crops: int = 1, combine: str = "mean") -> float:
+    """The logit at or above which a file is flagged: the policy's, or the given probability's."""
+    return detector.cut(crops, combine, threshold).logit
 
 
 def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions = ScanOptions(),
@@ -220,16 +232,19 @@ def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions =
     done = writer.done if writer is not None else set()
     todo = [p for p in paths if p not in done]
     summary = ScanSummary(skipped_done=len(paths) - len(todo))
-    cut = None if detector is None else threshold_logit(detector, options.threshold)
-    summary.threshold = (None if detector is None
-                         else options.threshold if options.threshold is not None else detector.threshold)
+    chosen = None
+    if detector is not None:
+        chosen = choose_cut(detector, options)
+        warn_if_unfitted(chosen)
+    cut = None if chosen is None else chosen.logit
+    summary.threshold = None if chosen is None else chosen.threshold
     work = file_work(detector, options, evidence)
     started = time.monotonic()
     with console.progress(len(todo), "scan") as bar:
         for batch in scan_batches(todo, work, options.batch_size, options.workers,
                                   pin_memory=detector is not None and detector.device.type == "cuda",
                                   timeout_s=options.file_timeout_s):
-            logits = _batch_logits(detector, batch, options) if detector is not None else {}
+            logits = _batch_logits(detector, batch, options, chosen.temperature) if chosen is not None else {}
             for pos, item in enumerate(batch.items):
                 row = _row(todo[item.index], item, logits.get(pos), cut, options.evidence)
                 count_row(summary, row, cut)
@@ -260,13 +275,13 @@ def count_row(summary: ScanSummary, row: dict, cut: float | None) -> None:
     summary.by_metadata += row["verdict"] == "synthetic" and row["provenance"] in AI and below_cut
 
 
-def _batch_logits(detector: Detector, batch: Batch, options: ScanOptions) -> dict[int, tuple[float, float]]:
+def _batch_logits(detector: Detector, batch: Batch, options: ScanOptions,
+                  temperature: float | None = None) -> dict[int, tuple[float, float]]:
     """{position in batch: (combined logit, calibrated score)} for the items that decoded."""
     if batch.pixels is None:
         return {}
-    logits = detector.logits(batch.pixels).view(len(batch.ok), options.crops)
-    combined = logits.mean(dim=1) if options.combine == "mean" else logits.max(dim=1).values
-    scores = detector.probabilities(combined)
+    combined = inference.combine(detector.logits(batch.pixels), options.crops, options.combine)
+    scores = detector.probabilities(combined, temperature)
     return dict(zip(batch.ok, zip(combined.cpu().tolist(), scores.cpu().tolist())))
 
 

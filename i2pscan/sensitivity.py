@@ -1,19 +1,26 @@
 """Which backbone weights may move: intrinsic sensitivity, task saliency and masks (DESIGN §1.2).
 
-Both scores are diagonals of a squared-gradient matrix, streamed over batches into one fp32
-tensor per eligible weight matrix (memory: two copies of the eligible weights, never per-sample
-gradients). Batches are made exact in expectation by random weighting of the samples:
+Both scores are diagonals of a squared-gradient matrix, E_x[(d f(x)/d theta_i)^2], estimated from
+exact per-sample gradients however the images are batched:
 
-* intrinsic sensitivity s_i = E_x E_v[(d<v, g(x)>/d theta_i)^2] with v a random unit vector per
-  sample: the batch gradient of sum_b <v_b, g(x_b)> squared has cross terms of zero mean, because
-  the v_b are independent with zero mean, so its expectation is the sum of the per-sample terms;
-* task saliency t_i = E[(dL/d theta_i)^2] (empirical Fisher) with Rademacher signs eps_b on the
-  per-sample losses: E[(sum_b eps_b dL_b)^2] = sum_b (dL_b)^2 for the same reason.
+* intrinsic sensitivity s_i = E_x E_v[(d<v, g(x)>/d theta_i)^2], one random unit vector v per
+  image (drawn from the seed and the image's position in the sample, so batching cannot change it);
+* task saliency t_i = E_x[(dL(x)/d theta_i)^2] (empirical Fisher of the per-image loss).
+
+A batched backward pass gives the sum of the per-sample gradients, whose square carries cross
+terms between images: an estimate whose variance grows with the batch size (at batch 64 the mask
+was mostly chance). Instead, during the pass each eligible weight's ``F.linear`` is swapped for
+one whose backward forms the per-sample weight gradients of a few images at a time
+(``G_b = dy_bᵀ x_b``, exact because images never interact in a ViT forward) and accumulates
+their squares; no parameter gradient is materialised. Time is about one batched backward, extra
+memory a chunk of per-sample gradients of one matrix (``_CHUNK_BYTES``). ``benchmarks/
+bench_sensitivity.py`` compares it with the old batched estimator.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -24,6 +31,7 @@ from . import console
 from .backbone import Backbone
 from .errors import I2PError
 from .features import autocast
+from .sparse import SparseAttention
 
 STRATEGIES = ("i2p", "low-sensitivity", "task-fisher", "random", "head-only", "full")
 _MATRICES = ("attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -48,29 +56,109 @@ def block_of(name: str) -> int:
     return int(name.split(".")[2]) + 1
 
 
-def _squared_grad_pass(params: dict[str, nn.Parameter], batches: Iterable[torch.Tensor], objective,
-                       description: str, total: int) -> dict[str, torch.Tensor]:
-    scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+_CHUNK_BYTES = 1 << 28  # per-sample gradients held at once, per weight matrix
+
+
+class _SquaredGradLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` whose backward adds sum_b (dL_b/dweight)^2 into ``acc`` and
+    returns a gradient for ``x`` only. ``x`` is ``[B, ..., in]``: dim 0 is the image."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, acc):
+        ctx.save_for_backward(x, weight)
+        ctx.acc = acc
+        return nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        acc = ctx.acc
+        xs = x.reshape(x.shape[0], -1, x.shape[-1])
+        gs = grad_y.reshape(grad_y.shape[0], -1, grad_y.shape[-1])
+        chunk = max(1, _CHUNK_BYTES // (4 * weight.numel()))
+        with torch.autocast(x.device.type, enabled=False):
+            for i in range(0, xs.shape[0], chunk):
+                per_sample = torch.bmm(gs[i:i + chunk].transpose(1, 2).float(), xs[i:i + chunk].float())
+                acc.add_(per_sample.square_().sum(0))
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = (grad_y.to(weight.dtype) @ weight).to(x.dtype)
+        return grad_x, None, None, None
+
+
+class _CaptureLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, acc: torch.Tensor):
+        super().__init__()
+        self.weight, self.bias, self.acc = linear.weight, linear.bias, acc
+
+    def forward(self, x):
+        return _SquaredGradLinear.apply(x, self.weight, self.bias, self.acc)
+
+
+class _CaptureAttention(SparseAttention):
+    """A MultiheadAttention whose in- and/or out-projection accumulate squared per-sample gradients."""
+
+    def __init__(self, mha: nn.MultiheadAttention, in_acc: torch.Tensor | None, out_acc: torch.Tensor | None):
+        super().__init__(mha)
+        self.in_acc = in_acc
+        if out_acc is not None:
+            self.out_proj = _CaptureLinear(mha.out_proj, out_acc)
+
+    def _in_proj(self, x):
+        if self.in_acc is None:
+            return super()._in_proj(x)
+        return _SquaredGradLinear.apply(x, self.in_proj_weight, self.in_proj_bias, self.in_acc)
+
+
+@contextmanager
+def _capturing(backbone: Backbone, params: dict[str, nn.Parameter]):
+    """Swap the modules that use ``params`` for capturing ones; yields {name: fp32 accumulator}.
+    The original modules are back in place afterwards, whatever happens."""
+    if not getattr(backbone.visual.transformer, "batch_first", True):
+        raise I2PError(f"backbone {backbone.name}: sensitivity needs a batch-first transformer")
+    acc = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
+    swapped = []
+    for i, block in enumerate(backbone.blocks):
+        prefix = f"transformer.resblocks.{i}."
+        in_acc, out_acc = acc.get(prefix + "attn.in_proj_weight"), acc.get(prefix + "attn.out_proj.weight")
+        if in_acc is not None or out_acc is not None:
+            swapped.append((block, "attn", block.attn))
+            block.attn = _CaptureAttention(block.attn, in_acc, out_acc)
+        for fc in ("c_fc", "c_proj"):
+            if prefix + f"mlp.{fc}.weight" in acc:
+                swapped.append((block.mlp, fc, getattr(block.mlp, fc)))
+                setattr(block.mlp, fc, _CaptureLinear(getattr(block.mlp, fc), acc[prefix + f"mlp.{fc}.weight"]))
     for p in params.values():
-        p.requires_grad_(True)
-    seen = 0
+        p.requires_grad_(True)  # so that autograd runs through the swapped modules; no .grad is made
     try:
-        with console.progress(total, description) as bar:
-            for batch in batches:
-                for p in params.values():
-                    p.grad = None
-                objective(batch).backward()
-                for n, p in params.items():
-                    scores[n].add_(p.grad.float().square())
-                seen += len(batch)
-                bar.advance(len(batch))
+        yield acc
     finally:
+        for owner, attr, module in reversed(swapped):
+            setattr(owner, attr, module)
         for p in params.values():
             p.requires_grad_(False)
             p.grad = None
+
+
+def _squared_grad_pass(backbone: Backbone, params: dict[str, nn.Parameter], batches: Iterable,
+                       objective, description: str, total: int) -> dict[str, torch.Tensor]:
+    """Mean over images of the squared per-image gradient of ``objective(batch, start)`` (a sum
+    over the batch's images of one scalar each; ``start`` is the batch's first image position)."""
+    seen = 0
+    with _capturing(backbone, params) as acc, console.progress(total, description) as bar:
+        for batch in batches:
+            n = objective(batch, seen)
+            seen += n
+            bar.advance(n)
     if seen == 0:
         raise I2PError("no decodable images to estimate sensitivity from")
-    return {n: s.div_(seen) for n, s in scores.items()}
+    return {n: s.div_(seen) for n, s in acc.items()}
+
+
+def projection(seed: int, position: int, dim: int) -> torch.Tensor:
+    """The random unit vector v of the image at ``position`` in the sensitivity sample."""
+    v = torch.randn(dim, generator=torch.Generator().manual_seed(seed * 1_000_003 + position), dtype=torch.float64)
+    return (v / v.norm()).float()
 
 
 def intrinsic_sensitivity(backbone: Backbone, params: dict[str, nn.Parameter], batches: Iterable[torch.Tensor],
@@ -79,50 +167,57 @@ def intrinsic_sensitivity(backbone: Backbone, params: dict[str, nn.Parameter], b
     """s_i for every weight in ``params``: how much the pretrained representation moves with it.
 
     ``target``: ``embedding`` (the projected CLIP image embedding; needs the untruncated backbone)
-    or ``taps`` (the concatenated features of ``layers``).
+    or ``taps`` (the concatenated features of ``layers``). Raises I2PError for a target that does
+    not depend on every tensor in ``params`` (``taps`` shallower than a tuned block).
     """
-    generator = torch.Generator().manual_seed(seed)
+    if target not in ("embedding", "taps"):
+        raise I2PError(f"sensitivity target must be embedding or taps, not {target!r}")
+    if target == "taps":
+        if not layers:
+            raise I2PError("sensitivity target taps needs the critical layers")
+        beyond = [n for n in params if block_of(n) > max(layers)]
+        if beyond:
+            raise I2PError(f"sensitivity target taps (blocks {sorted(layers)}) does not reach {beyond[0]}: "
+                           f"use --sensitivity-target embedding")
     device = backbone.device
 
-    def objective(images):
+    def objective(images, start):
         with autocast(device):
             if target == "embedding":
                 g = backbone.embed(images)
             else:
                 taps = backbone.taps(images, layers, view)
                 g = torch.cat([taps[b] for b in layers], dim=1)
-        v = torch.randn(g.shape, generator=generator).to(device)
-        v = v / v.norm(dim=1, keepdim=True)
-        return (v * g.float()).sum()
+        v = torch.stack([projection(seed, start + i, g.shape[1]) for i in range(len(g))]).to(device)
+        (v * g.float()).sum().backward()
+        return len(images)
 
-    return _squared_grad_pass(params, batches, objective, "sensitivity", total)
+    return _squared_grad_pass(backbone, params, batches, objective, "sensitivity", total)
 
 
 def task_saliency(backbone: Backbone, head: nn.Module, params: dict[str, nn.Parameter], batches, total: int,
                   view: str = "cls", seed: int = 0) -> dict[str, torch.Tensor]:
-    """t_i: empirical Fisher of the detection loss under the warmed-up head; ``batches`` yields
-    (images, labels)."""
-    generator = torch.Generator().manual_seed(seed + 1)
+    """t_i: empirical Fisher of the per-image detection loss under the warmed-up head; ``batches``
+    yields (images, labels). Deterministic (``seed`` is accepted for symmetry and unused)."""
     device = backbone.device
     layers = list(head.config.layers)
-    labelled = iter(batches)
 
-    def images_only():
-        for images, labels in labelled:
-            current["labels"] = labels
-            yield images
-
-    current: dict = {}
-
-    def objective(images):
-        labels = current["labels"].to(device).float()
+    def objective(batch, start):
+        images, labels = batch
+        labels = labels.to(device).float()
         with autocast(device):
             logits, _ = head(backbone.taps(images, layers, view))
-        losses = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
-        signs = (torch.randint(0, 2, (len(labels),), generator=generator) * 2 - 1).to(device)
-        return (signs * losses).sum()
+        nn.functional.binary_cross_entropy_with_logits(logits.float(), labels, reduction="sum").backward()
+        return len(images)
 
-    return _squared_grad_pass(params, images_only(), objective, "task saliency", total)
+    head_grad = [p.requires_grad for p in head.parameters()]
+    for p in head.parameters():
+        p.requires_grad_(False)
+    try:
+        return _squared_grad_pass(backbone, params, batches, objective, "task saliency", total)
+    finally:
+        for p, g in zip(head.parameters(), head_grad):
+            p.requires_grad_(g)
 
 
 @dataclass

@@ -28,8 +28,12 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
-__all__ = ["SparseDelta", "SparseLinear", "SparseAttention", "SparseLinearFunction", "sparse_linear"]
+from .errors import I2PError
+
+__all__ = ["SparseDelta", "SparseLinear", "SparseAttention", "SparseLinearFunction", "sparse_linear", "DenseDelta",
+           "attach"]
 
 _CSR_DEVICES = ("cpu", "cuda")
 
@@ -254,6 +258,64 @@ class SparseAttention(nn.Module):
         if unbatched:
             return out.squeeze(0), None
         return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+class DenseDelta(nn.Module):
+    """Parametrization W = W0 + values of a wholly tuned tensor (strategy ``full``); ``indices`` is None."""
+
+    indices = None
+
+    def __init__(self, shape: torch.Size, device: torch.device):
+        super().__init__()
+        self.values = nn.Parameter(torch.zeros(shape, device=device))
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        return original + self.values
+
+
+def attach(backbone, params: dict[str, nn.Parameter], indices: dict[str, torch.Tensor | None]
+           ) -> dict[str, "SparseDelta | DenseDelta"]:
+    """Give every tuned tensor of ``backbone`` (a ``i2pscan.backbone.Backbone``) its delta, zero
+    for now; returns, by parameter name, objects with ``values`` (the Parameter to train or fill)
+    and ``indices`` (flat indices into the tensor; None when dense). Training and scanning both
+    use this, so a detector scores with the arithmetic it was validated with: W0 stays as it is
+    and the delta is a separate float32 term (merging a small delta into W0 would round it away
+    under bf16 autocast).
+
+    A sparse delta swaps the block's modules for ones that add it without a dense copy of the
+    weights: ``attn`` becomes a SparseAttention when its in- or out-projection is tuned,
+    ``mlp.c_fc``/``mlp.c_proj`` SparseLinears, with the same frozen Parameters under the same
+    names. A dense delta (``full``) is a parametrization W0 + values. Raises I2PError for a name
+    that is not an attention or MLP weight of a kept block.
+    """
+    deltas: dict[str, SparseDelta | DenseDelta] = {}
+    tuned = {n: idx for n, idx in indices.items() if idx is None or len(idx)}
+    sparse = {n: idx for n, idx in tuned.items() if idx is not None}
+    for i, block in enumerate(backbone.blocks):
+        prefix = f"transformer.resblocks.{i}."
+        in_proj, out_proj = sparse.get(prefix + "attn.in_proj_weight"), sparse.get(prefix + "attn.out_proj.weight")
+        if in_proj is not None or out_proj is not None:
+            block.attn = SparseAttention(block.attn, in_proj, out_proj)
+            if in_proj is not None:
+                deltas[prefix + "attn.in_proj_weight"] = block.attn.in_proj_delta
+            if out_proj is not None:
+                deltas[prefix + "attn.out_proj.weight"] = block.attn.out_proj.delta
+        for fc in ("c_fc", "c_proj"):
+            idx = sparse.get(f"{prefix}mlp.{fc}.weight")
+            if idx is not None:
+                setattr(block.mlp, fc, SparseLinear(getattr(block.mlp, fc), idx))
+                deltas[f"{prefix}mlp.{fc}.weight"] = getattr(block.mlp, fc).delta
+    unplaced = set(sparse) - set(deltas)
+    if unplaced:
+        raise I2PError(f"cannot tune {sorted(unplaced)[0]}: not an attention or MLP weight of a kept block")
+    modules = dict(backbone.visual.named_modules())
+    for name in tuned:
+        if tuned[name] is None:
+            owner, attr = name.rsplit(".", 1)
+            delta = DenseDelta(params[name].shape, backbone.device)
+            parametrize.register_parametrization(modules[owner], attr, delta, unsafe=True)
+            deltas[name] = delta
+    return {n: deltas[n] for n in tuned}
 
 
 _warned = False

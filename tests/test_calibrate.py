@@ -105,3 +105,11 @@ def test_config_validation():
         CalibrateConfig(top_k=0)
     with pytest.raises(I2PError):
         CalibrateConfig(view="mean")
+
+
+def test_fisher_ratio_is_out_of_fold_so_memorised_noise_scores_near_zero():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 30)
+    noise = rng.normal(size=(60, 50))  # separable in-sample by a 50-dimensional probe, meaningless out of fold
+    scores = score_layers([noise], labels, folds=5, seed=0)
+    assert scores.fisher[0] < 0.3

@@ -180,7 +180,7 @@ def test_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file, run_cli
     assert [row["verdict"] == "error" for row in rows] == [i == 5 for i in range(12)]
     assert rows[5]["error"] == "the decoder crashed on this file (its process exited with code 1)"
     assert rows[5]["size_bytes"] == os.path.getsize("d/05.png")
-    flagged = any(row["verdict"] == "synthetic" for row in rows)
+    flagged = any(row["verdict"] == "synthetic" for row in rows)  # whatever the detector thinks of noise
     assert r.exit_code == (1 if flagged else 3), r.stderr
 
 

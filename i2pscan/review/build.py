@@ -290,7 +290,9 @@ def _is_review_page(path: str) -> bool:
 
 
 def _threshold(meta: dict) -> float | None:
-    for value in ((meta.get("options") or {}).get("threshold"), (meta.get("detector") or {}).get("threshold")):
+    used = meta.get("threshold") if isinstance(meta.get("threshold"), dict) else {}  # what the scan used (its crop policy's)
+    for value in (used.get("threshold"), (meta.get("options") or {}).get("threshold"),
+                  (meta.get("detector") or {}).get("threshold")):
         if isinstance(value, (int, float)) and 0 <= value <= 1:
             return float(value)
     return None
