@@ -29,7 +29,7 @@ from _table import machine, print_table
 from i2pscan import console
 from i2pscan.backbone import load_backbone, resolve_device
 from i2pscan.decode import CropTransform, Preprocess, save_image
-from i2pscan.pool import default_workers, ImageFiles, loader
+from i2pscan.pool import default_workers, FileWork, ImageFiles, loader, scan_batches
 from i2pscan.detector import Detector
 from i2pscan.head import DetectorHead, HeadConfig
 from i2pscan.scan import ScanOptions, scan
@@ -77,10 +77,15 @@ def scan_rate(detector: Detector, paths: list[str], options: ScanOptions) -> flo
     return len(paths) / (time.perf_counter() - started)
 
 
-def decode_rate(paths: list[str], preprocess: Preprocess, options: ScanOptions) -> float:
-    dataset = ImageFiles(paths, CropTransform(preprocess, 1))
+def decode_rate(paths: list[str], preprocess: Preprocess, options: ScanOptions, how: str) -> float:
+    """Decode + centre-crop images/s: ``dataloader`` (the old scan path, still used for training)
+    or ``pool`` (the scanner's DecodePool, what a scan uses now)."""
     started = time.perf_counter()
-    n = sum(len(b.items) for b in loader(dataset, options.batch_size, options.workers))
+    if how == "dataloader":
+        batches = loader(ImageFiles(paths, CropTransform(preprocess, 1)), options.batch_size, options.workers)
+    else:
+        batches = scan_batches(paths, FileWork(CropTransform(preprocess, 1)), options.batch_size, options.workers)
+    n = sum(len(b.items) for b in batches)
     return n / (time.perf_counter() - started)
 
 
@@ -103,6 +108,8 @@ def main() -> None:
     p.add_argument("--per-size", type=int, default=4, help="JPEGs per size (2, 6, 12 MP)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--decode-only", action="store_true", help="only the decode + crop rows (no model)")
+    p.add_argument("--repeat", type=int, default=1, help="decode measurements per path (the best is kept)")
     args = p.parse_args()
     console.set_quiet(True)
     device = resolve_device(args.device)
@@ -118,7 +125,17 @@ def main() -> None:
         tiny = detector_for("i2p-tiny", "default", 6, device)
         for name, size in (("tiny crop (64 px)", 64), ("ViT crop (224 px)", 224)):
             pp = Preprocess(size, tiny.preprocess.mean, tiny.preprocess.std)
-            rows.append([f"decode + crop only, {name}", "-", decode_rate(paths, pp, options), "-", "-"])
+            rates = {}
+            for _ in range(args.repeat):  # interleaved, so that load on the machine hits both alike
+                for how in ("dataloader", "pool"):
+                    rates[how] = max(rates.get(how, 0.0), decode_rate(paths, pp, options, how))
+            for how, label in (("dataloader", "DataLoader (old scan path)"), ("pool", "DecodePool (scan)")):
+                rows.append([f"decode + crop only, {name}, {label}",
+                             f"{rates[how] / rates['dataloader']:.2f}x vs DataLoader", rates[how], "-", "-"])
+        if args.decode_only:
+            print_table("decode + crop (images/s; ratios against the DataLoader path in this run)",
+                        ["what", "ratio", "images/s", "-", "-"], rows)
+            return
         runs = [("i2p-tiny, all 6 blocks", tiny),
                 ("ViT-L-14, early exit at block 12", detector_for("ViT-L-14", None, 12, device)),
                 ("ViT-L-14, all 24 blocks", detector_for("ViT-L-14", None, 24, device))]

@@ -309,8 +309,9 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @_detector_option(multiple=False)
 @_scoring_options
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="REPORT.parquet",
-              help="Write a Parquet report with one row per file (written in closed shards, resumable).")
+@click.option("--output", "-o", type=click.Path(path_type=str), default=None, metavar="REPORT.parquet|DIR/",
+              help="Write a Parquet report with one row per file (written in closed shards, resumable); "
+                   "a name ending in / writes a dataset folder of part files instead, for huge scans.")
 @click.option("--resume", is_flag=True, help="Finish (or extend) the report of an interrupted scan; needs -o.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True,
@@ -337,11 +338,13 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
 @click.option("--c2pa-trust", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="PEM",
               help="C2PA trust anchors (a PEM bundle, e.g. the C2PA trust list): signatures under them read "
                    "'trusted' instead of 'valid'.")
+@click.option("--ray", "ray_address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT|local",
+              help="Run the scan on a Ray cluster (pip install 'i2pscan[ray]'); local starts a private one.")
 @_run_options
 @_command
 def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, null, threshold, crops, combine,
          want_hash, extensions, exclude, hidden, follow_symlinks, max_pixels, pretrained, flush_rows, metadata_only,
-         evidence, c2pa_trust, device, batch_size, workers, quiet):
+         evidence, c2pa_trust, ray_address, device, batch_size, workers, quiet):
     """Score every image under PATHS (files, folders, or - for paths on stdin).
 
     \b
@@ -362,7 +365,7 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     from .detector import Detector
     from .provenance import METADATA_EXTENSIONS
     from .provenance import EvidenceReader
-    from .report import ReportWriter, verdict_counts
+    from .report import DatasetWriter, is_dataset_path, ReportWriter, verdict_counts
 
     if resume and not output:
         raise click.UsageError("--resume needs -o REPORT.parquet")
@@ -376,6 +379,8 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
                                                ("--max-pixels", max_pixels)) if value]
         if model_only:
             raise click.UsageError(f"{model_only[0]} needs a model; --metadata-only runs none")
+    if metadata_only and ray_address:
+        raise click.UsageError("--metadata-only runs no model; scan it without --ray")
     reader = EvidenceReader.from_trust_file(c2pa_trust)
     where = resolve_device(device)
     exts = tuple(e.strip() for x in extensions for e in x.split(",") if e.strip()) or (
@@ -393,13 +398,20 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
                                                         pretrained=pretrained)
     writer = None
     if output:
-        writer = ReportWriter(output, scan_mod.report_metadata(detector, options, paths), resume=resume,
+        writer_class = DatasetWriter if is_dataset_path(output) else ReportWriter
+        writer = writer_class(output, scan_mod.report_metadata(detector, options, paths), resume=resume,
                               overwrite=overwrite, shard_rows=flush_rows)
     if not files:
         _log(f"no image files found (extensions: {' '.join(exts)}; --ext, --hidden change what is picked up)")
     printer = _RowPrinter(fmt, flagged_only, null, stop_when_closed=writer is None)
     try:
-        summary = scan_mod.scan(detector, files, options, writer, on_row=printer, evidence=reader)
+        if ray_address:
+            from .distributed import scan_on
+
+            summary = scan_on(ray_address, detector, files, options=options, writer=writer, on_row=printer,
+                              total=len(files), pretrained=pretrained, evidence=reader)
+        else:
+            summary = scan_mod.scan(detector, files, options, writer, on_row=printer, evidence=reader)
         table = writer.close({p: i for i, p in enumerate(files)}, {"finished": scan_mod.now()}) if writer else None
     except _StdoutClosed:  # `i2pscan scan ... | head`: the code says what the reader was given
         _exit(_scan_exit_code(printer.flagged, printer.errors))

@@ -1,11 +1,28 @@
-"""Batches of decoded images: one item per file, a crop tensor or an error, never a substitute."""
+"""Batches of decoded images: one item per file, a crop tensor or an error, never a substitute.
+
+Two ways to get them. Scans use :class:`DecodePool`, a process pool that the scanner owns: every
+worker holds at most a few files at a time and answers them in order, so when a worker dies (a
+decoder that segfaults or calls exit) or stops answering (a decoder stuck in C code), the file it
+was on is known exactly; that file becomes an error row, the files queued behind it are handed to
+a fresh worker, and the scan goes on. Training and feature extraction keep torch's DataLoader
+(shuffling, persistent augmentation seeds), where a crash stops the run.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
 import os
+import queue
+import signal
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Sequence
+from multiprocessing.connection import wait as wait_ready
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .augment import perturb
@@ -17,7 +34,7 @@ from .provenance import EvidenceReader, unread
 @dataclass
 class Item:
     index: int
-    pixels: torch.Tensor | None  # [n_crops, 3, S, S]
+    pixels: torch.Tensor | np.ndarray | None  # [n_crops, 3, S, S]
     info: Decoded
 
 
@@ -37,10 +54,53 @@ class Batch:
 
 def collate(items: list[Item]) -> Batch:
     ok = [i for i, it in enumerate(items) if it.pixels is not None]
-    pixels = torch.cat([items[i].pixels for i in ok]) if ok else None
+    pixels = None
+    if ok:
+        parts = [items[i].pixels for i in ok]
+        parts = [torch.from_numpy(p) if isinstance(p, np.ndarray) else p for p in parts]
+        pixels = torch.cat(parts)
     for it in items:
         it.pixels = None  # the stacked tensor holds them; do not send them twice between processes
     return Batch(items=items, pixels=pixels, ok=ok)
+
+
+@dataclass(frozen=True)
+class FileWork:
+    """Everything a worker does with one file: read it, decode it, read its provenance evidence
+    from the same bytes, crop it.
+
+    ``evidence`` reads the provenance columns into ``Decoded.provenance`` (None: not read);
+    ``header_only`` reads the header and evidence and decodes no pixels (``--metadata-only``).
+    ``as_numpy`` returns crops as arrays (pickled by value between processes, never through
+    torch's shared-memory file descriptors, which a dying worker can leave dangling).
+    """
+
+    transform: Callable[[Any, int], torch.Tensor] | None
+    want_hash: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    perturbation: str | None = None
+    evidence: EvidenceReader | None = None
+    header_only: bool = False
+    as_numpy: bool = False
+
+    def __call__(self, index: int, path: str) -> Item:
+        if self.header_only:
+            info = read_header(path, want_hash=self.want_hash)
+            _add_evidence(info, self.evidence, path)
+            return Item(index=index, pixels=None, info=info)
+        info = decode(path, max_pixels=self.max_pixels, want_hash=self.want_hash, keep_bytes=self.evidence is not None)
+        _add_evidence(info, self.evidence, path)
+        pixels = None
+        if info.image is not None:
+            try:
+                image = perturb(info.image, self.perturbation) if self.perturbation else info.image
+                pixels = self.transform(image, index)
+                if self.as_numpy:
+                    pixels = pixels.numpy()
+            except Exception as exc:
+                info.error = f"preprocessing failed: {one_line(exc)}"
+        info.image = None
+        return Item(index=index, pixels=pixels, info=info)
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -52,44 +112,23 @@ class ImageFiles(torch.utils.data.Dataset):
         self.paths = list(paths)
         self.evidence = evidence
         self.transform = transform
-        self.want_hash = want_hash
-        self.max_pixels = max_pixels
-        self.perturbation = perturbation
+        self.work = FileWork(transform, want_hash, max_pixels, perturbation, evidence)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Item:
-        info = decode(self.paths[index], max_pixels=self.max_pixels, want_hash=self.want_hash,
-                      keep_bytes=self.evidence is not None)
-        _add_evidence(info, self.evidence, self.paths[index])
-        pixels = None
-        if info.image is not None:
-            try:
-                image = perturb(info.image, self.perturbation) if self.perturbation else info.image
-                pixels = self.transform(image, index)
-            except Exception as exc:
-                info.error = f"preprocessing failed: {one_line(exc)}"
-        info.image = None
-        return Item(index=index, pixels=pixels, info=info)
+        return self.work(index, self.paths[index])
 
 
-class HeaderFiles(torch.utils.data.Dataset):
+class HeaderFiles(ImageFiles):
     """Paths -> :class:`Item` with no pixels: the file's header and its provenance evidence only
     (``scan --metadata-only``; nothing is decoded)."""
 
     def __init__(self, paths: Sequence[str], evidence: EvidenceReader, want_hash: bool = False):
         self.paths = list(paths)
         self.evidence = evidence
-        self.want_hash = want_hash
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Item:
-        info = read_header(self.paths[index], want_hash=self.want_hash)
-        _add_evidence(info, self.evidence, self.paths[index])
-        return Item(index=index, pixels=None, info=info)
+        self.work = FileWork(None, want_hash, evidence=evidence, header_only=True)
 
 
 def _add_evidence(info: Decoded, evidence: EvidenceReader | None, path: str) -> None:
@@ -99,12 +138,12 @@ def _add_evidence(info: Decoded, evidence: EvidenceReader | None, path: str) -> 
     info.data = info.exif = None
 
 
-def worker_init(_worker_id: int) -> None:
-    """DataLoader workers decode; one torch thread each leaves the cores to decoding.
+def worker_init(_worker_id: int = 0) -> None:
+    """Decoding workers: one torch thread each leaves the cores to decoding.
 
     C decoders (libtiff above all) print warnings about damaged files straight to file
     descriptor 2; in workers that stream goes to /dev/null so that stderr stays readable. Errors
-    still arrive: as error rows, or as the DataLoader's own exceptions in the main process.
+    still arrive: as error rows, or as the pool's own messages in the main process.
     """
     torch.set_num_threads(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -117,6 +156,7 @@ PREFETCH_FACTOR = 4
 
 def loader(dataset: ImageFiles, batch_size: int, workers: int, pin_memory: bool = False,
            shuffle_seed: int | None = None, timeout_s: float = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``dataset`` (training and feature extraction; scans use DecodePool)."""
     generator = None
     if shuffle_seed is not None:
         generator = torch.Generator().manual_seed(shuffle_seed)
@@ -141,3 +181,275 @@ def default_workers() -> int:
     except AttributeError:
         cpus = os.cpu_count() or 1
     return max(0, min(8, cpus - 1)) if cpus > 2 else cpus
+
+
+# -- the scanner's decode pool --------------------------------------------------------------------
+
+DEFAULT_FILE_TIMEOUT_S = 120.0  # twice decode()'s own deadline: only a decoder deaf to signals gets here
+STARTUP_TIMEOUT_S = 120.0
+QUEUED_PER_WORKER = 2  # files a worker holds at once: one being decoded, one ready to start
+
+
+_READY = "ready"
+
+
+def _worker_main(conn, work: FileWork) -> None:
+    worker_init()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    conn.send(_READY)  # the file clock starts now: a slow start on a loaded machine is not a hang
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        index, path = task
+        try:
+            result = work(index, path)
+        except BaseException as exc:  # noqa: BLE001 - one file's failure is that file's row
+            result = Item(index=index, pixels=None, info=Decoded(image=None, error=one_line(exc)))
+        conn.send(result)
+
+
+class _Worker:
+    def __init__(self, context, work: FileWork):
+        self.conn, child = context.Pipe(duplex=True)
+        self.process = context.Process(target=_worker_main, args=(child, work), daemon=True)
+        self.process.start()
+        child.close()
+        self.held: deque[tuple[int, str]] = deque()  # sent, not answered, in the order it works on them
+        self.ready = False  # the process has started and said so
+        self.born = self.since = time.monotonic()  # since: when the file at the head of ``held`` started
+
+    def send(self, task: tuple[int, str]) -> None:
+        if not self.held:
+            self.since = time.monotonic()
+        self.held.append(task)
+        self.conn.send(task)
+
+    def overdue(self, timeout_s: float) -> bool:
+        """Silent for more than ``timeout_s`` on the file it holds (time to start up not counted)."""
+        return self.ready and bool(self.held) and time.monotonic() - self.since > timeout_s
+
+    def stop(self, kill: bool = False) -> None:
+        try:
+            if kill:
+                self.process.kill()
+            else:
+                self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout=None if kill else 5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def _failed(index: int, path: str, message: str) -> Item:
+    info = Decoded(image=None, error=message)
+    try:
+        st = os.stat(path)
+        info.size_bytes, info.mtime = st.st_size, st.st_mtime
+    except OSError:
+        pass
+    return Item(index=index, pixels=None, info=info)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "its process vanished"
+    if code < 0:
+        try:
+            return f"its process was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"its process was killed by signal {-code}"
+    return f"its process exited with code {code}"
+
+
+class DecodePool:
+    """Worker processes that run ``work`` on files and answer each file in input order.
+
+    ``items(paths)`` yields one :class:`Item` per path, in order, whatever happens to a worker:
+    a worker that dies costs the file it was decoding an error row saying the decoder crashed; a
+    worker silent for more than ``timeout_s`` on one file is killed and that file gets an error
+    row saying the decoder hung. Files queued behind the culprit go to a fresh worker. At most
+    ``window`` files are in flight or waiting to be yielded (back-pressure: ``paths`` may be a
+    lazy iterable of any length). Worker processes are forked, so they see the parent's code.
+    """
+
+    def __init__(self, work: FileWork, workers: int, timeout_s: float = DEFAULT_FILE_TIMEOUT_S,
+                 window: int | None = None):
+        if workers < 1:
+            raise ValueError("DecodePool needs at least one worker")
+        self.work = dataclasses.replace(work, as_numpy=True)
+        self.n_workers = workers
+        self.timeout_s = timeout_s
+        self.window = max(window or 0, workers * QUEUED_PER_WORKER * 2)
+        methods = multiprocessing.get_all_start_methods()
+        self.context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self.restarts = 0
+        self.failed_starts = 0
+
+    def items(self, paths: Iterable[str], stop: threading.Event | None = None) -> Iterator[Item]:
+        feed = iter(enumerate(paths))
+        retry: deque[tuple[int, str]] = deque()  # files handed back by a worker that died or hung
+        done: dict[int, Item] = {}
+        next_in = next_out = 0
+        exhausted = False
+        workers = [_Worker(self.context, self.work) for _ in range(self.n_workers)]
+        try:
+            while True:
+                if stop is not None and stop.is_set():
+                    return
+                # hand out files: retried ones first, then new ones, within the window
+                for w in sorted(workers, key=lambda w: len(w.held)):
+                    while len(w.held) < QUEUED_PER_WORKER:
+                        if retry:
+                            w.send(retry.popleft())
+                        elif not exhausted and next_in - next_out < self.window:
+                            try:
+                                task = next(feed)
+                            except StopIteration:
+                                exhausted = True
+                                break
+                            next_in += 1
+                            w.send(task)
+                        else:
+                            break
+                while next_out in done:
+                    yield done.pop(next_out)
+                    next_out += 1
+                if exhausted and not retry and next_out == next_in:
+                    return
+                busy = [w for w in workers if w.held]
+                clocks = [w.since for w in busy if w.ready]
+                deadline = min(clocks) + self.timeout_s if clocks else time.monotonic() + 1
+                ready = wait_ready([w.conn for w in busy] + [w.process.sentinel for w in busy],
+                                   timeout=max(0.0, min(deadline - time.monotonic(), 1.0)))
+                for i, w in enumerate(workers):
+                    if not w.held:
+                        continue
+                    died = False
+                    if w.conn in ready or w.process.sentinel in ready:
+                        died = not self._drain(w, done)
+                    if died or not w.process.is_alive():
+                        self._drain(w, done)  # answers sent before it died are valid
+                        if not w.ready:  # it died starting up, before touching any file
+                            self._restart_unstarted(workers, i, w, retry)
+                            continue
+                        self._replace(workers, i, w, retry, done,
+                                      f"the decoder crashed on this file ({_exit_text(w.process.exitcode)})",
+                                      kill=False)
+                    elif w.overdue(self.timeout_s):
+                        self._replace(workers, i, w, retry, done,
+                                      f"the decoder hung on this file (no result after {self.timeout_s:g} s; "
+                                      f"its process was stopped)", kill=True)
+                    elif not w.ready and time.monotonic() - w.born > STARTUP_TIMEOUT_S:
+                        self._restart_unstarted(workers, i, w, retry)
+        finally:
+            for w in workers:
+                w.stop(kill=bool(w.held))
+
+    def _drain(self, w: _Worker, done: dict[int, Item]) -> bool:
+        """Read every answer waiting on ``w``'s pipe; False when the worker is gone."""
+        try:
+            while w.conn.poll():
+                message = w.conn.recv()
+                w.since = time.monotonic()
+                if message == _READY:
+                    w.ready = True
+                    continue
+                w.held.popleft()
+                done[message.index] = message
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _restart_unstarted(self, workers: list[_Worker], i: int, w: _Worker, retry: deque) -> None:
+        """A worker that never said it started holds no file's blame: its files go to a new one."""
+        self.failed_starts += 1
+        if self.failed_starts > 3:
+            raise RuntimeError(f"decoding workers do not start (no sign of life in {STARTUP_TIMEOUT_S:g} s)")
+        retry.extendleft(reversed(w.held))
+        w.held.clear()
+        w.stop(kill=True)
+        workers[i] = _Worker(self.context, self.work)
+
+    def _replace(self, workers: list[_Worker], i: int, w: _Worker, retry: deque, done: dict[int, Item],
+                 message: str, kill: bool) -> None:
+        if w.held:
+            index, path = w.held.popleft()  # the file it was working on when it died or hung
+            done[index] = _failed(index, path, message)
+            retry.extendleft(reversed(w.held))
+            w.held.clear()
+        w.stop(kill=True)
+        self.restarts += 1
+        workers[i] = _Worker(self.context, self.work)
+
+
+def _batched(items: Iterator[Item], batch_size: int) -> Iterator[list[Item]]:
+    group: list[Item] = []
+    for item in items:
+        group.append(item)
+        if len(group) == batch_size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+_END = object()
+
+
+def scan_batches(paths: Iterable[str], work: FileWork, batch_size: int, workers: int, pin_memory: bool = False,
+                 timeout_s: float = DEFAULT_FILE_TIMEOUT_S, prefetch: int = PREFETCH_FACTOR) -> Iterator[Batch]:
+    """Batches of ``paths`` in input order, each item decoded by ``work``.
+
+    With ``workers`` >= 1, a :class:`DecodePool` decodes and a background thread collates (and
+    pins, for CUDA) up to ``prefetch`` batches ahead while the caller runs the model; with
+    ``workers=0`` files are decoded here, in this process, with no isolation from a crashing
+    decoder. Closing the generator early stops the workers.
+    """
+    if workers == 0:
+        for group in _batched((work(i, p) for i, p in enumerate(paths)), batch_size):
+            batch = collate(group)
+            yield batch.pin_memory() if pin_memory else batch
+        return
+    pool = DecodePool(work, workers, timeout_s, window=batch_size * (prefetch + 1))
+    ready: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+
+    def put(value) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(value, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for group in _batched(pool.items(paths, stop), batch_size):
+                batch = collate(group)
+                if not put(batch.pin_memory() if pin_memory else batch):
+                    return
+            put(_END)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="i2pscan-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            value = ready.get()
+            if value is _END:
+                return
+            if isinstance(value, BaseException):
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()

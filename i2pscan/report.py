@@ -99,7 +99,8 @@ class ReportWriter:
         if resume and overwrite:
             raise I2PError("--resume and --overwrite contradict each other")
         if os.path.isdir(self.path):
-            raise I2PError(f"{short_path(self.path)} is a folder; -o needs a file name")
+            raise I2PError(f"{short_path(self.path)} is a folder; -o needs a file name (or DIR/, with the slash, "
+                           f"for a dataset folder of part files)")
         check_writable(self.path)
         if os.path.lexists(self.parts) and not os.path.isdir(self.parts):
             raise I2PError(f"{short_path(self.parts)} exists and is not a folder: move it away")
@@ -347,6 +348,98 @@ def _read_meta(path: str) -> dict:
     except (OSError, pa.ArrowInvalid) as exc:
         raise I2PError(f"cannot read {short_path(path)}: {exc}") from exc
     return json.loads(raw) if raw else {}
+
+
+# -- a Parquet dataset folder instead of one file (-o DIR/) -------------------------------------
+
+
+def is_dataset_path(path: str) -> bool:
+    """``-o`` ending in a path separator names a dataset folder of part files."""
+    return path.endswith(("/", os.sep))
+
+
+class DatasetWriter(ReportWriter):
+    """Rows in, a Parquet dataset folder out: ``DIR/part-NNNNNN.parquet``, each a closed file with
+    the report's schema and metadata, written atomically. Nothing is merged, so a report of any
+    size never has to fit one file or one machine's memory; pyarrow, pandas, polars and DuckDB
+    read the folder as one table (hidden names such as the lock are skipped). Resume, overwrite
+    and the lock work as for a single report; rows are in input order within a part, parts in
+    the order they were written. The folder is never removed, even when it stays empty.
+    """
+
+    def __init__(self, path: str, meta: dict, resume: bool = False, overwrite: bool = False,
+                 shard_rows: int = 2048, shard_seconds: float = 30.0):
+        self.path = os.fspath(path)
+        self.parts = self.path.rstrip("/" + os.sep) or self.path
+        self.meta = meta
+        self.shard_rows = shard_rows
+        self.shard_seconds = shard_seconds
+        self._buffer: list[dict] = []
+        self._last_flush = time.monotonic()
+        self._done: dict[str, None] = {}
+        self._base = None
+        if resume and overwrite:
+            raise I2PError("--resume and --overwrite contradict each other")
+        if os.path.lexists(self.parts) and not os.path.isdir(self.parts):
+            raise I2PError(f"{short_path(self.parts)} is a file; -o DIR/ needs a folder "
+                           f"(or drop the / for one report file)")
+        check_writable(os.path.join(self.parts, "probe") if os.path.isdir(self.parts) else self.parts)
+        self._lock = _ReportLock(self.parts, self.path)
+        try:
+            for name in os.listdir(self.parts):  # only the lock's holder writes here
+                if name.startswith(".tmp-"):
+                    os.unlink(os.path.join(self.parts, name))
+            existing = self._shards()
+            if resume:
+                for source in existing:
+                    self._check_compatible(source)
+                    for row in pq.read_table(source, columns=["path", "path_raw"]).to_pylist():
+                        self._done[row_key(row)] = None
+            elif existing and not overwrite:
+                raise I2PError(f"{short_path(self.parts)} already holds a report: pass --resume to finish or "
+                               f"extend it, or --overwrite to start over")
+            elif overwrite:
+                for name in existing:
+                    os.unlink(name)
+        except BaseException:
+            self._release()
+            raise
+        self._next_shard = 1 + max([_shard_number(os.path.basename(n)) for n in self._shards()] or [0])
+
+    def _shards(self) -> list[str]:
+        if not os.path.isdir(self.parts):
+            return []
+        return sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts)
+                      if n.startswith("part-") and n.endswith(".parquet"))
+
+    def _release(self) -> None:
+        """Unlock; the folder stays (it is the report), the lock file goes."""
+        if not self._lock.closed:
+            try:
+                os.unlink(os.path.join(self.parts, ".lock"))
+            except OSError:
+                pass
+            self._lock.close()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
+        table = table.replace_schema_metadata({META_KEY: json.dumps(self.meta).encode()})
+        _atomic_write(table, os.path.join(self.parts, f"part-{self._next_shard:06d}.parquet"))
+        self._next_shard += 1
+        self._buffer = []
+
+    def close(self, order: dict[str, int] | None = None, finished_meta: dict | None = None) -> pa.Table:
+        """Write the last part; return the verdicts of the whole folder (earlier runs included).
+        ``order`` is not used: parts are never rewritten."""
+        self.flush()
+        parts = self._shards()
+        table = (pa.concat_tables([pq.read_table(p, columns=["verdict"]) for p in parts]) if parts
+                 else pa.table({"verdict": pa.array([], pa.string())}))
+        self._release()
+        return table
 
 
 # -- reading reports back ----------------------------------------------------------------------

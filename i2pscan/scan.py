@@ -1,8 +1,8 @@
 """The batch scanner: find files, decode them in worker processes, score them, yield one row each.
 
 Every input file gives exactly one row: a score and a verdict, or an ``error`` verdict with a
-message. Rows come out in discovery order. A decoder that crashes its worker process costs that
-one file an error row (the batch it was in is retried file by file), never the run.
+message. Rows come out in discovery order. A decoder that crashes or hangs its worker process
+costs that one file an error row (pool.DecodePool knows which file each worker holds), never the run.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from . import __version__, console, inference
-from .decode import CropTransform, Decoded, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
-from .pool import Batch, collate, HeaderFiles, ImageFiles, Item, loader, PREFETCH_FACTOR
+from .decode import CropTransform, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from .pool import Batch, DEFAULT_FILE_TIMEOUT_S, FileWork, Item, scan_batches
 from .detector import Cut, Detector
 from .errors import I2PError, one_line, short_path
 from .provenance import AI, EvidenceReader, unread
@@ -51,26 +51,37 @@ def discover(inputs: Sequence[str], options: DiscoverOptions = DiscoverOptions()
     exist; a missing path read from stdin, or a folder that cannot be listed, is kept so that it
     becomes an error row.
     """
-    found: dict[str, None] = {}
+    return list(iter_discover(inputs, options, stdin))
+
+
+def iter_discover(inputs: Sequence[str], options: DiscoverOptions = DiscoverOptions(),
+                  stdin: Iterable[bytes] | None = None) -> Iterator[str]:
+    """:func:`discover`, streamed: paths come out as folders are listed, so a tree of millions of
+    files is never held as a list (only one folder's entries at a time, plus, when several
+    inputs could overlap, the set of paths already given). Arguments are checked first."""
     for item in inputs:
         if item != "-" and not os.path.lexists(item):
             raise I2PError(f"no such file or folder: {short_path(item)}")
-    expanded: list[str] = []
-    for item in inputs:  # paths read from stdin are data: one that is missing becomes an error row
-        expanded.extend(_stdin_paths(stdin) if item == "-" else [item])
+    return _discovered(inputs, options, stdin)
+
+
+def _discovered(inputs: Sequence[str], options: DiscoverOptions, stdin: Iterable[bytes] | None) -> Iterator[str]:
+    seen: set[str] | None = None if len(inputs) == 1 and inputs[0] != "-" else set()
     extensions = tuple(e.lower().lstrip(".") for e in options.extensions)
-    for path in expanded:
-        if os.path.isdir(path):
+    for item in inputs:  # paths read from stdin are data: one that is missing becomes an error row
+        for path in (_stdin_paths(stdin) if item == "-" else [item]):
+            folder = os.path.isdir(path)
             images = 0
-            for f in _walk(path, extensions, options):
-                found.setdefault(f, None)
+            for f in (_walk(path, extensions, options) if folder else [path]):
                 images += 1
-            if not images:
+                if seen is None:
+                    yield f
+                elif f not in seen:
+                    seen.add(f)
+                    yield f
+            if folder and not images:
                 console.warn(f"{short_path(path)} is a folder with no image files to scan "
                              f"(--ext, --hidden change what is picked up)")
-        else:
-            found.setdefault(path, None)
-    return list(found)
 
 
 def _stdin_paths(stdin: Iterable[bytes] | None) -> list[str]:
@@ -127,7 +138,7 @@ class ScanOptions:
     workers: int = 0
     want_hash: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    batch_timeout_s: float = 600.0
+    file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S  # a worker silent this long on one file is stopped
     perturbation: str | None = None  # evaluation only: degrade each image first (data.perturb)
     evidence: str = "all"  # "all": metadata declaring AI flags a file whatever its score; "model": score only
     c2pa_trust: str | None = None  # a PEM bundle of C2PA trust anchors (path)
@@ -222,34 +233,21 @@ def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions =
     todo = [p for p in paths if p not in done]
     summary = ScanSummary(skipped_done=len(paths) - len(todo))
     chosen = None
-    if detector is None:
-        cut = None
-        summary.threshold = None
-        dataset = HeaderFiles(todo, evidence, want_hash=options.want_hash)
-    else:
+    if detector is not None:
         chosen = choose_cut(detector, options)
         warn_if_unfitted(chosen)
-        cut = chosen.logit
-        summary.threshold = chosen.threshold
-        dataset = ImageFiles(todo, CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
-                             max_pixels=options.max_pixels, perturbation=options.perturbation,
-                             evidence=evidence if options.read_provenance else None)
-        if options.workers > 0 and todo:
-            crop = detector.preprocess.crop_size
-            check_shared_memory(min(options.batch_size, len(todo)) * options.crops * 3 * crop * crop * 4)
+    cut = None if chosen is None else chosen.logit
+    summary.threshold = None if chosen is None else chosen.threshold
+    work = file_work(detector, options, evidence)
     started = time.monotonic()
     with console.progress(len(todo), "scan") as bar:
-        for batch in robust_batches(dataset, options.batch_size, options.workers,
-                                    pin_memory=detector is not None and detector.device.type == "cuda",
-                                    timeout_s=options.batch_timeout_s):
+        for batch in scan_batches(todo, work, options.batch_size, options.workers,
+                                  pin_memory=detector is not None and detector.device.type == "cuda",
+                                  timeout_s=options.file_timeout_s):
             logits = _batch_logits(detector, batch, options, chosen.temperature) if chosen is not None else {}
             for pos, item in enumerate(batch.items):
                 row = _row(todo[item.index], item, logits.get(pos), cut, options.evidence)
-                summary.files += 1
-                summary.flagged += row["verdict"] == "synthetic"
-                summary.errors += row["verdict"] == "error"
-                below_cut = cut is None or row["logit"] is None or row["logit"] < cut
-                summary.by_metadata += row["verdict"] == "synthetic" and row["provenance"] in AI and below_cut
+                count_row(summary, row, cut)
                 if writer is not None:
                     writer.add(row)
                 if on_row is not None:
@@ -257,6 +255,24 @@ def scan(detector: Detector | None, paths: Sequence[str], options: ScanOptions =
             bar.advance(len(batch.items), postfix=f"{summary.flagged} flagged, {summary.errors} errors")
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def file_work(detector: Detector | None, options: ScanOptions, evidence: EvidenceReader | None) -> FileWork:
+    """What decoding workers do with each file for this scan (``detector`` None: --metadata-only)."""
+    if detector is None:
+        return FileWork(None, options.want_hash, evidence=evidence, header_only=True)
+    return FileWork(CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
+                    max_pixels=options.max_pixels, perturbation=options.perturbation,
+                    evidence=evidence if options.read_provenance else None)
+
+
+def count_row(summary: ScanSummary, row: dict, cut: float | None) -> None:
+    """Add one row to the summary's counts."""
+    summary.files += 1
+    summary.flagged += row["verdict"] == "synthetic"
+    summary.errors += row["verdict"] == "error"
+    below_cut = cut is None or row["logit"] is None or row["logit"] < cut
+    summary.by_metadata += row["verdict"] == "synthetic" and row["provenance"] in AI and below_cut
 
 
 def _batch_logits(detector: Detector, batch: Batch, options: ScanOptions,
@@ -305,88 +321,3 @@ def _row(path: str, item: Item, scored: tuple[float, float] | None, cut: float |
         "sha256": info.sha256,
         **evidence_columns,
     }
-
-
-def check_shared_memory(nbytes: int) -> None:
-    """Raise I2PError, before any work, when a batch of ``nbytes`` cannot go through shared
-    memory, as decoding workers hand it over: under a file-size limit (``ulimit -f``, which
-    workers inherit) smaller than a batch, or without a usable /dev/shm, every worker would fail
-    where nobody sees it and the scan would wait on batches that never come."""
-    fix = "raise the limit, lower --batch-size, or decode in this process with --workers 0"
-    try:
-        import resource
-
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    except ImportError:
-        limit = None
-    if limit is not None and limit != resource.RLIM_INFINITY and limit < nbytes:
-        raise I2PError(f"decoding workers cannot hand over a batch of {nbytes:,} bytes through shared memory: "
-                       f"the file-size limit (ulimit -f) is {limit:,} bytes; {fix}")
-    try:
-        torch.empty(4096, dtype=torch.uint8).share_memory_()
-    except (RuntimeError, OSError) as exc:
-        raise I2PError(f"decoding workers cannot hand over batches through shared memory: {one_line(exc, 200)}; "
-                       f"{fix}") from exc
-
-
-# -- decoding that survives a crashing decoder ------------------------------------------------------
-
-
-class _Subset(torch.utils.data.Dataset):
-    """Some files of an ImageFiles; items keep their index in the whole dataset."""
-
-    def __init__(self, dataset: ImageFiles, indices: list[int]):
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.dataset[self.indices[i]]
-
-
-def robust_batches(dataset: ImageFiles, batch_size: int, workers: int, pin_memory: bool = False,
-                   timeout_s: float = 600.0) -> Iterator[Batch]:
-    """Batches of ``dataset`` in order. If a worker process dies (a decoder crash) or stalls past
-    ``timeout_s``, every file that may have been in flight is retried alone in a fresh worker;
-    the one that fails again becomes an error row and the scan goes on. With ``workers=0`` there
-    is no isolation: a crash in the decoder ends the process."""
-    pending = list(range(len(dataset)))
-    if workers == 0:
-        for batch in loader(_Subset(dataset, pending), batch_size, 0, pin_memory):
-            yield batch
-        return
-    in_flight = batch_size * workers * PREFETCH_FACTOR
-    while pending:
-        position = 0
-        try:
-            for batch in loader(_Subset(dataset, pending), batch_size, workers, pin_memory, timeout_s=timeout_s):
-                yield batch
-                position += len(batch.items)
-            return
-        except RuntimeError as exc:
-            if "DataLoader" not in str(exc):
-                raise
-            suspects = pending[position:position + in_flight]
-            pending = pending[position + in_flight:]
-            console.warn(f"a decoding worker failed ({one_line(exc, 160)}); retrying {len(suspects)} file(s) one by one")
-            for index in suspects:
-                yield _alone(dataset, index, pin_memory, timeout_s)
-
-
-def _alone(dataset: ImageFiles, index: int, pin_memory: bool, timeout_s: float) -> Batch:
-    """One file decoded in its own worker process; an error row if that process dies or hangs."""
-    try:
-        for batch in loader(_Subset(dataset, [index]), 1, 1, pin_memory, timeout_s=timeout_s):
-            return batch
-    except RuntimeError as exc:
-        if "DataLoader" not in str(exc):
-            raise
-    info = Decoded(image=None, error="the decoder crashed or hung on this file")
-    try:
-        st = os.stat(dataset.paths[index])
-        info.size_bytes, info.mtime = st.st_size, st.st_mtime
-    except OSError:
-        pass
-    return collate([Item(index=index, pixels=None, info=info)])
-
