@@ -287,7 +287,8 @@ def build_mask(strategy: str, params: dict[str, nn.Parameter], rho: float, q: fl
         return Mask(strategy, {n: None for n in names}, numels, rho, q)
     need_s, need_t = needs_scores(strategy)
     if (need_s and sensitivity is None) or (need_t and saliency is None):
-        raise ValueError(f"strategy {strategy} needs {'sensitivity' if need_s else 'saliency'} scores")
+        missing = "sensitivity" if need_s and sensitivity is None else "saliency"
+        raise ValueError(f"strategy {strategy} needs {missing} scores")
 
     def flat(scores):
         return torch.cat([scores[n].reshape(-1).float().cpu() for n in names])

@@ -1,19 +1,25 @@
+import os
+import re
+
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_corrupt_files
+
+from i2pscan import __version__, tensorfile
 from i2pscan.backbone import load_backbone
 from i2pscan.calibrate import (
+    KIND,
     CalibrateConfig,
     Calibration,
+    _fisher_ratio,
     calibrate,
     critical_layers,
     importance_weights,
     score_layers,
 )
-from i2pscan.samples import load_labelled
 from i2pscan.errors import I2PError
+from i2pscan.samples import load_labelled
 
 
 def test_probe_finds_the_layers_that_carry_the_signal():
@@ -77,6 +83,30 @@ def test_calibration_round_trip_and_determinism(tmp_path, toy_dir, tiny_backbone
     assert c.backbone["sha256"] == tiny_backbone.sha256
     assert c.sample["fingerprint"] == sample.fingerprint()
     assert c.feature_std.shape == (6, 64)
+    # every field comes back, and the file says what it holds
+    assert (c.preprocessing, c.view, c.config, c.sample) == (a.preprocessing, a.view, a.config, a.sample)
+    assert c.created == a.created != ""
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", a.created)
+    assert a.preprocessing == tiny_backbone.preprocessing() and a.view == "cls"
+    assert a.config["folds_used"] == 5 and a.config["seed"] == 1
+    assert a.sample["source"] == os.path.abspath(sample.source)
+    kept = sorted(os.path.realpath(p) for p in sample.paths)
+    assert [e[0] for e in a.sample["files"]] == kept
+    assert all(re.fullmatch(r"[0-9a-f]{64}", e[2]) for e in a.sample["files"])  # content hashes, not sizes only
+    assert a.feature_mean.shape == (6, 64)
+    for name in ("auc", "accuracy", "fisher"):
+        np.testing.assert_array_equal(getattr(c.scores, name), getattr(a.scores, name))
+    assert torch.equal(c.feature_mean, a.feature_mean) and torch.equal(c.feature_std, a.feature_std)
+    _, meta, tensors = tensorfile.read(tmp_path / "cal.safetensors", (KIND,))
+    assert all(tensors[n].dtype == torch.float64 for n in ("auc", "accuracy", "fisher", "importance"))
+    assert (meta["i2pscan_version"], meta["last_block"], meta["created"]) == (__version__, max(a.critical), a.created)
+    assert meta["per_layer"] == [
+        {"block": i + 1, "auc": float(a.scores.auc[i]), "accuracy": float(a.scores.accuracy[i]),
+         "fisher": float(a.scores.fisher[i]), "importance": float(a.importance[i])} for i in range(6)]
+    # a file written before "created" was recorded loads with an empty one
+    del meta["created"]
+    tensorfile.write(tmp_path / "old.safetensors", KIND, tensors, meta)
+    assert Calibration.load(tmp_path / "old.safetensors").created == ""
 
 
 def test_calibrate_skips_corrupt_files(tmp_path, toy_dir, tiny_backbone):
@@ -87,6 +117,7 @@ def test_calibrate_skips_corrupt_files(tmp_path, toy_dir, tiny_backbone):
     mixed = LabelledSample(sample.items + [LabelledImage(str(p), 1, "train") for p in bad], sample.source)
     cal = calibrate(tiny_backbone, mixed, CalibrateConfig(folds=3))
     assert sorted(s["path"] for s in cal.sample["skipped"]) == sorted(str(p) for p in bad)
+    assert all(isinstance(s["error"], str) and s["error"] for s in cal.sample["skipped"])
     assert cal.sample["counts"]["fake"] == 20
 
 
@@ -98,6 +129,62 @@ def test_too_few_decodable_images_is_an_error(tmp_path, tiny_backbone):
                             str(tmp_path))
     with pytest.raises(I2PError, match="could be decoded"):
         calibrate(tiny_backbone, sample)
+
+
+def test_two_decodable_images_of_each_class_are_the_floor(toy_dir, tiny_backbone):
+    from i2pscan.samples import LabelledSample
+
+    sample = load_labelled(toy_dir / "tconv" / "train", max_per_class=3, seed=0)
+    real = [i for i in sample.items if i.label == 0]
+    fake = [i for i in sample.items if i.label == 1]
+    two_each = calibrate(tiny_backbone, LabelledSample(real[:2] + fake[:2], sample.source), CalibrateConfig(folds=5))
+    counts = two_each.sample["counts"]
+    assert two_each.config["folds_used"] == 2 and (counts["real"], counts["fake"]) == (2, 2)
+    with pytest.raises(I2PError, match=r"^only 3 real and 1 fake images could be decoded; "
+                                       r"calibration needs at least 2 of each \(more: hundreds\)$"):
+        calibrate(tiny_backbone, LabelledSample(real[:3] + fake[:1], sample.source))
+
+
+def test_config_boundaries_and_messages():
+    for ok in ({"top_k": 1}, {"folds": 2}, {"gamma": 0.5}, {"view": "cls+patchmean"}):
+        CalibrateConfig(**ok)
+    for bad, message in (({"top_k": 0}, "--top-k must be at least 1"), ({"folds": 1}, "--folds must be at least 2"),
+                         ({"view": "patch"}, "--view must be one of cls, cls+patchmean"),
+                         ({"gamma": 0}, "--gamma must be positive"), ({"gamma": -1.0}, "--gamma must be positive")):
+        with pytest.raises(I2PError, match="^" + re.escape(message) + "$"):
+            CalibrateConfig(**bad)
+
+
+def test_fisher_ratio_values():
+    labels = np.array([0, 0, 1, 1])
+    assert _fisher_ratio(np.array([0.0, 0.2, 1.0, 1.2]), labels) == pytest.approx(1.0 / 0.02)
+    assert _fisher_ratio(np.array([0.0, 4.0, 2.0, 6.0]), labels) == pytest.approx(4.0 / 8.0)
+    assert _fisher_ratio(np.array([0.0, 0.0, 1.0, 1.0]), labels) == 0.0  # no spread: no ratio, not infinity
+    assert _fisher_ratio(np.array([3.0, 3.0, 3.0, 3.0]), labels) == 0.0
+
+
+def test_score_layers_folds_seed_and_constant_layers():
+    rng = np.random.default_rng(3)
+    labels = np.array([0] * 9 + [1] * 3)
+    noise = rng.normal(size=(12, 4))
+    separable = rng.normal(size=(12, 4))
+    separable[:, 0] += 10.0 * labels
+    constant = np.ones((12, 4))
+    scores = score_layers([noise, separable, constant], labels, folds=3, seed=0)  # 5 folds cannot split 3 fakes
+    assert scores.accuracy[1] == 1.0 and scores.auc[1] == 1.0
+    # a constant layer: chance AUC, the accuracy of calling everything real, no Fisher ratio
+    assert (scores.auc[2], scores.accuracy[2], scores.fisher[2]) == (0.5, 0.75, 0.0)
+    again = score_layers([noise], labels, folds=3, seed=0)
+    assert again.auc[0] == scores.auc[0]
+    others = {float(score_layers([noise], labels, folds=3, seed=s).auc[0]) for s in range(1, 6)}
+    assert others - {float(scores.auc[0])}  # the seed picks the folds
+
+
+def test_calibrate_passes_its_seed_to_the_folds(toy_dir, tiny_backbone):
+    sample = load_labelled(toy_dir / "pixelshuffle" / "train", max_per_class=10, seed=2)
+    runs = [calibrate(tiny_backbone, sample, CalibrateConfig(seed=s, folds=3)).scores.fisher for s in (0, 1, 0)]
+    np.testing.assert_array_equal(runs[0], runs[2])
+    assert not np.array_equal(runs[0], runs[1])
 
 
 def test_config_validation():

@@ -1,19 +1,24 @@
 """Sensitivity, saliency and masks against brute-force oracles (one image at a time, autograd)."""
 
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from i2pscan import console
+from i2pscan import console, sensitivity
 from i2pscan.backbone import load_backbone
 from i2pscan.errors import I2PError
 from i2pscan.head import DetectorHead, HeadConfig
 from i2pscan.sensitivity import (
+    STRATEGIES,
+    Mask,
     build_mask,
     eligible_parameters,
     intrinsic_sensitivity,
+    needs_scores,
     projection,
     task_saliency,
 )
@@ -114,7 +119,8 @@ def test_task_saliency_equals_the_per_image_fisher_oracle(two_blocks):
 def _toy_scores(seed=0):
     g = torch.Generator().manual_seed(seed)
     params = {"transformer.resblocks.0.mlp.c_fc.weight": nn.Parameter(torch.zeros(6, 5)),
-              "transformer.resblocks.1.mlp.c_fc.weight": nn.Parameter(torch.zeros(4, 5))}
+              "transformer.resblocks.1.mlp.c_fc.weight": nn.Parameter(torch.zeros(4, 5)),
+              "transformer.resblocks.1.mlp.c_proj.weight": nn.Parameter(torch.zeros(3, 4))}
     s = {n: torch.rand(p.shape, generator=g) for n, p in params.items()}
     t = {n: torch.rand(p.shape, generator=g) for n, p in params.items()}
     return params, s, t
@@ -131,7 +137,7 @@ def _entries(params, scores):
 @pytest.mark.parametrize("rho,q", [(0.1, 0.5), (0.2, 0.3), (0.05, 1.0)])
 def test_masks_equal_a_brute_force_ranking(rho, q):
     params, s, t = _toy_scores()
-    total = 50
+    total = 62
     k = max(1, round(rho * total))
     by_s = sorted(_entries(params, s), key=lambda e: e[1])
     by_t = sorted(_entries(params, t), key=lambda e: -e[1])
@@ -140,7 +146,10 @@ def test_masks_equal_a_brute_force_ranking(rho, q):
     candidates = {key for key, _ in by_s[:max(k, int(np.ceil(q * total)))]}
     tdict = dict(_entries(params, t))
     i2p = set(sorted(candidates, key=lambda key: -tdict[key])[:k])
-    assert _chosen(build_mask("low-sensitivity", params, rho, q, s, t)) == low_s
+    low = build_mask("low-sensitivity", params, rho, q, s, t)
+    assert _chosen(low) == low_s and low.trainable == k and low.eligible == total
+    assert low.per_block() == {1: (sum(n.startswith("transformer.resblocks.0.") for n, _ in low_s), 30),
+                               2: (sum(n.startswith("transformer.resblocks.1.") for n, _ in low_s), 32)}
     assert _chosen(build_mask("task-fisher", params, rho, q, s, t)) == high_t
     assert _chosen(build_mask("i2p", params, rho, q, s, t)) == i2p
     if q < 1:
@@ -164,3 +173,141 @@ def test_mask_of_the_end_to_end_estimates_matches_the_oracle_mask(two_blocks):
         b = build_mask(strategy, params, 0.01, 0.5, s1, t1)
         overlap = len(_chosen(a) & _chosen(b)) / len(_chosen(a) | _chosen(b))
         assert overlap > 0.95, strategy
+
+
+def _exact(message):
+    return "^" + re.escape(message) + "$"
+
+
+def test_mask_refusals_and_the_fixed_strategies():
+    params, s, t = _toy_scores()
+    numels = {"transformer.resblocks.0.mlp.c_fc.weight": 30, "transformer.resblocks.1.mlp.c_fc.weight": 20,
+              "transformer.resblocks.1.mlp.c_proj.weight": 12}
+    with pytest.raises(I2PError, match=_exact("unknown strategy 'bogus'; choose from "
+                                              "i2p, low-sensitivity, task-fisher, random, head-only, full")):
+        build_mask("bogus", params, 0.1, 0.5, s, t)
+    for rho in (0, -0.1, 1.01, 1.5):
+        with pytest.raises(I2PError, match=_exact("--rho must be in (0, 1]")):
+            build_mask("random", params, rho, 0.5)
+    for q in (0, -0.1, 1.01, 1.5):
+        with pytest.raises(I2PError, match=_exact("--q must be in (0, 1]")):
+            build_mask("random", params, 0.1, q)
+    head_only = build_mask("head-only", params, 0.1, 0.5)
+    assert head_only == Mask("head-only", {}, numels, 0.1, 0.5) and head_only.trainable == 0
+    assert head_only.per_block() == {1: (0, 30), 2: (0, 32)}
+    full = build_mask("full", params, 0.1, 0.5)
+    assert full == Mask("full", {n: None for n in params}, numels, 0.1, 0.5)
+    assert (full.trainable, full.eligible) == (62, 62)
+    # rho = 1 is allowed and takes everything; the smallest rho still tunes one weight, the lowest
+    everything = build_mask("low-sensitivity", params, 1.0, 1.0, s, t)
+    assert (everything.trainable, everything.strategy, everything.numels, everything.rho, everything.q) == (
+        62, "low-sensitivity", numels, 1.0, 1.0)
+    lowest = min(_entries(params, s), key=lambda e: e[1])[0]
+    assert _chosen(build_mask("low-sensitivity", params, 0.001, 1.0, s, t)) == {lowest}
+
+
+def test_strategies_ask_for_exactly_the_scores_they_rank_by():
+    assert {st: needs_scores(st) for st in STRATEGIES} == {
+        "i2p": (True, True), "low-sensitivity": (True, False), "task-fisher": (False, True),
+        "random": (False, False), "head-only": (False, False), "full": (False, False)}
+    params, s, t = _toy_scores()
+    cases = [("i2p", None, t, "sensitivity"), ("i2p", s, None, "saliency"),
+             ("low-sensitivity", None, t, "sensitivity"), ("task-fisher", s, None, "saliency")]
+    for strategy, sens, sal, missing in cases:
+        with pytest.raises(ValueError, match=_exact(f"strategy {strategy} needs {missing} scores")):
+            build_mask(strategy, params, 0.1, 0.5, sens, sal)
+
+
+def test_eligible_parameters_names_the_first_missing_weight(two_blocks):
+    backbone = two_blocks[0]
+    n = len(backbone.blocks)
+    with pytest.raises(I2PError, match=_exact(
+            f"backbone {backbone.name} lacks the expected weight transformer.resblocks.{n}.attn.in_proj_weight; "
+            "i2pscan supports open_clip ViTs with standard residual blocks")):
+        eligible_parameters(backbone, n + 2)
+
+
+def test_estimator_refusals_and_a_single_image(two_blocks):
+    backbone, params, pixels = two_blocks
+    with pytest.raises(I2PError, match=_exact("sensitivity target must be embedding or taps, not 'logits'")):
+        intrinsic_sensitivity(backbone, params, [pixels], 6, target="logits")
+    for layers in (None, []):
+        with pytest.raises(I2PError, match=_exact("sensitivity target taps needs the critical layers")):
+            intrinsic_sensitivity(backbone, params, [pixels], 6, target="taps", layers=layers)
+    with pytest.raises(I2PError, match=_exact("no decodable images to estimate sensitivity from")):
+        intrinsic_sensitivity(backbone, params, [], 6)
+
+    def objective():
+        g = backbone.embed(pixels[:1])[0]
+        return (projection(0, 0, g.shape[0]) * g).sum()
+
+    _close(intrinsic_sensitivity(backbone, params, [pixels[:1]], 1), _oracle(params, [objective]))
+
+
+def test_progress_reporting_does_not_disturb_the_estimate(two_blocks, monkeypatch):
+    """With the console not quiet, the ticker counts images (a wrong count would crash it)."""
+    backbone, params, pixels = two_blocks
+    quiet = console._quiet
+    console.set_quiet(False)
+    try:
+        monkeypatch.setattr(console.time, "monotonic", iter(range(0, 10_000, 100)).__next__)
+        got = intrinsic_sensitivity(backbone, params, list(pixels.split(3)), 6)
+    finally:
+        console.set_quiet(quiet)
+    _close(got, intrinsic_sensitivity(backbone, params, [pixels], 6))
+
+
+@pytest.fixture(scope="module")
+def biased():
+    """A 2-block i2p-tiny whose biases are not zero (in_proj_bias starts at zero in open_clip)."""
+    backbone = load_backbone("i2p-tiny")
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in backbone.visual.named_parameters():
+            if name.endswith("bias"):
+                p.add_(0.5 * torch.randn(p.shape, generator=g))
+    return backbone, eligible_parameters(backbone, 2)
+
+
+@pytest.mark.parametrize("view", ["cls", "cls+patchmean"])
+def test_estimates_follow_the_view_the_biases_and_a_partial_set_of_tensors(biased, view):
+    backbone, params = biased
+    pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size, generator=torch.Generator().manual_seed(1))
+    # only out_proj and c_proj: attention's own in-projection runs uncaptured
+    part = {n: p for n, p in params.items() if n.endswith(("out_proj.weight", "c_proj.weight"))}
+    for chosen in (params, part):
+        def one(i):
+            def objective():
+                g = backbone.taps(pixels[i:i + 1], [1, 2], view)
+                g = torch.cat([g[1], g[2]], dim=1)[0]
+                return (projection(3, i, g.shape[0]) * g).sum()
+            return objective
+
+        got = intrinsic_sensitivity(backbone, chosen, [pixels], 4, target="taps", layers=[1, 2], seed=3, view=view)
+        _close(got, _oracle(chosen, [one(i) for i in range(4)]))
+    torch.manual_seed(0)
+    width = backbone.width * (2 if view == "cls+patchmean" else 1)
+    head = DetectorHead(HeadConfig.for_layers([1, 2], [0.5, 0.5], width, 8))
+    labels = torch.tensor([0, 1, 1, 0])
+
+    def fisher(i):
+        def objective():
+            logits, _ = head(backbone.taps(pixels[i:i + 1], [1, 2], view))
+            return nn.functional.binary_cross_entropy_with_logits(logits, labels[i:i + 1].float())
+        return objective
+
+    oracle = _oracle(part, [fisher(i) for i in range(4)])
+    for p in head.parameters():
+        p.grad = None
+    _close(task_saliency(backbone, head, part, [(pixels, labels)], 4, view=view), oracle)
+    assert all(p.requires_grad and p.grad is None for p in head.parameters())  # the head is left as it was
+
+
+def test_chunks_of_per_sample_gradients_change_nothing(biased, monkeypatch):
+    """More images than tokens, one image per chunk: the same estimate as one chunk for all."""
+    backbone, params = biased
+    n = 70  # > 65 tokens of i2p-tiny, so a loop over the wrong axis would drop images
+    pixels = torch.randn(n, 3, backbone.image_size, backbone.image_size, generator=torch.Generator().manual_seed(2))
+    whole = intrinsic_sensitivity(backbone, params, [pixels], n, target="taps", layers=[1, 2])
+    monkeypatch.setattr(sensitivity, "_CHUNK_BYTES", 1)
+    _close(intrinsic_sensitivity(backbone, params, [pixels], n, target="taps", layers=[1, 2]), whole)
