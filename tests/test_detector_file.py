@@ -183,7 +183,8 @@ def _version(data: bytes) -> bytes:
     header = json.loads(data[8:8 + n])
     header["__metadata__"]["i2pscan.format"] = "99"
     text = json.dumps(header, separators=(",", ":")).encode()
-    return struct.pack("<Q", n) + text + b" " * (n - len(text)) + data[8 + n:]
+    text += b" " * (-len(text) % 8)  # the header may grow: give it its own length (tensor offsets follow it)
+    return struct.pack("<Q", len(text)) + text + data[8 + n:]
 
 
 RAW = [

@@ -262,7 +262,17 @@ def test_a_file_size_limit_smaller_than_a_shard_ends_promptly_with_exit_2(tmp_pa
 def test_a_scan_that_fails_in_the_merge_says_resume_finishes_it(tmp_path, detector_file):
     _images(tmp_path / "in", 100)
     cmd = _scan_cmd("in", "-d", detector_file, "-o", "r.parquet", "--workers", "0", "--flush-rows", "4", "--hash", "-q")
-    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, preexec_fn=_limited(int(14.5 * 1024)),
+    # a limit between the size of one 4-row shard and of the 100-row report: measured, since both
+    # carry the detector's metadata, whose size changes with the detector format
+    small = tmp_path / "small"
+    _images(small / "in", 4)
+    subprocess.run(cmd, cwd=small, capture_output=True, check=False, timeout=300)
+    subprocess.run(_scan_cmd("in", "-d", detector_file, "-o", "whole.parquet", "--workers", "0", "--hash", "-q"),
+                   cwd=tmp_path, capture_output=True, check=False, timeout=300)
+    shard, whole = (small / "r.parquet").stat().st_size, (tmp_path / "whole.parquet").stat().st_size
+    assert whole - shard > 4096, (shard, whole)
+    (tmp_path / "whole.parquet").unlink()
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, preexec_fn=_limited((shard + whole) // 2),
                        timeout=300)
     assert r.returncode == 2
     lines = r.stderr.splitlines()

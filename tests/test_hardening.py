@@ -130,7 +130,7 @@ def test_finetune_refuses_overlap_and_reports_divergence(tmp_path, toy_dir):
     sample = load_labelled(toy_dir / "tconv" / "train", max_per_class=16)
     cal = calibrate(load_backbone("i2p-tiny"), sample, CalibrateConfig(top_k=2, folds=2))
     config = FinetuneConfig(epochs=1, batch_size=8, sensitivity_samples=8, saliency_samples=8, warmup_steps=5)
-    with pytest.raises(I2PError, match="also training images"):
+    with pytest.raises(I2PError, match="training image\\(s\\) are also validation images"):
         finetune(load_backbone("i2p-tiny"), cal, sample, tmp_path / "d.safetensors", config, val=sample)
     wild = FinetuneConfig(epochs=1, batch_size=8, sensitivity_samples=8, saliency_samples=8, warmup_steps=5,
                           lr_head=1e12, lr_backbone=1e12)
