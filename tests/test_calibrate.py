@@ -180,11 +180,22 @@ def test_score_layers_folds_seed_and_constant_layers():
     assert others - {float(scores.auc[0])}  # the seed picks the folds
 
 
-def test_calibrate_passes_its_seed_to_the_folds(toy_dir, tiny_backbone):
+def test_calibrate_passes_its_seed_and_probe_c_to_the_probe(toy_dir, tiny_backbone):
     sample = load_labelled(toy_dir / "pixelshuffle" / "train", max_per_class=10, seed=2)
-    runs = [calibrate(tiny_backbone, sample, CalibrateConfig(seed=s, folds=3)).scores.fisher for s in (0, 1, 0)]
+    runs = [calibrate(tiny_backbone, sample, CalibrateConfig(seed=s, folds=3, probe_c=c)).scores.fisher
+            for s, c in ((0, 1.0), (1, 1.0), (0, 1.0), (0, 1e-4))]
     np.testing.assert_array_equal(runs[0], runs[2])
-    assert not np.array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[3])
+
+
+def test_the_probe_standardises_and_follows_c():
+    """An informative feature a thousand times smaller than the noise still wins after scaling."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 40)
+    x = rng.normal(size=(80, 8))
+    x[:, 0] = 1e-3 * (rng.normal(size=80) + 3 * labels)
+    assert score_layers([x], labels, folds=4).auc[0] > 0.9
+    assert score_layers([x], labels, folds=4, c=1e-4).fisher[0] != score_layers([x], labels, folds=4).fisher[0]
 
 
 def test_config_validation():
