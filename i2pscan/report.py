@@ -85,19 +85,22 @@ class ReportWriter:
     at a time: a lock in the work folder refuses a second scan to the same report.
     """
 
-    def __init__(self, path: str, meta: dict, resume: bool = False, overwrite: bool = False,
-                 shard_rows: int = 2048, shard_seconds: float = 30.0):
-        self.path = os.fspath(path)
-        self.parts = self.path + ".parts"
-        self.meta = meta
-        self.shard_rows = shard_rows
-        self.shard_seconds = shard_seconds
+    def _start(self, path: str, parts: str, meta: dict, resume: bool, overwrite: bool,
+               shard_rows: int, shard_seconds: float) -> None:
+        """The state every writer starts from (a single report and a dataset folder alike)."""
+        if resume and overwrite:
+            raise I2PError("--resume and --overwrite contradict each other")
+        self.path, self.parts, self.meta = path, parts, meta
+        self.shard_rows, self.shard_seconds = shard_rows, shard_seconds
         self._buffer: list[dict] = []
         self._last_flush = time.monotonic()
         self._done: dict[str, None] = {}
         self._base: str | None = None  # a finished report being extended (resume)
-        if resume and overwrite:
-            raise I2PError("--resume and --overwrite contradict each other")
+
+    def __init__(self, path: str, meta: dict, resume: bool = False, overwrite: bool = False,
+                 shard_rows: int = 2048, shard_seconds: float = 30.0):
+        path = os.fspath(path)
+        self._start(path, path + ".parts", meta, resume, overwrite, shard_rows, shard_seconds)
         if os.path.isdir(self.path):
             raise I2PError(f"{short_path(self.path)} is a folder; -o needs a file name (or DIR/, with the slash, "
                            f"for a dataset folder of part files)")
@@ -369,17 +372,8 @@ class DatasetWriter(ReportWriter):
 
     def __init__(self, path: str, meta: dict, resume: bool = False, overwrite: bool = False,
                  shard_rows: int = 2048, shard_seconds: float = 30.0):
-        self.path = os.fspath(path)
-        self.parts = self.path.rstrip("/" + os.sep) or self.path
-        self.meta = meta
-        self.shard_rows = shard_rows
-        self.shard_seconds = shard_seconds
-        self._buffer: list[dict] = []
-        self._last_flush = time.monotonic()
-        self._done: dict[str, None] = {}
-        self._base = None
-        if resume and overwrite:
-            raise I2PError("--resume and --overwrite contradict each other")
+        path = os.fspath(path)
+        self._start(path, path.rstrip("/" + os.sep) or path, meta, resume, overwrite, shard_rows, shard_seconds)
         if os.path.lexists(self.parts) and not os.path.isdir(self.parts):
             raise I2PError(f"{short_path(self.parts)} is a file; -o DIR/ needs a folder "
                            f"(or drop the / for one report file)")
