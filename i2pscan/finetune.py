@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy import optimize
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.nn.utils import parametrize
@@ -463,21 +464,23 @@ def validation_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """The T minimising the BCE of sigmoid(logit / T) on held-out data (Guo et al. 2017), within bounds."""
-    z = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.float64)
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
-    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    """The T minimising the BCE of sigmoid(logit / T) on held-out data (Guo et al. 2017), within bounds.
 
-    def closure():
-        opt.zero_grad()
-        loss = nn.functional.binary_cross_entropy_with_logits(z / log_t.clamp(lo, hi).exp(), y)
-        loss.backward()
-        return loss
+    The BCE is convex in 1/T, so it has one minimum in log T: a bounded scalar search finds it
+    anywhere in the interval (a gradient method with T clamped to the bounds stopped at a bound
+    when its first step overshot into the flat beyond it). No logits: T = 1."""
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.float64)
+    if z.size == 0:
+        return 1.0
 
-    opt.step(closure)
-    return float(log_t.detach().clamp(lo, hi).exp())
+    def nll(log_t: float) -> float:
+        a = z / math.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, a) - y * a))
+
+    found = optimize.minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
+                                     options={"xatol": 1e-9})
+    return float(np.clip(math.exp(found.x), bounds[0], bounds[1]))
 
 
 def threshold_at_fpr(real_logits: np.ndarray, fpr: float) -> float:

@@ -1,0 +1,288 @@
+"""Unit tests of finetune's pure steps, each against the rule it must keep (no backbone, no images
+decoded; the whole file runs in about a second): the config's refusals at their boundaries, the
+validation split, the class check, the temperature (against a brute-force NLL grid) and the
+threshold (against a brute-force search over every candidate cut)."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from i2pscan import console, finetune as ft
+from i2pscan.errors import I2PError
+from i2pscan.finetune import FinetuneConfig, fit_temperature, threshold_at_fpr
+from i2pscan.samples import FileSet, LabelledImage, LabelledSample, split_stratified
+from i2pscan.sensitivity import STRATEGIES
+
+# -- FinetuneConfig: every refusal names its option; the limits themselves are where the docs say -----
+
+RANGE_RHO_Q = "--rho and --q must be in (0, 1]"
+RANGE_FPR = "--target-fpr must be in (0, 1)"
+RANGE_SPLIT = "--val-split must be in (0, 1)"
+AT_LEAST_1 = "--epochs, --batch-size and --accumulate must be at least 1"
+TARGET = "--sensitivity-target must be embedding or taps"
+
+
+@pytest.mark.parametrize("option, accepted, refused, message", [
+    ("rho", [1e-9, 0.5, 1.0], [0.0, -0.1, 1.0000001, 1.5], RANGE_RHO_Q),
+    ("q", [1e-9, 0.5, 1.0], [0.0, -0.1, 1.0000001, 1.5], RANGE_RHO_Q),
+    ("target_fpr", [1e-9, 0.5, 0.999999], [0.0, -0.1, 1.0, 1.5], RANGE_FPR),
+    ("val_split", [1e-9, 0.5, 0.999999], [0.0, -0.1, 1.0, 1.5], RANGE_SPLIT),
+    ("epochs", [1, 2], [0, -1], AT_LEAST_1),
+    ("batch_size", [1, 2], [0, -1], AT_LEAST_1),
+    ("accumulate", [1, 2], [0, -1], AT_LEAST_1),
+    ("sensitivity_target", ["embedding", "taps"], ["TAPS", "tap", ""], TARGET),
+])
+def test_config_accepts_its_limits_and_refuses_just_past_them(option, accepted, refused, message):
+    for value in accepted:  # every other option at its default: each check stands on its own
+        assert getattr(FinetuneConfig(**{option: value}), option) == value
+    for value in refused:
+        with pytest.raises(I2PError) as err:
+            FinetuneConfig(**{option: value})
+        assert str(err.value) == message, (option, value)
+
+
+def test_config_strategy_refusal_lists_every_strategy():
+    with pytest.raises(I2PError) as err:
+        FinetuneConfig(strategy="lowest")
+    assert str(err.value) == "--strategy must be one of i2p, low-sensitivity, task-fisher, random, head-only, full"
+    assert {FinetuneConfig(strategy=s).strategy for s in STRATEGIES} == set(STRATEGIES)
+
+
+@pytest.mark.parametrize("strategy", ["i2p", "task-fisher"])
+def test_config_one_warmup_step_is_enough_for_saliency_strategies(strategy):
+    assert FinetuneConfig(strategy=strategy, warmup_steps=1).warmup_steps == 1
+    with pytest.raises(I2PError, match=f"^--strategy {strategy} ranks weights .* --warmup-steps must be at least 1"):
+        FinetuneConfig(strategy=strategy, warmup_steps=0)
+
+
+# -- samples on disk: each file has bytes of its own (a byte-identical copy counts as the same file) --
+
+
+def _sample(root, labels, subsets=None, name="s") -> LabelledSample:
+    root.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i, label in enumerate(labels):
+        path = root / f"{name}{i:03d}.png"
+        path.write_bytes(f"{name} {i} {label}".encode())
+        items.append(LabelledImage(str(path), int(label), subsets[i] if subsets else "g"))
+    return LabelledSample(items, str(root))
+
+
+@pytest.fixture
+def warnings(monkeypatch):
+    said = []
+    monkeypatch.setattr(console, "warn", said.append)
+    return said
+
+
+def test_check_classes_refuses_one_class_data_with_its_counts():
+    def labelled(labels):
+        return LabelledSample([LabelledImage(f"/x/{i}.png", lab, "g") for i, lab in enumerate(labels)], "/x")
+
+    ft._check_classes(labelled([0, 1]), "training")  # one image of each class is enough
+    with pytest.raises(I2PError) as err:
+        ft._check_classes(labelled([0, 0, 0]), "training")
+    assert str(err.value) == "the training data has 3 real and 0 fake images; both are needed"
+    with pytest.raises(I2PError) as err:
+        ft._check_classes(labelled([1, 1]), "validation")
+    assert str(err.value) == "the validation data has 0 real and 2 fake images; both are needed"
+    with pytest.raises(I2PError) as err:
+        ft._check_classes(labelled([]), "validation")
+    assert str(err.value) == "the validation data has 0 real and 0 fake images; both are needed"
+
+
+def test_split_is_stratified_disjoint_and_deterministic_per_seed(tmp_path, warnings):
+    labels = [0] * 30 + [1] * 30
+    subsets = (["a"] * 10 + ["b"] * 20) * 2
+    sample = _sample(tmp_path, labels, subsets)
+    config = FinetuneConfig(val_split=0.2, seed=3, target_fpr=0.25)
+    train, val, overlap = ft._split(sample, None, config)
+    assert overlap == 0 and warnings == []
+    assert sorted(train.paths + val.paths) == sorted(sample.paths) and not set(train.paths) & set(val.paths)
+    assert val.counts()["subsets"] == {"a": {"real": 2, "fake": 2}, "b": {"real": 4, "fake": 4}}
+    expect_train, expect_val = split_stratified(sample, 0.2, 3)
+    assert train.paths == [sample.paths[i] for i in expect_train]
+    assert val.paths == [sample.paths[i] for i in expect_val]
+    again = ft._split(sample, None, config)
+    assert again[0].paths == train.paths and again[1].paths == val.paths
+    other = ft._split(sample, None, FinetuneConfig(val_split=0.2, seed=4, target_fpr=0.25))
+    assert other[1].paths != val.paths and len(other[1].items) == len(val.items)
+
+
+def test_split_of_tiny_classes(tmp_path, warnings):
+    # two reals: one validates, one trains (each side keeps both classes)
+    two = _sample(tmp_path / "two", [0, 0] + [1] * 10)
+    train, val, _ = ft._split(two, None, FinetuneConfig(val_split=0.2, target_fpr=0.5))
+    assert train.counts()["real"] == val.counts()["real"] == 1 and val.counts()["fake"] == 2
+    assert warnings == ["only 1 real validation image(s): a threshold at --target-fpr 0.5 needs at least 2 to be "
+                        "more than a guess"]
+    # one real: it trains, and validation has no real image to set a threshold with
+    one = _sample(tmp_path / "one", [0] + [1] * 10)
+    with pytest.raises(I2PError) as err:
+        ft._split(one, None, FinetuneConfig(val_split=0.2))
+    assert str(err.value) == "the validation data has 0 real and 2 fake images; both are needed"
+    # no fake at all: the training data is refused first
+    reals = _sample(tmp_path / "reals", [0] * 8)
+    with pytest.raises(I2PError) as err:
+        ft._split(reals, None, FinetuneConfig(val_split=0.25))
+    assert str(err.value) == "the training data has 6 real and 0 fake images; both are needed"
+
+
+def test_split_with_val_data_keeps_both_as_given(tmp_path, warnings):
+    train = _sample(tmp_path / "train", [0, 1, 0, 1])
+    val = _sample(tmp_path / "val", [0] * 20 + [1], name="v")
+    got_train, got_val, overlap = ft._split(train, val, FinetuneConfig(target_fpr=0.05))
+    assert got_train.items == train.items and got_val.items == val.items and overlap == 0
+    assert warnings == []  # exactly 1/target-fpr real validation images: enough
+    one_class = _sample(tmp_path / "val1", [0, 0, 0], name="w")
+    with pytest.raises(I2PError) as err:
+        ft._split(train, one_class, FinetuneConfig())
+    assert str(err.value) == "the validation data has 3 real and 0 fake images; both are needed"
+
+
+def test_split_refuses_validation_files_that_are_training_files(tmp_path):
+    train = _sample(tmp_path / "train", [0, 1, 0, 1])
+    copy = tmp_path / "val" / "copy.png"  # the same bytes under another name
+    copy.parent.mkdir()
+    copy.write_bytes((tmp_path / "train" / "s003.png").read_bytes())
+    val = LabelledSample([LabelledImage(str(copy), 1, "g"), LabelledImage(train.paths[2], 0, "g")],
+                         str(tmp_path / "val"))
+    with pytest.raises(I2PError) as err:
+        ft._split(train, val, FinetuneConfig())
+    assert str(err.value) == (f"2 training image(s) are also validation images (the same file or the same bytes, "
+                              f"e.g. {train.paths[2]}); give --val data of its own, or --split to keep only "
+                              f"training images in DATA")
+    only_copy = LabelledSample(val.items[:1], val.source)
+    with pytest.raises(I2PError, match=r"^1 training image\(s\) are also validation images .*e\.g\. .*s003\.png\)"):
+        ft._split(train, only_copy, FinetuneConfig())
+
+
+def test_split_counts_and_warns_about_calibration_images_that_validate(tmp_path, warnings):
+    train = _sample(tmp_path / "train", [0, 1, 0, 1])
+    val = _sample(tmp_path / "val", [0, 0, 0, 1, 1], name="v")
+    cal = SimpleNamespace(sample={"files": FileSet.of([val.paths[0], val.paths[3], train.paths[0]]).entries()})
+    _, _, overlap = ft._split(train, val, FinetuneConfig(target_fpr=0.5), cal)
+    assert overlap == 2
+    assert warnings == ["2 of 5 validation image(s) were in the calibration sample (they chose the critical layers): "
+                        "calibrate on images that do not validate"]
+    warnings.clear()
+    for nothing in (None, SimpleNamespace(sample={}), SimpleNamespace(sample={"files": []})):
+        assert ft._split(train, val, FinetuneConfig(target_fpr=0.5), nothing)[2] == 0
+    assert warnings == []
+
+
+def test_split_warns_when_reals_are_too_few_for_the_target_fpr(tmp_path, warnings):
+    train = _sample(tmp_path / "train", [0, 1])
+    val = _sample(tmp_path / "val", [0] * 19 + [1] * 40, name="v")  # many fakes: only reals count
+    ft._split(train, val, FinetuneConfig(target_fpr=0.05))
+    assert warnings == ["only 19 real validation image(s): a threshold at --target-fpr 0.05 needs at least 20 to "
+                        "be more than a guess"]
+    warnings.clear()
+    ft._split(train, val, FinetuneConfig(target_fpr=0.06))  # ceil(1 / 0.06) = 17
+    assert warnings == []
+
+
+# -- fit_temperature: the NLL minimiser over [0.05, 20], found by brute force -------------------------
+
+
+def _nll(t, z, y):
+    a = np.asarray(z, np.float64)[None, :] / np.atleast_1d(t)[:, None]
+    return np.mean(np.logaddexp(0.0, a) - y * a, axis=1)
+
+
+def _grid_minimiser(z, y, lo=0.05, hi=20.0):
+    """Three ever finer log-spaced grids: the minimiser to ~1e-8 in log T."""
+    a, b = math.log(lo), math.log(hi)
+    for _ in range(3):
+        grid = np.linspace(a, b, 2001)
+        best = int(np.argmin(_nll(np.exp(grid), z, y)))
+        step = grid[1] - grid[0]
+        a, b = max(grid[best] - 2 * step, math.log(lo)), min(grid[best] + 2 * step, math.log(hi))
+    return float(np.exp(grid[best]))
+
+
+def _synthetic(scale, n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], n // 2)
+    return (np.where(labels == 1, 1.0, -1.0) + rng.normal(size=n)) * scale, labels
+
+
+@pytest.mark.parametrize("scale", [0.2, 0.3, 1.0, 4.0, 15.0, 40.0])
+def test_temperature_is_the_nll_minimiser(scale):
+    z, y = _synthetic(scale)
+    best = _grid_minimiser(z, y)
+    assert 0.06 < best < 19  # the minimum lies inside the bounds for these scales
+    t = fit_temperature(z, y)
+    assert t == pytest.approx(best, rel=1e-6)
+    assert _nll(t, z, y)[0] <= _nll(best, z, y)[0] + 1e-12
+
+
+def test_temperature_found_where_a_gradient_step_overshoots_the_lower_bound():
+    # an under-confident detector (T* ~ 0.13): the former clamped L-BFGS returned the bound 0.05 here
+    rng = np.random.default_rng(22)
+    y = rng.integers(0, 2, 270)
+    z = (np.where(y == 1, 0.957, -0.957) + rng.normal(size=270)) * 0.302
+    best = _grid_minimiser(z, y)
+    assert fit_temperature(z, y) == pytest.approx(best, rel=1e-6) and best > 0.1
+
+
+def test_temperature_stays_within_its_bounds_and_survives_degenerate_logits():
+    z, y = _synthetic(0.01)  # the minimiser is below 0.05
+    assert _grid_minimiser(z, y, lo=1e-3) < 0.04
+    assert fit_temperature(z, y) == pytest.approx(0.05, rel=1e-6)
+    assert fit_temperature(-z * 100, y) == pytest.approx(20.0, rel=1e-6)  # anti-informative: flatten
+    separable = np.where(y == 1, 2.0, -2.0)
+    assert fit_temperature(separable, y) == pytest.approx(0.05, rel=1e-6)
+    assert fit_temperature(z * 100, y, bounds=(0.5, 2.0)) == pytest.approx(_grid_minimiser(z * 100, y, 0.5, 2.0),
+                                                                          rel=1e-6)
+    assert fit_temperature(np.zeros(0), np.zeros(0)) == 1.0
+    t = fit_temperature(np.zeros(10), np.repeat([0, 1], 5))  # every T gives the same NLL: any is right
+    assert 0.05 <= t <= 20
+
+
+def test_temperature_of_float32_logits_is_the_float64_answer():
+    z, y = _synthetic(3.0)
+    z32 = z.astype(np.float32)
+    assert fit_temperature(z32, y) == pytest.approx(_grid_minimiser(z32.astype(np.float64), y), rel=1e-6)
+
+
+# -- threshold_at_fpr: the lowest float32 cut that flags at most fpr of the reals --------------------
+
+
+def _lowest_cut(real, fpr):
+    """Every cut that changes what is flagged, tried: -inf or just above one of the values."""
+    z = np.asarray(real, np.float32)
+    candidates = [np.float32(-np.inf)] + [np.nextafter(v, np.float32(np.inf)) for v in np.unique(z)]
+    allowed = [c for c in candidates if np.sum(z >= c) <= fpr * len(z)]
+    return float(min(allowed))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_threshold_is_the_tightest_within_the_target_fpr(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    ties = rng.integers(-4, 5, size=n).astype(np.float32)  # many equal logits
+    spread = rng.normal(size=n).astype(np.float32)
+    for real in (ties, spread):
+        for fpr in (0.0, 0.05, 0.1, 0.25, 0.5, 0.75):
+            cut = threshold_at_fpr(real, fpr)
+            assert np.mean(real >= np.float32(cut)) <= fpr
+            assert cut == _lowest_cut(real, fpr), (seed, fpr, real)
+
+
+def test_threshold_holds_in_float32_for_float64_logits():
+    real = np.array([0.1, 0.2, 0.3, 0.7, 1.1], np.float64)  # none is a float32 value
+    for fpr in (0.0, 0.2, 0.4):
+        cut = threshold_at_fpr(real, fpr)
+        assert np.mean(real.astype(np.float32) >= np.float32(cut)) <= fpr
+        assert cut == _lowest_cut(real, fpr)
+
+
+def test_threshold_edges():
+    assert threshold_at_fpr(np.array([0.5, 0.5, 0.5], np.float32), 0.4) == float(np.nextafter(np.float32(0.5),
+                                                                                              np.float32(1)))
+    assert threshold_at_fpr(np.array([3.0, -1.0], np.float32), 1.0) == -math.inf  # flag all
+    assert threshold_at_fpr(np.zeros(0, np.float32), 0.05) == -math.inf  # nothing to flag wrongly
+    assert threshold_at_fpr(np.array([2.0], np.float32), 0.99) > 2.0
