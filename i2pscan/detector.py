@@ -239,7 +239,7 @@ class Detector:
         crops, where = [], []
         for i, image in enumerate(images):
             if isinstance(image, (str, os.PathLike)):
-                image = decode(os.fspath(image)).image
+                image = decode(os.fspath(image), rgb=self.preprocess.rgb_mode).image
             if image is not None:
                 crops.append(transform(image.convert("RGB"), i))
                 where.append(i)
