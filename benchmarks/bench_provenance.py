@@ -20,7 +20,6 @@ disturbed), after one warm-up run.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from pathlib import Path

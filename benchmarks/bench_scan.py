@@ -38,25 +38,32 @@ SIZES = {"2 MP": (1632, 1224), "6 MP": (3000, 2000), "12 MP": (4000, 3000)}
 
 
 def make_jpegs(folder: str, per_size: int) -> list[str]:
-    """Photo-like content (a scikit-image photograph, resized, plus sensor-like noise)."""
+    """Photo-like content (a scikit-image photograph, resized, plus sensor-like noise), written by
+    one process per core."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [(folder, label, i) for label in SIZES for i in range(per_size)]
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        return list(pool.map(_make_jpeg, jobs))
+
+
+def _make_jpeg(job: tuple[str, str, int]) -> str:
     from PIL import Image
 
+    folder, label, i = job
     try:
         import skimage.data
 
         base = Image.fromarray(skimage.data.astronaut())
     except ImportError:
         base = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), np.uint8))
-    rng = np.random.default_rng(0)
-    paths = []
-    for label, (w, h) in SIZES.items():
-        for i in range(per_size):
-            img = np.asarray(base.resize((w, h), Image.Resampling.BICUBIC)).astype(np.int16)
-            img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
-            path = os.path.join(folder, f"{label.replace(' ', '')}-{i}.jpg")
-            save_image(img, path, quality=90)
-            paths.append(path)
-    return paths
+    w, h = SIZES[label]
+    rng = np.random.default_rng([list(SIZES).index(label), i])
+    img = np.asarray(base.resize((w, h), Image.Resampling.BICUBIC)).astype(np.int16)
+    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    path = os.path.join(folder, f"{label.replace(' ', '')}-{i}.jpg")
+    save_image(img, path, quality=90)
+    return path
 
 
 def detector_for(name: str, pretrained, last_block: int, device) -> Detector:
@@ -110,6 +117,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--decode-only", action="store_true", help="only the decode + crop rows (no model)")
     p.add_argument("--repeat", type=int, default=1, help="decode measurements per path (the best is kept)")
+    p.add_argument("--model-images", type=int, default=None,
+                   help="crops per model-only measurement (default: one batch, at least 8; use thousands on a GPU)")
     args = p.parse_args()
     console.set_quiet(True)
     device = resolve_device(args.device)
@@ -142,7 +151,7 @@ def main() -> None:
         results = []
         for label, det in runs:
             end_to_end = scan_rate(det, paths, options)
-            model = model_rate(det, max(8, args.batch_size), args.batch_size)
+            model = model_rate(det, args.model_images or max(8, args.batch_size), args.batch_size)
             results.append((label, end_to_end, model))
         full = results[-1][1]
         for label, end_to_end, model in results:

@@ -28,14 +28,12 @@ TINY_BACKBONES = ("i2p-tiny", "i2p-tiny-deep")
 VIEWS = ("cls", "cls+patchmean")
 
 
-def _register_tiny_configs() -> None:
-    configs = resources.files("i2pscan.weights")
-    with resources.as_file(configs) as folder:
-        if not any(str(p) == str(folder) for p in open_clip.factory._MODEL_CONFIG_PATHS):
-            open_clip.add_model_config(folder)
-
-
-_register_tiny_configs()
+def model_config(name: str) -> dict | None:
+    """open_clip's model config for ``name``; the tiny backbones' come from i2pscan's own JSON files,
+    read here rather than registered in open_clip's process-wide config list."""
+    if name in TINY_BACKBONES:
+        return json.loads((resources.files("i2pscan.weights") / f"{name}.json").read_text("utf-8"))
+    return open_clip.get_model_config(name)
 
 
 def tiny_weights_path(name: str) -> Path:
@@ -188,7 +186,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: str | None = "defaul
     without it ``sha256`` is ``None`` (published detectors record no hash).
     Raises :class:`I2PError` for an unknown name, a missing file or weights that cannot be fetched.
     """
-    if name not in open_clip.list_models():
+    if name not in TINY_BACKBONES and name not in open_clip.list_models():
         raise I2PError(f"unknown backbone {name!r}; tiny ones: {', '.join(TINY_BACKBONES)}; "
                        f"others: any open_clip ViT name (e.g. ViT-L-14, ViT-B-16)")
     if pretrained == "default":
@@ -202,7 +200,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: str | None = "defaul
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
         raise I2PError(f"{pretrained!r} is neither a weights file nor a pretrained tag of {name} (tags: {tags})")
     weights_file = pretrained if is_file else fetch_weights(name, pretrained) if pretrained else None
-    config = open_clip.get_model_config(name) or {}
+    config = model_config(name) or {}
     if weights_file:  # built on the meta device, then the file's tensors become its parameters: one copy
         visual = _vision_tower(name, config, quick_gelu, on_meta=True)
         try:
@@ -242,7 +240,7 @@ def resolve_quick_gelu(name: str, pretrained: str | None, quick_gelu: bool | Non
     whose ``openai`` weights use QuickGELU and ``laion2b_*`` ones GELU) it refuses to guess: a
     wrong guess gives a model that runs but is silently not the one the weights were trained in.
     """
-    config_quick = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+    config_quick = bool((model_config(name) or {}).get("quick_gelu", False))
     if quick_gelu is not None:
         if config_quick and not quick_gelu:
             raise I2PError(f"{name} is a QuickGELU model: drop -quickgelu from the name to use GELU")

@@ -70,14 +70,19 @@ class Decoded:
     provenance: dict | None = None  # report columns from provenance.EvidenceReader, when asked for
 
 
+RGB_MODES = ("i2p", "pillow")
+
+
 def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
            want_hash: bool = False, timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S,
-           keep_bytes: bool = False) -> Decoded:
+           keep_bytes: bool = False, rgb: str = "i2p") -> Decoded:
     """Read and decode one image file into 8-bit RGB.
 
-    The format is recognised from the content, not the extension. EXIF orientation is applied;
-    animations give their first frame; every Pillow mode is mapped to RGB (alpha composited on
-    white, 16/32-bit and float scaled to 8 bits, LAB and CMYK converted). Truncated files, files
+    The format is recognised from the content, not the extension. ``rgb="i2p"``: EXIF orientation
+    is applied and every Pillow mode is mapped to RGB with care (alpha composited on white,
+    16/32-bit and float scaled to 8 bits, LAB and CMYK converted). ``rgb="pillow"``: the image as
+    the published detectors' authors read it, ``Image.open(path).convert("RGB")`` (stored
+    orientation, alpha dropped). Animations give their first frame. Truncated files, files
     above ``max_pixels`` (decompression bombs), above ``max_bytes``, or taking over ``timeout_s``
     to decode give an error, as does anything that cannot be read at all. ``keep_bytes`` keeps the
     file's bytes in ``data`` (even when the pixels fail to decode), so that they are read once.
@@ -98,7 +103,7 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
             if image is not None:
                 if keep_bytes:  # Pillow parses EXIF for the orientation anyway: share it with the evidence reader
                     result.exif = _exif_tags(image.getexif)
-                result.image = _to_rgb(_oriented(image))
+                result.image = image.convert("RGB") if rgb == "pillow" else _to_rgb(_oriented(image))
                 result.width, result.height = result.image.size
     except FileNotFoundError:
         result.error = "file not found (deleted or moved during the scan?)"
@@ -332,7 +337,8 @@ class Preprocess:
 
     ``crop_mode`` ``i2p``: centre offset rounded down, a small image padded with the mean colour.
     ``torchvision``: as torchvision's ``CenterCrop`` (the published detectors' authors use it):
-    offset ``int(round(d / 2))`` (half to even), a small image padded with black.
+    offset ``int(round(d / 2))`` (half to even), a small image padded with black; and the image
+    decoded as their code reads it (``rgb_mode``: ``decode(rgb="pillow")``).
     """
 
     crop_size: int
@@ -344,6 +350,11 @@ class Preprocess:
     def from_dict(cls, d: dict) -> "Preprocess":
         return cls(int(d["crop_size"]), tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]),
                    str(d.get("crop_mode", "i2p")))
+
+    @property
+    def rgb_mode(self) -> str:
+        """How files are decoded for this preprocessing (``decode``'s ``rgb``)."""
+        return "pillow" if self.crop_mode == "torchvision" else "i2p"
 
     def to_dict(self) -> dict:
         d = {"crop_size": self.crop_size, "mean": list(self.mean), "std": list(self.std)}

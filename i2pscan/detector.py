@@ -30,7 +30,7 @@ from . import published, tensorfile
 from .backbone import Backbone, load_backbone, recorded_weights
 from .decode import CropTransform, decode, Preprocess
 from .errors import I2PError
-from .features import autocast
+from .features import PRECISIONS, autocast
 from .head import DetectorHead, HeadConfig
 from .schema import check_detector_meta
 from .sensitivity import eligible_parameters
@@ -107,13 +107,23 @@ class Detector:
     ``Detector.load(path)`` is the way in; ``score`` the way out.
     """
 
-    def __init__(self, backbone: Backbone, head: torch.nn.Module, meta: dict, sha256: str, path: str):
+    def __init__(self, backbone: Backbone, head: torch.nn.Module, meta: dict, sha256: str, path: str,
+                 precision: str = "auto"):
         self.backbone = backbone
         self.head = head.eval()
         self.meta = meta
         self.sha256 = sha256
         self.path = path
         self.architecture = meta.get("architecture", "i2p")
+        if precision not in PRECISIONS:
+            raise I2PError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        self.precision = self._default_precision() if precision == "auto" else precision
+
+    def _default_precision(self) -> str:
+        """The arithmetic a detector's numbers were made in: a published detector's parity with its
+        authors' model holds in fp32; an I2P detector's threshold was fitted by ``inference.logits``,
+        which runs the backbone in bf16 on CUDA. It matters only on CUDA (a CPU is always fp32)."""
+        return "bf16" if self.architecture == "i2p" else "fp32"
 
     @property
     def name(self) -> str:
@@ -151,14 +161,18 @@ class Detector:
         return self.backbone.device
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", pretrained: str | None = None) -> "Detector":
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", pretrained: str | None = None,
+             precision: str = "auto") -> "Detector":
         """Read and verify a detector file (or a shipped detector by name), then build the model on
-        ``device``.
+        ``device``. ``precision`` (``auto``, ``bf16``, ``fp32``): the backbone's arithmetic on CUDA;
+        ``auto`` is fp32 for published detectors (their authors' numbers) and bf16 for I2P ones.
 
         ``pretrained`` points at the backbone's weights when the recorded source is not available
         here (a local file on another machine, or an offline machine with a copy of the weights).
         Raises I2PError when the file is not a detector, is damaged, or does not match the backbone.
         """
+        if precision not in PRECISIONS:
+            raise I2PError(f"--precision must be one of {', '.join(PRECISIONS)}")
         path = published.resolve(path)
         _, meta, tensors = tensorfile.read(path, (KIND,))
         architecture = check_detector_meta(meta, path)
@@ -167,7 +181,7 @@ class Detector:
             backbone, head = _build_i2p(meta, tensors, path, device, pretrained)
         else:
             backbone, head = _build_published(architecture, meta, tensors, path, device, pretrained)
-        detector = cls(backbone, head, meta, file_sha256(path), path)
+        detector = cls(backbone, head, meta, file_sha256(path), path, precision)
         detector._check_neutral()
         return detector
 
@@ -180,18 +194,18 @@ class Detector:
             raise I2PError(f"{self.path}: gives no finite score for a neutral (mean-colour) image; its weights "
                            f"are broken")
 
+    @torch.no_grad()
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """Raw head logits of preprocessed crops [B, 3, S, S] (uncalibrated). An I2P detector goes
         through ``inference.logits``, the function its validation used."""
         if self.architecture == "i2p":
-            return inference.logits(self.backbone, self.head, self.meta["view"], pixels)
+            return inference.logits(self.backbone, self.head, self.meta["view"], pixels, self.precision)
         pixels = pixels.to(self.device, non_blocking=True)
-        with autocast(self.device):
-            if self.architecture == "rine":
-                logits = self.head(self.backbone.ln2_class_tokens(pixels))
-            else:
-                logits = self.head(self.backbone.embed(pixels))
-        return logits.float()
+        with autocast(self.device, self.precision):
+            features = (self.backbone.ln2_class_tokens(pixels) if self.architecture == "rine"
+                        else self.backbone.embed(pixels))
+        with torch.autocast(self.device.type, enabled=False):  # heads run in fp32, as I2P's do
+            return self.head(features.float()).float()
 
     def probabilities(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Calibrated probability of being synthetic: sigmoid(logit / temperature)."""
@@ -225,7 +239,7 @@ class Detector:
         crops, where = [], []
         for i, image in enumerate(images):
             if isinstance(image, (str, os.PathLike)):
-                image = decode(os.fspath(image)).image
+                image = decode(os.fspath(image), rgb=self.preprocess.rgb_mode).image
             if image is not None:
                 crops.append(transform(image.convert("RGB"), i))
                 where.append(i)

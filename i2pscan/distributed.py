@@ -24,7 +24,7 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
 from . import console
 from .detector import Detector
@@ -99,7 +99,7 @@ class _Scorer:
     """A detector on one device, turning decoded blocks into report rows."""
 
     def __init__(self, detector_bytes: list, name: str, pretrained: str | None, options: ScanOptions,
-                 gpu: bool):
+                 gpu: bool, precision: str = "auto"):
         import torch
 
         # the file's bytes come as a reference inside a list: a top-level object-store argument
@@ -111,7 +111,7 @@ class _Scorer:
         path = os.path.join(folder, name)
         with open(path, "wb") as fh:
             fh.write(detector_bytes)
-        self.detector = Detector.load(path, device="cuda" if gpu else "cpu", pretrained=pretrained)
+        self.detector = Detector.load(path, device="cuda" if gpu else "cpu", pretrained=pretrained, precision=precision)
         self.options = options
         self.cut = choose_cut(self.detector, options)
 
@@ -169,7 +169,8 @@ def scan(detector: Detector, paths: Iterable[str], options: ScanOptions = ScanOp
         detector_ref = ray.put(fh.read())
     scorer_class = ray.remote(max_restarts=-1, max_task_retries=-1)(_Scorer)
     actors = [scorer_class.options(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1).remote(
-        [detector_ref], os.path.basename(detector.path), pretrained, options, bool(gpus)) for _ in range(n_scorers)]
+        [detector_ref], os.path.basename(detector.path), pretrained, options, bool(gpus), detector.precision)
+        for _ in range(n_scorers)]
     decode_task = ray.remote(num_cpus=1, max_retries=3)(_decode_block)
     work = work or file_work(detector, options, evidence or EvidenceReader.from_trust_file(options.c2pa_trust))
     work_ref = ray.put(work)

@@ -23,9 +23,13 @@ class Extracted:
     failures: list[tuple[str, str]]  # (path, error) of the files that could not be used
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full fp32 elsewhere (CPU results stay bitwise reproducible)."""
-    if device.type == "cuda":
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def autocast(device: torch.device, precision: str = "bf16"):
+    """bf16 autocast on CUDA unless ``precision`` is ``fp32``; full fp32 elsewhere (CPU results
+    stay bitwise reproducible). ``auto`` is bf16 here: a detector resolves it (``Detector.precision``)."""
+    if device.type == "cuda" and precision != "fp32":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 

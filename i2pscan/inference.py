@@ -46,10 +46,11 @@ def normalise_policies(policies: Sequence[str]) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def logits(backbone, head, view: str, pixels: torch.Tensor) -> torch.Tensor:
-    """Head logits (float32, on the backbone's device) of preprocessed crops [B, 3, S, S]."""
+def logits(backbone, head, view: str, pixels: torch.Tensor, precision: str = "bf16") -> torch.Tensor:
+    """Head logits (float32, on the backbone's device) of preprocessed crops [B, 3, S, S];
+    ``precision`` is the backbone's on CUDA (``features.autocast``)."""
     device = backbone.device
-    with parametrize.cached(), autocast(device):
+    with parametrize.cached(), autocast(device, precision):
         taps = backbone.taps(pixels.to(device, non_blocking=True), list(head.config.layers), view)
     with torch.autocast(device.type, enabled=False):
         out, _ = head({b: t.float() for b, t in taps.items()})

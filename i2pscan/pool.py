@@ -88,7 +88,9 @@ class FileWork:
             info = read_header(path, want_hash=self.want_hash)
             _add_evidence(info, self.evidence, path)
             return Item(index=index, pixels=None, info=info)
-        info = decode(path, max_pixels=self.max_pixels, want_hash=self.want_hash, keep_bytes=self.evidence is not None)
+        preprocess = getattr(self.transform, "preprocess", None)
+        info = decode(path, max_pixels=self.max_pixels, want_hash=self.want_hash, keep_bytes=self.evidence is not None,
+                      rgb=preprocess.rgb_mode if preprocess is not None else "i2p")
         _add_evidence(info, self.evidence, path)
         pixels = None
         if info.image is not None:

@@ -16,13 +16,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator, Sequence
 
-import torch
 
 from . import __version__, console, inference
 from .decode import CropTransform, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from .pool import Batch, DEFAULT_FILE_TIMEOUT_S, FileWork, Item, scan_batches
 from .detector import Cut, Detector
-from .errors import I2PError, one_line, short_path
+from .errors import I2PError, short_path
 from .provenance import AI, EvidenceReader, unread
 from .report import ReportWriter, mtime_of, path_columns
 
@@ -191,7 +190,13 @@ def report_metadata(detector: Detector | None, options: ScanOptions, inputs: Seq
                 "options": options.to_dict(), "inputs": list(inputs), "started": now(), "threshold": None}
     return {"i2pscan_version": __version__, "detector_id": detector.id, "detector_path": os.path.abspath(detector.path),
             "detector": detector.meta, "options": options.to_dict(), "inputs": list(inputs), "started": now(),
-            "threshold": choose_cut(detector, options).to_dict()}
+            "threshold": choose_cut(detector, options).to_dict(),
+            "arithmetic": {"device": str(detector.device), "backbone": arithmetic(detector)}}
+
+
+def arithmetic(detector: Detector) -> str:
+    """What the backbone computed in: ``bf16`` only under CUDA autocast, else ``fp32``."""
+    return "bf16" if detector.device.type == "cuda" and detector.precision == "bf16" else "fp32"
 
 
 def now() -> str:

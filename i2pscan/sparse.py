@@ -73,26 +73,53 @@ class SparseDelta(nn.Module):
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``F.linear(x, weight + S, bias)`` for this delta's S, without forming ``weight + S``."""
+        if DENSE_INFERENCE and x.device.type == "cuda" and _low_precision(x) and not torch.is_grad_enabled():
+            return self.dense_linear(x, weight, bias)
         return sparse_linear(x, weight, bias, self.values, self)
+
+    def dense_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Inference under autocast: ``F.linear(x, weight, bias)`` and ``F.linear(x, S)`` with S as a
+        dense matrix in the autocast dtype, summed in float32. The delta keeps its own relative
+        precision (it is never rounded against W0), and two dense products on a GPU are several
+        times faster than the CSR product (``benchmarks/bench_delta_path.py``). No gradients."""
+        dtype = torch.get_autocast_dtype(x.device.type) if _low_precision(x) else x.dtype
+        s = torch.zeros(self.shape[0] * self.shape[1], dtype=dtype, device=x.device)
+        s.index_put_((self.indices,), self.values.detach().to(dtype))
+        y = F.linear(x, weight, bias).float()
+        return y.add_(F.linear(x, s.view(self.shape)))
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, k={len(self.indices)}"
 
 
+# Scans on CUDA add the delta as a second dense product (``SparseDelta.dense_linear``); False
+# keeps the CSR product there too (benchmarks compare the two).
+DENSE_INFERENCE = True
+
+
+def _low_precision(x: torch.Tensor) -> bool:
+    return torch.is_autocast_enabled(x.device.type)
+
+
 def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, values: torch.Tensor,
-                  delta: SparseDelta) -> torch.Tensor:
+                  delta: SparseDelta, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``SparseLinearFunction`` under autocast too: the dense product runs in the autocast dtype, as
-    ``F.linear`` would; the sparse terms run in float32 (or wider)."""
+    ``F.linear`` would; the sparse terms run in float32 (or wider) and are added to the output in
+    ``out_dtype``, by default float32 (or wider): a bf16 output would round a small delta's
+    product away again."""
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-    return SparseLinearFunction.apply(x, weight, bias, values, delta, dtype)
+    if out_dtype is None:
+        out_dtype = torch.promote_types(dtype or x.dtype, values.dtype)
+    return SparseLinearFunction.apply(x, weight, bias, values, delta, dtype, out_dtype)
 
 
 class SparseLinearFunction(torch.autograd.Function):
     """y = x W0ᵀ + b + x Sᵀ; gradients for ``x`` and ``values`` only (see the module docstring).
 
-    ``apply(x, weight, bias, values, delta, dtype=None)``: ``delta`` gives the positions of
-    ``values``; ``dtype`` is the precision of the dense product (``None``: x's).
+    ``apply(x, weight, bias, values, delta, dtype=None, out_dtype=None)``: ``delta`` gives the
+    positions of ``values``; ``dtype`` is the precision of the dense product (``None``: x's) and
+    ``out_dtype`` that of y, to which the sparse term is added (``None``: ``dtype``).
 
     It works feature-major: on xᵀ ``[in, N]`` (N = all leading dims), the layout in which the CSR
     products stream contiguous rows. It returns y as a transposed view of a contiguous yᵀ, and
@@ -101,7 +128,8 @@ class SparseLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, values, delta: SparseDelta, dtype: torch.dtype | None = None):
+    def forward(ctx, x, weight, bias, values, delta: SparseDelta, dtype: torch.dtype | None = None,
+                out_dtype: torch.dtype | None = None):
         dtype = dtype or x.dtype
         sdtype = torch.promote_types(dtype, values.dtype)
         lead = x.shape[:-1]
@@ -109,6 +137,8 @@ class SparseLinearFunction(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             w, xd = weight.to(dtype), x_t.to(dtype)
             y_t = w @ xd if bias is None else torch.addmm(bias.to(dtype)[:, None], w, xd)
+            if out_dtype is not None and out_dtype != y_t.dtype:
+                y_t = y_t.to(out_dtype)
             _add_s(y_t, delta, values.to(sdtype), x_t.to(sdtype), transpose=False)
         ctx.delta, ctx.dtype, ctx.sdtype, ctx.lead = delta, dtype, sdtype, lead
         ctx.save_for_backward(x_t, weight, values)
@@ -127,7 +157,7 @@ class SparseLinearFunction(torch.autograd.Function):
                 grad_x = gx_t.to(x_t.dtype).t().view(*ctx.lead, gx_t.shape[0])
             if ctx.needs_input_grad[3]:
                 grad_values = _sampled(delta, gy_t.to(sdtype), x_t.to(sdtype)).to(values.dtype)
-        return grad_x, None, None, grad_values, None, None
+        return grad_x, None, None, grad_values, None, None, None
 
 
 def _add_s(out_t: torch.Tensor, delta: SparseDelta, values: torch.Tensor, a_t: torch.Tensor,

@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import tamper_detector
+from i2pscan.backbone import load_backbone
 from i2pscan.detector import Detector
 
 
@@ -63,9 +64,9 @@ def test_finetune_errors(trained, toy_dir, run_cli, tmp_path, case, message):
         args[3] = trained / "det.safetensors"
     elif case == "weights":
         other = tmp_path / "other.safetensors"
-        import open_clip
         torch.manual_seed(1)
-        save_file({k: v.contiguous() for k, v in open_clip.create_model("i2p-tiny").state_dict().items()}, str(other))
+        random = load_backbone("i2p-tiny", None).visual.state_dict()
+        save_file({f"visual.{k}": v.contiguous() for k, v in random.items()}, str(other))
         args += ["--pretrained", other]
     elif case == "rho":
         args += ["--rho", "0"]

@@ -53,6 +53,28 @@ def test_exif_orientation_is_applied(tmp_path):
     assert (out.width, out.height) == (20, 40)
 
 
+def test_published_preprocessing_decodes_as_the_authors_code(tmp_path):
+    """crop_mode torchvision reads files as Image.open(path).convert("RGB"): stored orientation,
+    alpha dropped (not composited on white), unlike i2p's decoding."""
+    rng = np.random.default_rng(0)
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(rotated, exif=exif)
+    alpha = tmp_path / "alpha.png"
+    rgba = rng.integers(0, 255, (30, 30, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(alpha)
+    published = Preprocess(224, (0.5,) * 3, (0.5,) * 3, crop_mode="torchvision")
+    assert published.rgb_mode == "pillow" and Preprocess(224, (0.5,) * 3, (0.5,) * 3).rgb_mode == "i2p"
+    for path in (rotated, alpha):
+        ours = decode(str(path), rgb=published.rgb_mode).image
+        with Image.open(path) as image:
+            authors = image.convert("RGB")
+        assert np.array_equal(np.asarray(ours), np.asarray(authors)), path.name
+        assert not np.array_equal(np.asarray(decode(str(path)).image), np.asarray(authors)), path.name
+    assert decode(str(rotated), rgb="pillow").image.size == (60, 40)  # as stored, not turned
+
+
 def test_animation_gives_first_frame(tmp_path):
     frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
     path = tmp_path / "a.gif"

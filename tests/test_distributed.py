@@ -6,31 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_corrupt_files
-from i2pscan.decode import save_image
+from conftest import noise_image, report_rows, write_corrupt_files
 
 pytestmark = pytest.mark.slow
 
 
-def _img(path: Path, seed: int = 0, size: int = 72) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8), path)
-    return path
-
-
-def _rows(report) -> list[dict]:
-    return pq.read_table(report).to_pylist()
-
-
-def _same_rows(a: list[dict], b: list[dict]) -> None:
+def _samereport_rows(a: list[dict], b: list[dict]) -> None:
     assert [r["path"] for r in a] == [r["path"] for r in b]
     for x, y in zip(a, b):
         assert {k: v for k, v in x.items() if k not in ("score", "logit")} == \
@@ -55,14 +41,14 @@ def _ray_processes(title: str) -> list[int]:
 
 def test_ray_scan_gives_the_local_scan_rows_and_exit_code(tmp_path, detector_file, run_cli, ray_cluster, chdir):
     for i in range(40):
-        _img(tmp_path / "in" / f"{i:02d}.png", seed=i)
+        noise_image(tmp_path / "in" / f"{i:02d}.png", seed=i)
     write_corrupt_files(tmp_path / "in")
     local = run_cli("scan", "in", "-d", detector_file, "-o", "local.parquet", "--workers", "0", "-q")
     r = run_cli("scan", "in", "-d", detector_file, "-o", "ray.parquet", "--ray", "auto", "-q", "--format", "jsonl")
     assert r.exit_code == local.exit_code and r.exit_code in (1, 3), r.stderr
-    rows, expected = _rows("ray.parquet"), _rows("local.parquet")
+    rows, expected = report_rows("ray.parquet"), report_rows("local.parquet")
     assert len(rows) == 43 and sum(row["verdict"] == "error" for row in rows) == 3
-    _same_rows(rows, expected)
+    _samereport_rows(rows, expected)
     assert [line.split('"path": "')[1].split('"')[0] for line in r.stdout.splitlines()] == [x["path"] for x in expected]
 
 
@@ -73,7 +59,7 @@ def test_ray_scan_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file
     from i2pscan.pool import FileWork
     from i2pscan.scan import ScanOptions
 
-    paths = [str(_img(tmp_path / f"{i:02d}.png", seed=i)) for i in range(12)]
+    paths = [str(noise_image(tmp_path / f"{i:02d}.png", seed=i)) for i in range(12)]
     detector = Detector.load(detector_file)
 
     from i2pscan.provenance import EvidenceReader
@@ -102,7 +88,7 @@ def test_ray_workers_killed_mid_scan_lose_and_duplicate_nothing(tmp_path, detect
     from i2pscan.distributed import scan
     from i2pscan.scan import ScanOptions, scan as local_scan
 
-    paths = [str(_img(tmp_path / f"{i:03d}.png", seed=i)) for i in range(96)]
+    paths = [str(noise_image(tmp_path / f"{i:03d}.png", seed=i)) for i in range(96)]
     detector = Detector.load(detector_file)
     expected = []
     local_scan(detector, paths, ScanOptions(workers=0, crops=4), on_row=expected.append)
@@ -118,12 +104,12 @@ def test_ray_workers_killed_mid_scan_lose_and_duplicate_nothing(tmp_path, detect
 
     scan(detector, paths, ScanOptions(crops=4), on_row=on_row, block_files=8)
     assert "_Scorer" in killed
-    _same_rows(rows, expected)
+    _samereport_rows(rows, expected)
 
 
 def test_resume_after_the_driver_is_killed(tmp_path, detector_file, ray_cluster):
     for i in range(160):
-        _img(tmp_path / "in" / f"{i:03d}.png", seed=i, size=96)
+        noise_image(tmp_path / "in" / f"{i:03d}.png", seed=i, size=96)
     cmd = [sys.executable, "-m", "i2pscan", "scan", "in", "-d", str(detector_file), "-o", "r.parquet", "-q",
            "--ray", ray_cluster, "--crops", "9", "--flush-rows", "8", "--format", "jsonl"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -137,13 +123,13 @@ def test_resume_after_the_driver_is_killed(tmp_path, detector_file, ray_cluster)
     assert shards and sum(pq.read_metadata(s).num_rows for s in shards) < 160, proc.stderr.read().decode()
     r = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True)
     assert r.returncode in (0, 1), r.stderr.decode()
-    rows = _rows(tmp_path / "r.parquet")
+    rows = report_rows(tmp_path / "r.parquet")
     assert [row["path"] for row in rows] == [f"in/{i:03d}.png" for i in range(160)]
     assert not parts.exists()
 
 
 def test_unreachable_cluster_is_a_usage_error(tmp_path, detector_file):
-    _img(tmp_path / "a.png")
+    noise_image(tmp_path / "a.png")
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     r = subprocess.run([sys.executable, "-m", "i2pscan", "scan", "a.png", "-d", str(detector_file), "-q",
                         "--ray", "ray://127.0.0.1:9"], cwd=tmp_path, capture_output=True, text=True, env=env,

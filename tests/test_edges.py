@@ -18,12 +18,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import tamper_detector
-from i2pscan.decode import save_image
+from conftest import noise_image, tamper_detector
 from i2pscan.errors import I2PError
 from i2pscan.report import ReportWriter
 from i2pscan.scan import DiscoverOptions, discover
@@ -31,14 +29,8 @@ from i2pscan.scan import DiscoverOptions, discover
 META = {"detector_id": "x", "options": {"evidence": "all", "metadata_only": False}}
 
 
-def _img(path: Path, seed: int = 0, size: int = 64) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8), path)
-    return path
-
-
 def _images(folder: Path, n: int) -> list[Path]:
-    return [_img(folder / f"{i:04d}.png", seed=i) for i in range(n)]
+    return [noise_image(folder / f"{i:04d}.png", seed=i, size=64) for i in range(n)]
 
 
 def _scan_cmd(*args) -> list[str]:
@@ -89,7 +81,7 @@ def test_lock_belongs_to_the_scan_process_not_its_forked_children(tmp_path, run_
         # while the scan runs, a second one (resume or plain) is told another scan holds the report
         with pytest.raises(I2PError, match=rf"another scan \(pid {holder.pid}\) is writing .*r.parquet right now"):
             ReportWriter(str(report), META, resume=True)
-        _img(tmp_path / "a.png")
+        noise_image(tmp_path / "a.png", size=64)
         r = run_cli("scan", tmp_path / "a.png", "-d", "unused", "-o", report)
         assert r.exit_code == 2
         holder.send_signal(signal.SIGKILL)
@@ -105,7 +97,7 @@ def test_lock_belongs_to_the_scan_process_not_its_forked_children(tmp_path, run_
 
 def test_plain_scan_racing_another_is_told_another_scan_holds_it(tmp_path, detector_file, run_cli):
     report = tmp_path / "r.parquet"
-    _img(tmp_path / "a.png")
+    noise_image(tmp_path / "a.png", size=64)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(report), json.dumps(META)], stdout=subprocess.PIPE, text=True)
     child = int(holder.stdout.readline())
     try:
@@ -167,7 +159,7 @@ def test_leftover_temporary_files_of_killed_writers_are_removed(tmp_path, detect
     """A writer killed (SIGKILL) inside atomic_path leaves its temporary file; the next run of the
     same report removes it, while a live writer's temporary file stays."""
     report = tmp_path / "r.parquet"
-    _img(tmp_path / "a.png")
+    noise_image(tmp_path / "a.png", size=64)
     killed = textwrap.dedent("""
         import os, signal, sys
         from i2pscan.tensorfile import atomic_path
@@ -224,7 +216,7 @@ def test_finetune_removes_its_leftover_log(tmp_path, toy_dir, run_cli):
 
 
 def test_outputs_never_replace_what_is_not_a_regular_file(tmp_path, detector_file, toy_dir, run_cli):
-    _img(tmp_path / "a.png")
+    noise_image(tmp_path / "a.png", size=64)
     before = os.stat("/dev/null")
     r = run_cli("scan", tmp_path / "a.png", "-d", detector_file, "-o", "/dev/null", "--overwrite", "--workers", "0")
     assert r.exit_code == 2
@@ -323,7 +315,7 @@ def test_exit_code_reflects_the_rows_printed_before_the_reader_left(tmp_path, de
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
 def test_reports_and_detectors_respect_the_umask(tmp_path, detector_file, run_cli, umask, mode):
-    _img(tmp_path / "a.png")
+    noise_image(tmp_path / "a.png", size=64)
     old = os.umask(umask)
     try:
         r = run_cli("scan", tmp_path / "a.png", "-d", detector_file, "-o", tmp_path / "r.parquet", "--workers", "0")
@@ -339,8 +331,8 @@ def test_reports_and_detectors_respect_the_umask(tmp_path, detector_file, run_cl
 
 
 def test_an_explicit_symlink_to_a_folder_is_followed(tmp_path, chdir, detector_file, run_cli):
-    _img(tmp_path / "photos" / "a.png")
-    _img(tmp_path / "elsewhere" / "b.png")
+    noise_image(tmp_path / "photos" / "a.png", size=64)
+    noise_image(tmp_path / "elsewhere" / "b.png", size=64)
     os.symlink(tmp_path / "photos", tmp_path / "link")
     os.symlink(tmp_path / "elsewhere", tmp_path / "photos" / "inner")  # inside a folder: still not followed
     assert discover(["link"]) == ["link/a.png"]
@@ -352,7 +344,7 @@ def test_an_explicit_symlink_to_a_folder_is_followed(tmp_path, chdir, detector_f
 
 def test_an_explicit_folder_without_images_gets_a_line(tmp_path, chdir, detector_file, run_cli):
     os.mkdir("a.jpg")
-    _img(tmp_path / "b.png")
+    noise_image(tmp_path / "b.png", size=64)
     r = run_cli("scan", "a.jpg", "b.png", "-d", detector_file, "--workers", "0", "--format", "jsonl")
     assert r.exit_code in (0, 1)
     assert [json.loads(x)["path"] for x in r.stdout.splitlines()] == ["b.png"]
@@ -364,8 +356,8 @@ def test_an_explicit_folder_without_images_gets_a_line(tmp_path, chdir, detector
 
 
 def test_stdin_names_keep_a_trailing_carriage_return(tmp_path, chdir, detector_file, run_cli):
-    os.rename(_img(tmp_path / "a.png"), tmp_path / "a.png\r")
-    _img(tmp_path / "b.png")
+    os.rename(noise_image(tmp_path / "a.png", size=64), tmp_path / "a.png\r")
+    noise_image(tmp_path / "b.png", size=64)
     assert discover(["-"], stdin=io.BytesIO(b"a.png\r\nb.png\n\n")) == ["a.png\r", "b.png"]
     r = run_cli("scan", "-", "-d", detector_file, "--workers", "0", "--format", "jsonl", input=b"a.png\r\nb.png\n")
     rows = [json.loads(x) for x in r.stdout.splitlines()]

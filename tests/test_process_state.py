@@ -29,3 +29,13 @@ def test_loading_a_backbone_keeps_the_callers_logging_disable_level():
         assert logging.root.manager.disable == logging.WARNING
     finally:
         logging.disable(logging.NOTSET)
+
+
+def test_the_tiny_backbones_are_not_registered_in_open_clip():
+    import open_clip
+
+    paths = list(open_clip.factory._MODEL_CONFIG_PATHS)
+    backbone = load_backbone("i2p-tiny-deep")
+    assert backbone.num_blocks > 0
+    assert list(open_clip.factory._MODEL_CONFIG_PATHS) == paths
+    assert "i2p-tiny" not in open_clip.list_models()  # another library's open_clip sees only its own models

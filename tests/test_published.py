@@ -15,20 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from i2pscan import tensorfile
-from i2pscan.decode import save_image
 from i2pscan.errors import I2PError
 from i2pscan.published import CARDS, SHIPPED, resolve, shipped_path
+
+from conftest import noise_image
 
 REPO = Path(__file__).resolve().parents[1]
 THIRD_PARTY = REPO.parent.parent / "shared" / "third_party"
 if not THIRD_PARTY.is_dir():
     THIRD_PARTY = REPO.parent / "shared" / "third_party"
-
-
-def _img(path: Path, h: int, w: int, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8), path)
-    return path
 
 
 def test_detectors_lists_the_shipped_ones(run_cli):
@@ -52,7 +47,7 @@ def test_info_by_name_shows_the_card_and_no_hash(run_cli, name):
 
 
 def test_unknown_name_is_one_line(run_cli, tmp_path):
-    _img(tmp_path / "a.png", 32, 32)
+    noise_image(tmp_path / "a.png", 0, 32, 32)
     r = run_cli("scan", tmp_path / "a.png", "-d", "rine-4class")
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines() == [
@@ -101,7 +96,7 @@ main()
 
 
 def test_default_detector_offline_without_cache_fails_fast(tmp_path):
-    img = _img(tmp_path / "a.png", 64, 64)
+    img = noise_image(tmp_path / "a.png", 0, 64, 64)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "I2PSCAN_")) and "PROXY" not in k.upper()}
     env.update(HF_HOME=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "cache"), HOME=str(tmp_path))
     started = time.monotonic()
@@ -124,7 +119,7 @@ def test_hf_offline_env_fails_without_probing(tmp_path, run_cli, monkeypatch):
         raise AssertionError("no connection may be attempted when HF_HUB_OFFLINE=1")
 
     monkeypatch.setattr(socket, "create_connection", refuse)
-    _img(tmp_path / "a.png", 32, 32)
+    noise_image(tmp_path / "a.png", 0, 32, 32)
     r = run_cli("scan", tmp_path / "a.png", "-d", "univfd",
                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": None})
     assert r.exit_code == 2 and "--pretrained PATH" in r.stderr
@@ -215,10 +210,25 @@ def _authors_rine_head(tensors: dict) -> torch.nn.Module:
     return m.eval()
 
 
+def _files_the_authors_read_differently(folder: Path) -> list[Path]:
+    """A JPEG with EXIF orientation 6 (their code ignores it) and an RGBA PNG (their code drops
+    alpha): i2pscan's own decoding would turn the first and composite the second on white."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    rotated, alpha = folder / "e-rotated.jpg", folder / "f-alpha.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(rotated, exif=exif, quality=95)
+    Image.fromarray(rng.integers(0, 255, (230, 250, 4), dtype=np.uint8), "RGBA").save(alpha)
+    return [rotated, alpha]
+
+
 @pytest.mark.slow
 def test_published_detectors_score_as_the_authors_models(random_vitl, tmp_path):
-    images = [_img(tmp_path / "in" / "a-224.png", 224, 224, 1), _img(tmp_path / "in" / "b-odd.png", 227, 259, 2),
-              _img(tmp_path / "in" / "c-large.png", 300, 401, 3), _img(tmp_path / "in" / "d-small.png", 180, 200, 4)]
+    images = [noise_image(tmp_path / "in" / "a-224.png", 1, 224, 224), noise_image(tmp_path / "in" / "b-odd.png", 2, 227, 259),
+              noise_image(tmp_path / "in" / "c-large.png", 3, 300, 401), noise_image(tmp_path / "in" / "d-small.png", 4, 180, 200),
+              *_files_the_authors_read_differently(tmp_path / "in")]
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     got = {}
     for name in SHIPPED:
@@ -249,13 +259,13 @@ def test_torchvision_crop_mode_matches_center_crop(tmp_path, h, w):
     offsets rounded half to even and small images padded with black."""
     from i2pscan.decode import CropTransform, Preprocess, decode
 
-    path = _img(tmp_path / "x.png", h, w, seed=h * w)
+    path = noise_image(tmp_path / "x.png", h * w, h, w)
     ours = CropTransform(Preprocess(224, MEAN, STD, "torchvision"), 1)(decode(str(path)).image, 0)[0]
     assert torch.allclose(ours, _authors_preprocess(path), atol=1e-5)
 
 
 def test_scan_with_env_detector_is_not_announced(detector_file, tmp_path, run_cli):
-    _img(tmp_path / "a.png", 70, 70)
+    noise_image(tmp_path / "a.png", 0, 70, 70)
     r = run_cli("scan", tmp_path / "a.png", "--workers", "0", env={"I2PSCAN_DETECTOR": str(detector_file)})
     assert r.exit_code in (0, 1), r.output
     assert "no --detector given" not in r.stderr

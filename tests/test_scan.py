@@ -6,27 +6,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from i2pscan.decode import save_image
 from i2pscan.errors import I2PError
 from i2pscan.scan import DiscoverOptions, discover
 
-from conftest import write_corrupt_files
-
-
-def _img(path: Path, seed: int = 0, size: int = 72) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8), path)
-    return path
-
-
-def _rows(report) -> list[dict]:
-    return pq.read_table(report).to_pylist()
+from conftest import noise_image, report_rows, write_corrupt_files
 
 
 # -- discovery ----------------------------------------------------------------------------------
@@ -34,7 +22,7 @@ def _rows(report) -> list[dict]:
 
 def test_discovery_order_filters_and_explicit_files(tmp_path, chdir):
     for rel in ["b/2.JPG", "b/1.png", "a.webp", "c/d/e.tiff", "notes.txt", ".hidden/x.png", "b/.y.png", "z.bmp"]:
-        _img(tmp_path / rel) if not rel.endswith(".txt") else (tmp_path / rel).write_text("x")
+        noise_image(tmp_path / rel) if not rel.endswith(".txt") else (tmp_path / rel).write_text("x")
     assert discover(["."]) == ["./a.webp", "./b/1.png", "./b/2.JPG", "./c/d/e.tiff", "./z.bmp"]
     assert discover(["."], DiscoverOptions(hidden=True)) == [
         "./.hidden/x.png", "./a.webp", "./b/.y.png", "./b/1.png", "./b/2.JPG", "./c/d/e.tiff", "./z.bmp"]
@@ -45,8 +33,8 @@ def test_discovery_order_filters_and_explicit_files(tmp_path, chdir):
 
 
 def test_discovery_from_stdin_newlines_and_nul(tmp_path, chdir):
-    _img(tmp_path / "a.png")
-    _img(tmp_path / "b c.png")
+    noise_image(tmp_path / "a.png")
+    noise_image(tmp_path / "b c.png")
     import io
 
     assert discover(["-"], stdin=io.BytesIO(b"a.png\nb c.png\n")) == ["a.png", "b c.png"]
@@ -59,7 +47,7 @@ def test_missing_input_is_an_error_before_work(tmp_path):
 
 
 def test_symlinks_not_followed_unless_asked_and_loops_stop(tmp_path, chdir):
-    _img(tmp_path / "real" / "a.png")
+    noise_image(tmp_path / "real" / "a.png")
     os.symlink(tmp_path / "real", tmp_path / "real" / "loop")
     os.symlink(tmp_path / "real" / "a.png", tmp_path / "real" / "link.png")
     assert discover(["real"]) == ["real/a.png"]
@@ -69,10 +57,10 @@ def test_symlinks_not_followed_unless_asked_and_loops_stop(tmp_path, chdir):
 
 def test_non_utf8_names_survive(tmp_path, detector_file, run_cli, chdir):
     name = os.fsdecode(b"caf\xe9.png")
-    _img(tmp_path / "d" / name)
+    noise_image(tmp_path / "d" / name)
     r = run_cli("scan", "d", "-d", detector_file, "-o", "r.parquet", "--workers", "0", "--format", "jsonl")
     assert r.exit_code in (0, 1), r.stderr
-    (row,) = _rows("r.parquet")
+    (row,) = report_rows("r.parquet")
     assert row["path_raw"] == b"d/caf\xe9.png"
     assert row["path"] == "d/caf\\xe9.png"
     assert json.loads(r.stdout)["path_raw_b64"] == "ZC9jYWbpLnBuZw=="
@@ -87,7 +75,7 @@ def test_scan_report_rows_types_and_metadata(tmp_path, toy_dir, detector_file, r
     report = tmp_path / "r.parquet"
     r = run_cli("scan", toy_dir / "tconv" / "val", "-d", detector_file, "-o", report, "--hash", "--workers", "2")
     assert r.exit_code in (0, 1), r.stderr
-    rows = _rows(report)
+    rows = report_rows(report)
     files = sorted(str(p) for p in (toy_dir / "tconv" / "val").rglob("*.png"))
     assert [row["path"] for row in rows] == files
     assert r.stdout.splitlines()[0].endswith(files[0])
@@ -96,6 +84,7 @@ def test_scan_report_rows_types_and_metadata(tmp_path, toy_dir, detector_file, r
     assert types["score"] == "float" and types["logit"] == "float" and types["mtime"] == "timestamp[us, tz=UTC]"
     meta = json.loads(table.schema.metadata[b"i2pscan"])
     assert meta["detector_id"] and meta["finished"] and meta["options"]["crops"] == 1
+    assert meta["arithmetic"] == {"device": "cpu", "backbone": "fp32"}
     for row in rows[:5]:
         assert row["sha256"] == hashlib.sha256(open(row["path"], "rb").read()).hexdigest()
         assert row["width"] == row["height"] == 80 and row["format"] == "PNG" and row["error"] is None
@@ -125,14 +114,14 @@ def test_refuses_to_overwrite_and_resume_needs_output(tmp_path, toy_dir, detecto
     r = run_cli("scan", toy_dir / "tconv" / "val", "-d", detector_file, "-o", report, "--workers", "0")
     assert r.exit_code == 2 and "pass --overwrite" in r.stderr and report.read_bytes() == b"keep me"
     r = run_cli("scan", toy_dir / "tconv" / "val", "-d", detector_file, "-o", report, "--overwrite", "--workers", "0")
-    assert r.exit_code in (0, 1) and len(_rows(report)) == 48
+    assert r.exit_code in (0, 1) and len(report_rows(report)) == 48
     r = run_cli("scan", toy_dir / "tconv" / "val", "-d", detector_file, "--resume")
     assert r.exit_code == 2 and "--resume needs -o" in r.stderr
 
 
 def test_crops_and_combine(tmp_path, detector_file, run_cli, chdir):
-    _img(tmp_path / "big.png", size=200)
-    _img(tmp_path / "small.png", size=20)  # smaller than the crop: padded
+    noise_image(tmp_path / "big.png", size=200)
+    noise_image(tmp_path / "small.png", size=20)  # smaller than the crop: padded
     scores = {}
     for crops, combine in ((1, "mean"), (5, "mean"), (5, "max")):
         r = run_cli("scan", "big.png", "small.png", "-d", detector_file, "--crops", crops, "--combine", combine,
@@ -148,7 +137,7 @@ def test_robustness_corpus_one_row_per_file(tmp_path, corpus, detector_file, run
     report = tmp_path / "corpus.parquet"
     r = run_cli("scan", "-", "-d", detector_file, "-o", report, "--workers", "2", input=paths)
     assert r.exit_code in (1, 3), r.stderr
-    rows = _rows(report)
+    rows = report_rows(report)
     assert len(rows) == 213 == len({row["path"] for row in rows})
     errors = {row["path"]: row["error"] for row in rows if row["verdict"] == "error"}
     pillow_fails = {str(corpus.parent / x["path"]) for x in rows_csv if "fails" in x["pillow_13_result"]}
@@ -163,7 +152,7 @@ def test_robustness_corpus_one_row_per_file(tmp_path, corpus, detector_file, run
 
 def test_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file, run_cli, monkeypatch, chdir):
     for i in range(12):
-        _img(tmp_path / "d" / f"{i:02d}.png", seed=i)
+        noise_image(tmp_path / "d" / f"{i:02d}.png", seed=i)
     import i2pscan.pool as pool
 
     real_decode = pool.decode
@@ -175,7 +164,7 @@ def test_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file, run_cli
 
     monkeypatch.setattr(pool, "decode", crashing)
     r = run_cli("scan", "d", "-d", detector_file, "-o", "r.parquet", "--workers", "2", "--batch-size", "2")
-    rows = _rows("r.parquet")
+    rows = report_rows("r.parquet")
     assert [row["path"] for row in rows] == [f"d/{i:02d}.png" for i in range(12)]
     assert [row["verdict"] == "error" for row in rows] == [i == 5 for i in range(12)]
     assert rows[5]["error"] == "the decoder crashed on this file (its process exited with code 1)"
@@ -184,10 +173,10 @@ def test_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file, run_cli
     assert r.exit_code == (1 if flagged else 3), r.stderr
 
 
-def test_bad_files_become_error_rows(tmp_path, detector_file, run_cli, chdir):
+def test_bad_files_become_errorreport_rows(tmp_path, detector_file, run_cli, chdir):
     write_corrupt_files(tmp_path / "in")
-    _img(tmp_path / "in" / "ok.png")
-    vanished = _img(tmp_path / "in" / "gone.png")  # vanishes between discovery and decoding
+    noise_image(tmp_path / "in" / "ok.png")
+    vanished = noise_image(tmp_path / "in" / "gone.png")  # vanishes between discovery and decoding
     from i2pscan.scan import ScanOptions, scan
     from i2pscan.detector import Detector
 
@@ -206,9 +195,9 @@ def test_bad_files_become_error_rows(tmp_path, detector_file, run_cli, chdir):
 
 
 def test_exit_codes(tmp_path, detector_file, run_cli, chdir):
-    _img(tmp_path / "ok" / "a.png")
+    noise_image(tmp_path / "ok" / "a.png")
     write_corrupt_files(tmp_path / "mixed")
-    _img(tmp_path / "mixed" / "a.png")
+    noise_image(tmp_path / "mixed" / "a.png")
     det = str(detector_file)
     assert run_cli("scan", "ok", "-d", det, "--threshold", "0.999999", "--workers", "0").exit_code == 0
     assert run_cli("scan", "ok", "-d", det, "--threshold", "0.000001", "--workers", "0").exit_code == 1
@@ -229,7 +218,7 @@ def test_exit_codes(tmp_path, detector_file, run_cli, chdir):
 
 
 def test_bad_detector_stops_before_any_work(tmp_path, run_cli, chdir):
-    _img(tmp_path / "a.png")
+    noise_image(tmp_path / "a.png")
     (tmp_path / "det.safetensors").write_bytes(b"\x80\x04garbage")
     r = run_cli("scan", "a.png", "-d", "det.safetensors", "-o", "r.parquet")
     assert r.exit_code == 2 and "pickle" in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -264,7 +253,7 @@ def test_xargs_quarantine_pipeline(tmp_path, toy_dir, detector_file):
 
 def test_resume_after_sigkill_gives_every_file_once(tmp_path, detector_file):
     for i in range(400):
-        _img(tmp_path / "in" / f"{i:04d}.png", seed=i, size=96)
+        noise_image(tmp_path / "in" / f"{i:04d}.png", seed=i, size=96)
     cmd = [sys.executable, "-m", "i2pscan", "scan", "in", "-d", str(detector_file), "-o", "r.parquet", "-q",
            "--workers", "0", "--batch-size", "4", "--crops", "9", "--flush-rows", "8", "--format", "jsonl"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -279,18 +268,18 @@ def test_resume_after_sigkill_gives_every_file_once(tmp_path, detector_file):
     assert shards and sum(pq.read_metadata(s).num_rows for s in shards) < 400  # it really was cut short
     r = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True)
     assert r.returncode in (0, 1), r.stderr.decode()
-    rows = _rows(tmp_path / "r.parquet")
+    rows = report_rows(tmp_path / "r.parquet")
     assert [row["path"] for row in rows] == [f"in/{i:04d}.png" for i in range(400)]
     assert not parts.exists()
     # the same scores as an uninterrupted scan
     clean = subprocess.run(cmd[:-2] + ["--overwrite", "-o", "clean.parquet"], cwd=tmp_path, capture_output=True)
     assert clean.returncode in (0, 1)
-    np.testing.assert_allclose([r["logit"] for r in rows], [r["logit"] for r in _rows(tmp_path / "clean.parquet")],
+    np.testing.assert_allclose([r["logit"] for r in rows], [r["logit"] for r in report_rows(tmp_path / "clean.parquet")],
                                rtol=1e-5, atol=1e-5)
 
 
 def test_resume_refuses_another_detector(tmp_path, detector_file, run_cli, chdir):
-    _img(tmp_path / "a.png")
+    noise_image(tmp_path / "a.png")
     parts = tmp_path / "r.parquet.parts"
     parts.mkdir()
     from i2pscan.report import SCHEMA
@@ -312,3 +301,21 @@ def test_report_command(tmp_path, toy_dir, detector_file, run_cli):
     (tmp_path / "x.parquet").write_bytes(b"nope")
     r = run_cli("report", tmp_path / "x.parquet")
     assert r.exit_code == 2 and "not a readable Parquet report" in r.stderr
+
+
+def test_precision_is_chosen_per_detector_and_bad_values_are_refused(detector_file, toy_dir, tmp_path, run_cli):
+    from i2pscan.detector import Detector
+
+    assert Detector.load(detector_file).precision == "bf16"  # what finetune validated on CUDA
+    assert Detector.load(detector_file, precision="fp32").precision == "fp32"
+    with pytest.raises(I2PError, match="--precision"):
+        Detector.load(tmp_path / "never-read.safetensors", precision="fp16")
+    report = tmp_path / "r.parquet"
+    scored = run_cli("scan", toy_dir / "tconv" / "val", "-d", detector_file, "--precision", "bf16", "-o", report, "-q")
+    assert scored.exit_code in (0, 1), scored.stderr
+    meta = json.loads(pq.read_table(report).schema.metadata[b"i2pscan"])
+    assert meta["arithmetic"] == {"device": "cpu", "backbone": "fp32"}  # a CPU has no bf16 path
+    bad = run_cli("scan", str(tmp_path), "-d", detector_file, "--precision", "fp16")
+    assert bad.exit_code == 2 and "fp16" in bad.stderr
+    contradiction = run_cli("scan", str(tmp_path), "--metadata-only", "--precision", "bf16")
+    assert contradiction.exit_code == 2 and "--precision needs a model" in contradiction.stderr

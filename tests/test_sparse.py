@@ -10,7 +10,7 @@ from i2pscan.backbone import load_backbone
 from i2pscan.detector import Delta, apply_delta
 from i2pscan.finetune import _attach
 from i2pscan.sensitivity import build_mask, eligible_parameters
-from i2pscan.sparse import SparseAttention, SparseDelta, SparseLinear, SparseLinearFunction
+from i2pscan.sparse import SparseAttention, SparseDelta, SparseLinear, SparseLinearFunction, sparse_linear
 
 F64 = torch.float64
 
@@ -62,7 +62,7 @@ def test_autocast_runs_the_dense_product_in_its_dtype_and_the_delta_in_float32()
     exact = F.linear(x.detach(), weight.reshape(-1).index_add(0, indices, values).view(16, 48), bias)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = module(x)
-    assert y.dtype == torch.bfloat16
+    assert y.dtype == torch.float32  # the delta's fp32 product is not rounded into a bf16 output
     assert (y.float() - exact).norm() / exact.norm() < 1e-2
     y.float().square().sum().backward()
     assert module.values.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
@@ -197,3 +197,44 @@ def test_training_a_sparse_backbone_is_bitwise_reproducible():
 
     a, b = run(), run()
     assert torch.equal(a, b) and a.abs().sum() > 0
+
+
+def test_an_fp32_output_keeps_the_delta_term_exact_under_autocast():
+    """``out_dtype=float32``: the dense product rounds to bf16 as F.linear would, the delta's
+    product is added in fp32 afterwards, so a delta far below a bf16 ulp of y still arrives."""
+    indices, weight, bias, x, _ = _problem(16, 48, 200, dtype=torch.float32)
+    layer = nn.Linear(48, 16)
+    layer.weight.data.copy_(weight)
+    layer.bias.data.copy_(bias)
+    module = SparseLinear(layer, indices)
+    module.values.data.fill_(1e-4)
+    x = x.detach()
+    s = torch.zeros(16 * 48).index_put_((indices,), module.values.data).view(16, 48)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sparse_linear(x, layer.weight, layer.bias, module.values, module.delta, out_dtype=torch.float32)
+        rounded = sparse_linear(x, layer.weight, layer.bias, module.values, module.delta, out_dtype=torch.bfloat16)
+        module.values.data.zero_()
+        without = sparse_linear(x, layer.weight, layer.bias, module.values, module.delta, out_dtype=torch.float32)
+    assert y.dtype == torch.float32 and rounded.dtype == torch.bfloat16
+    torch.testing.assert_close(y - without, x @ s.t(), rtol=0, atol=1e-6)  # fp32 rounding of y alone
+    lost = (rounded.float() - without.bfloat16().float()).abs() < 1e-12
+    assert lost.float().mean() > 0.5  # rounded into bf16, most of the delta's product is gone
+
+
+def test_dense_inference_adds_the_delta_as_a_second_product_summed_in_fp32():
+    """What a CUDA scan runs (no grad, autocast): F.linear(x, W0, b) + F.linear(x, S) in fp32,
+    S dense in bf16; checked here under CPU autocast against the exact fp32 delta product."""
+    indices, weight, bias, x, values = _problem(16, 48, 200, dtype=torch.float32)
+    layer = nn.Linear(48, 16)
+    layer.weight.data.copy_(weight)
+    layer.bias.data.copy_(bias)
+    module = SparseLinear(layer, indices)
+    module.values.data.copy_(1e-3 * values.detach().sign())
+    x = x.detach()
+    s = torch.zeros(16 * 48).index_put_((indices,), module.values.data).view(16, 48)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = module.delta.dense_linear(x, layer.weight, layer.bias)
+        base = F.linear(x, layer.weight, layer.bias)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y - base.float(), x @ s.t(), rtol=2e-2, atol=2e-5)  # bf16 products, fp32 sum
+    assert not module.values.grad_fn and module.values.grad is None

@@ -5,6 +5,7 @@ the CPU, saved as safetensors. The text tower is tiny (its vocabulary is cut to 
 never run, it only keeps the file loadable by open_clip as a whole CLIP model.
 """
 
+import json
 from pathlib import Path
 
 import open_clip
@@ -16,10 +17,12 @@ SEEDS = {"i2p-tiny": 20260401, "i2p-tiny-deep": 20260402}
 
 
 def build(name: str) -> dict[str, torch.Tensor]:
-    """The state dict of a tiny backbone, drawn from its fixed seed."""
-    open_clip.add_model_config(HERE / f"{name}.json")
+    """The state dict of a tiny backbone, drawn from its fixed seed: the CLIP model that
+    ``open_clip.create_model`` would build from the config, without registering the config in
+    open_clip's process-wide list."""
+    config = json.loads((HERE / f"{name}.json").read_text("utf-8"))
     torch.manual_seed(SEEDS[name])
-    model = open_clip.create_model(name, pretrained=None, device="cpu")
+    model = open_clip.model.CLIP(**config)
     return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
 
 
