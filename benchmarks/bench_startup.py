@@ -88,7 +88,7 @@ def main() -> None:
         if not args.skip_vitl:
             vitl = os.path.join(tmp, "vitl.safetensors")
             random_vitl(vitl)
-            make_detector("ViT-L-14", vitl, os.path.join(tmp, "vitl-i2p.safetensors"))
+            make_detector("ViT-L-14-quickgelu", vitl, os.path.join(tmp, "vitl-i2p.safetensors"))
             cases += [("ViT-L-14 i2p (local file)", ["-d", os.path.join(tmp, "vitl-i2p.safetensors")]),
                       ("rine-2class", ["-d", "rine-2class", "--pretrained", vitl]),
                       ("univfd", ["-d", "univfd", "--pretrained", vitl])]
