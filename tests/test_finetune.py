@@ -75,7 +75,7 @@ def test_every_strategy_tunes_the_count_it_claims(strategy):
 
 def test_weights_outside_the_mask_are_bitwise_unchanged(tmp_path, cal, sample):
     out = tmp_path / "det.safetensors"
-    result = finetune(load_backbone("i2p-tiny"), cal, sample, out, _config(strategy="random", rho=0.05, epochs=1))
+    finetune(load_backbone("i2p-tiny"), cal, sample, out, _config(strategy="random", rho=0.05, epochs=1))
     pretrained = load_backbone("i2p-tiny")
     pretrained.truncate(cal.last_block)
     tuned = Detector.load(out).backbone
