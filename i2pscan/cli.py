@@ -404,7 +404,8 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     writer = None
     if output:
         writer_class = DatasetWriter if is_dataset_path(output) else ReportWriter
-        writer = writer_class(output, scan_mod.report_metadata(detector, options, paths), resume=resume,
+        writer = writer_class(output, scan_mod.report_metadata(detector, options, paths, on_ray=bool(ray_address)),
+                              resume=resume,
                               overwrite=overwrite, shard_rows=flush_rows)
     if not files:
         _log(f"no image files found (extensions: {' '.join(exts)}; --ext, --hidden change what is picked up)")

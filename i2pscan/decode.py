@@ -71,6 +71,9 @@ class Decoded:
 
 
 RGB_MODES = ("i2p", "pillow")
+# Modes whose Image.convert("RGB") is what the published detectors' authors get; 16/32-bit and float
+# images would come out clipped to white or black there, so they go through _to_rgb in both modes.
+_PILLOW_CONVERTS = ("1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LA", "La", "PA")
 
 
 def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -82,11 +85,14 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
     is applied and every Pillow mode is mapped to RGB with care (alpha composited on white,
     16/32-bit and float scaled to 8 bits, LAB and CMYK converted). ``rgb="pillow"``: the image as
     the published detectors' authors read it, ``Image.open(path).convert("RGB")`` (stored
-    orientation, alpha dropped). Animations give their first frame. Truncated files, files
+    orientation, alpha dropped), except that 16/32-bit and float images are scaled to 8 bits as
+    above rather than clipped to a blank frame. Animations give their first frame. Truncated files, files
     above ``max_pixels`` (decompression bombs), above ``max_bytes``, or taking over ``timeout_s``
     to decode give an error, as does anything that cannot be read at all. ``keep_bytes`` keeps the
     file's bytes in ``data`` (even when the pixels fail to decode), so that they are read once.
     """
+    if rgb not in RGB_MODES:
+        raise ValueError(f"rgb must be one of {RGB_MODES}, not {rgb!r}")
     result = Decoded(image=None)
     data = b""
     try:
@@ -103,7 +109,10 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
             if image is not None:
                 if keep_bytes:  # Pillow parses EXIF for the orientation anyway: share it with the evidence reader
                     result.exif = _exif_tags(image.getexif)
-                result.image = image.convert("RGB") if rgb == "pillow" else _to_rgb(_oriented(image))
+                if rgb == "pillow":
+                    result.image = image.convert("RGB") if image.mode in _PILLOW_CONVERTS else _to_rgb(image)
+                else:
+                    result.image = _to_rgb(_oriented(image))
                 result.width, result.height = result.image.size
     except FileNotFoundError:
         result.error = "file not found (deleted or moved during the scan?)"

@@ -30,7 +30,7 @@ from . import published, tensorfile
 from .backbone import Backbone, load_backbone, recorded_weights
 from .decode import CropTransform, decode, Preprocess
 from .errors import I2PError
-from .features import PRECISIONS, autocast
+from .features import autocast, check_precision
 from .head import DetectorHead, HeadConfig
 from .schema import check_detector_meta
 from .sensitivity import eligible_parameters
@@ -115,15 +115,16 @@ class Detector:
         self.sha256 = sha256
         self.path = path
         self.architecture = meta.get("architecture", "i2p")
-        if precision not in PRECISIONS:
-            raise I2PError(f"--precision must be one of {', '.join(PRECISIONS)}")
-        self.precision = self._default_precision() if precision == "auto" else precision
+        self.precision = self._default_precision() if check_precision(precision) == "auto" else precision
 
     def _default_precision(self) -> str:
         """The arithmetic a detector's numbers were made in: a published detector's parity with its
-        authors' model holds in fp32; an I2P detector's threshold was fitted by ``inference.logits``,
-        which runs the backbone in bf16 on CUDA. It matters only on CUDA (a CPU is always fp32)."""
-        return "bf16" if self.architecture == "i2p" else "fp32"
+        authors' model holds in fp32; an I2P detector's threshold was fitted on the logits of its
+        training device (bf16 on CUDA, fp32 on a CPU; files from before this was recorded: bf16).
+        It matters only on CUDA (a CPU always computes in fp32)."""
+        if self.architecture != "i2p":
+            return "fp32"
+        return self.meta.get("training", {}).get("arithmetic", "bf16")
 
     @property
     def name(self) -> str:
@@ -171,8 +172,7 @@ class Detector:
         here (a local file on another machine, or an offline machine with a copy of the weights).
         Raises I2PError when the file is not a detector, is damaged, or does not match the backbone.
         """
-        if precision not in PRECISIONS:
-            raise I2PError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        check_precision(precision)
         path = published.resolve(path)
         _, meta, tensors = tensorfile.read(path, (KIND,))
         architecture = check_detector_meta(meta, path)

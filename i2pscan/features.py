@@ -11,6 +11,7 @@ import torch
 from . import console
 from .backbone import Backbone
 from .decode import CropTransform, Preprocess
+from .errors import I2PError
 from .pool import ImageFiles, loader
 
 
@@ -27,11 +28,18 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def autocast(device: torch.device, precision: str = "bf16"):
-    """bf16 autocast on CUDA unless ``precision`` is ``fp32``; full fp32 elsewhere (CPU results
-    stay bitwise reproducible). ``auto`` is bf16 here: a detector resolves it (``Detector.precision``)."""
-    if device.type == "cuda" and precision != "fp32":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA unless ``precision`` is ``fp32`` (then autocast is off, even inside a
+    caller's); full fp32 elsewhere (CPU results stay bitwise reproducible). ``auto`` is bf16 here:
+    a detector resolves it (``Detector.precision``)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", enabled=False) if precision == "fp32" else torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise I2PError(f"precision must be one of {', '.join(PRECISIONS)} (--precision), not {precision!r}")
+    return precision
 
 
 @torch.no_grad()

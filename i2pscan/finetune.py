@@ -538,6 +538,7 @@ def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, 
             "steps": run.step,
             "validation": {k: v for k, v in best_metrics.items() if k.startswith("val_")},
             "skipped": len(failures),
+            "arithmetic": "bf16" if backbone.device.type == "cuda" else "fp32",  # what fit_thresholds computed in
         },
         "calibration": {"critical_layers": calibration.critical, "fingerprint": calibration.sample.get("fingerprint"),
                         "importance": [float(w) for w in calibration.importance]},

@@ -75,6 +75,14 @@ SAME_OPTIONS = ("crops", "combine", "threshold", "max_pixels", "want_hash", "per
                 "metadata_only", "c2pa_trust")
 
 
+def _same_arithmetic(a: dict | None, b: dict | None) -> bool:
+    """Whether two scans' rows come from the same backbone precision (``scan.arithmetic``): unknown
+    (an older report, a --metadata-only scan) and a Ray scan against a local one are not refused."""
+    if not a or not b or (a.get("device") == "ray") != (b.get("device") == "ray"):
+        return True
+    return a.get("backbone") == b.get("backbone")
+
+
 class ReportWriter:
     """Rows in, one Parquet report out; resumable.
 
@@ -167,6 +175,10 @@ class ReportWriter:
         if differs:
             raise I2PError(f"cannot resume: {short_path(source)} was scanned with other {', '.join(differs)} "
                            f"({', '.join(f'{k}={old.get(k)!r}' for k in differs)}); use the same options, "
+                           f"or --overwrite to start over")
+        if not _same_arithmetic(theirs.get("arithmetic"), self.meta.get("arithmetic")):
+            raise I2PError(f"cannot resume: {short_path(source)} was scored as {theirs['arithmetic']}, this scan would "
+                           f"score as {self.meta.get('arithmetic')} (--device, --precision); use the same, "
                            f"or --overwrite to start over")
 
     @property

@@ -182,21 +182,25 @@ class ScanSummary:
         return text + (f"; {self.skipped_done} already in the report" if self.skipped_done else "")
 
 
-def report_metadata(detector: Detector | None, options: ScanOptions, inputs: Sequence[str]) -> dict:
-    """What a report records about how it was made, the threshold actually used included
-    (``detector`` None: a --metadata-only scan)."""
+def report_metadata(detector: Detector | None, options: ScanOptions, inputs: Sequence[str],
+                    on_ray: bool = False) -> dict:
+    """What a report records about how it was made, the threshold and the arithmetic actually used
+    included (``detector`` None: a --metadata-only scan; ``on_ray``: scored by Ray actors)."""
     if detector is None:
         return {"i2pscan_version": __version__, "detector_id": None, "detector_path": None, "detector": {},
                 "options": options.to_dict(), "inputs": list(inputs), "started": now(), "threshold": None}
     return {"i2pscan_version": __version__, "detector_id": detector.id, "detector_path": os.path.abspath(detector.path),
             "detector": detector.meta, "options": options.to_dict(), "inputs": list(inputs), "started": now(),
-            "threshold": choose_cut(detector, options).to_dict(),
-            "arithmetic": {"device": str(detector.device), "backbone": arithmetic(detector)}}
+            "threshold": choose_cut(detector, options).to_dict(), "arithmetic": arithmetic(detector, on_ray)}
 
 
-def arithmetic(detector: Detector) -> str:
-    """What the backbone computed in: ``bf16`` only under CUDA autocast, else ``fp32``."""
-    return "bf16" if detector.device.type == "cuda" and detector.precision == "bf16" else "fp32"
+def arithmetic(detector: Detector, on_ray: bool = False) -> dict:
+    """Where the backbone ran and in what: ``bf16`` only on CUDA with a bf16 detector, else ``fp32``.
+    Ray scorers use the cluster's GPUs where it has them, so both cases are recorded."""
+    if on_ray:
+        return {"device": "ray", "backbone": {"cuda": detector.precision, "cpu": "fp32"}}
+    return {"device": str(detector.device),
+            "backbone": "bf16" if detector.device.type == "cuda" and detector.precision == "bf16" else "fp32"}
 
 
 def now() -> str:

@@ -121,6 +121,7 @@ I2P_SCHEMA = _obj({
         "best_epoch": _count, "epochs": _count, "steps": _count,
         "validation": {"type": "object", "maxProperties": 64, "additionalProperties": {"type": ["number", "null"]}},
         "skipped": _count,
+        "arithmetic": {"enum": ["bf16", "fp32"]},
     }, required=["counts", "fingerprint", "best_epoch", "epochs"], extra=False),
     "calibration": _obj({
         "critical_layers": _array(_block, unique=True),

@@ -73,13 +73,13 @@ class SparseDelta(nn.Module):
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``F.linear(x, weight + S, bias)`` for this delta's S, without forming ``weight + S``."""
-        if DENSE_INFERENCE and x.device.type == "cuda" and _low_precision(x) and not torch.is_grad_enabled():
+        if DENSE_INFERENCE and x.device.type == "cuda" and not torch.is_grad_enabled():
             return self.dense_linear(x, weight, bias)
         return sparse_linear(x, weight, bias, self.values, self)
 
     def dense_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """Inference under autocast: ``F.linear(x, weight, bias)`` and ``F.linear(x, S)`` with S as a
-        dense matrix in the autocast dtype, summed in float32. The delta keeps its own relative
+        """Inference: ``F.linear(x, weight, bias)`` and ``F.linear(x, S)`` with S as a dense matrix in
+        the autocast dtype (or x's without autocast), summed in float32. The delta keeps its own relative
         precision (it is never rounded against W0), and two dense products on a GPU are several
         times faster than the CSR product (``benchmarks/bench_delta_path.py``). No gradients."""
         dtype = torch.get_autocast_dtype(x.device.type) if _low_precision(x) else x.dtype

@@ -75,6 +75,22 @@ def noise_image(path: Path, seed: int = 0, size: int = 72, width: int | None = N
     return path
 
 
+def files_the_authors_read_differently(folder: Path) -> list[Path]:
+    """A JPEG with EXIF orientation 6 (their code ignores it) and an RGBA PNG (their code drops
+    alpha): i2pscan's own decoding would turn the first and composite the second on white."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    rotated, alpha = folder / "e-rotated.jpg", folder / "f-alpha.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(rotated, exif=exif, quality=95)
+    Image.fromarray(rng.integers(0, 255, (230, 250, 4), dtype=np.uint8), "RGBA").save(alpha)
+    return [rotated, alpha]
+
+
 def report_rows(report) -> list[dict]:
     import pyarrow.parquet as pq
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_corrupt_files
+from conftest import files_the_authors_read_differently, write_corrupt_files
 from i2pscan.augment import Augment, TrainTransform
 from i2pscan.decode import crop_origins, CropTransform, decode, Preprocess
 from i2pscan.pool import collate, ImageFiles
@@ -56,14 +56,7 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_published_preprocessing_decodes_as_the_authors_code(tmp_path):
     """crop_mode torchvision reads files as Image.open(path).convert("RGB"): stored orientation,
     alpha dropped (not composited on white), unlike i2p's decoding."""
-    rng = np.random.default_rng(0)
-    rotated = tmp_path / "rotated.jpg"
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(rotated, exif=exif)
-    alpha = tmp_path / "alpha.png"
-    rgba = rng.integers(0, 255, (30, 30, 4), dtype=np.uint8)
-    Image.fromarray(rgba, "RGBA").save(alpha)
+    rotated, alpha = files_the_authors_read_differently(tmp_path)
     published = Preprocess(224, (0.5,) * 3, (0.5,) * 3, crop_mode="torchvision")
     assert published.rgb_mode == "pillow" and Preprocess(224, (0.5,) * 3, (0.5,) * 3).rgb_mode == "i2p"
     for path in (rotated, alpha):
@@ -72,7 +65,29 @@ def test_published_preprocessing_decodes_as_the_authors_code(tmp_path):
             authors = image.convert("RGB")
         assert np.array_equal(np.asarray(ours), np.asarray(authors)), path.name
         assert not np.array_equal(np.asarray(decode(str(path)).image), np.asarray(authors)), path.name
-    assert decode(str(rotated), rgb="pillow").image.size == (60, 40)  # as stored, not turned
+    assert decode(str(rotated), rgb="pillow").image.size == (320, 240)  # as stored, not turned
+
+
+def test_the_pool_decodes_as_the_transforms_preprocessing_asks(tmp_path):
+    from i2pscan.pool import FileWork
+
+    path, _ = files_the_authors_read_differently(tmp_path)
+    shapes = {}
+    for mode in ("torchvision", "i2p"):
+        work = FileWork(CropTransform(Preprocess(32, (0.5,) * 3, (0.5,) * 3, crop_mode=mode), 1))
+        shapes[mode] = (work(0, str(path)).info.width, work(0, str(path)).info.height)
+    assert shapes == {"torchvision": (320, 240), "i2p": (240, 320)}  # stored vs turned upright
+    assert FileWork(None, header_only=True)(0, str(path)).info.error is None
+
+
+def test_high_bit_depth_images_are_scaled_not_blanked_in_either_mode(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)).save(path)
+    for rgb in ("i2p", "pillow"):
+        pixels = np.asarray(decode(str(path), rgb=rgb).image)
+        assert pixels.min() == 0 and pixels.max() == 255, rgb
+    with pytest.raises(ValueError, match="rgb must be"):
+        decode(str(path), rgb="Pillow")
 
 
 def test_animation_gives_first_frame(tmp_path):

@@ -16,7 +16,7 @@ from conftest import noise_image, report_rows, write_corrupt_files
 pytestmark = pytest.mark.slow
 
 
-def _samereport_rows(a: list[dict], b: list[dict]) -> None:
+def _same_rows(a: list[dict], b: list[dict]) -> None:
     assert [r["path"] for r in a] == [r["path"] for r in b]
     for x, y in zip(a, b):
         assert {k: v for k, v in x.items() if k not in ("score", "logit")} == \
@@ -48,7 +48,7 @@ def test_ray_scan_gives_the_local_scan_rows_and_exit_code(tmp_path, detector_fil
     assert r.exit_code == local.exit_code and r.exit_code in (1, 3), r.stderr
     rows, expected = report_rows("ray.parquet"), report_rows("local.parquet")
     assert len(rows) == 43 and sum(row["verdict"] == "error" for row in rows) == 3
-    _samereport_rows(rows, expected)
+    _same_rows(rows, expected)
     assert [line.split('"path": "')[1].split('"')[0] for line in r.stdout.splitlines()] == [x["path"] for x in expected]
 
 
@@ -104,7 +104,7 @@ def test_ray_workers_killed_mid_scan_lose_and_duplicate_nothing(tmp_path, detect
 
     scan(detector, paths, ScanOptions(crops=4), on_row=on_row, block_files=8)
     assert "_Scorer" in killed
-    _samereport_rows(rows, expected)
+    _same_rows(rows, expected)
 
 
 def test_resume_after_the_driver_is_killed(tmp_path, detector_file, ray_cluster):

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from i2pscan import tensorfile
 from i2pscan.errors import I2PError
 from i2pscan.published import CARDS, SHIPPED, resolve, shipped_path
 
-from conftest import noise_image
+from conftest import files_the_authors_read_differently, noise_image
 
 REPO = Path(__file__).resolve().parents[1]
 THIRD_PARTY = REPO.parent.parent / "shared" / "third_party"
@@ -210,25 +209,11 @@ def _authors_rine_head(tensors: dict) -> torch.nn.Module:
     return m.eval()
 
 
-def _files_the_authors_read_differently(folder: Path) -> list[Path]:
-    """A JPEG with EXIF orientation 6 (their code ignores it) and an RGBA PNG (their code drops
-    alpha): i2pscan's own decoding would turn the first and composite the second on white."""
-    from PIL import Image
-
-    rng = np.random.default_rng(5)
-    rotated, alpha = folder / "e-rotated.jpg", folder / "f-alpha.png"
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(rotated, exif=exif, quality=95)
-    Image.fromarray(rng.integers(0, 255, (230, 250, 4), dtype=np.uint8), "RGBA").save(alpha)
-    return [rotated, alpha]
-
-
 @pytest.mark.slow
 def test_published_detectors_score_as_the_authors_models(random_vitl, tmp_path):
     images = [noise_image(tmp_path / "in" / "a-224.png", 1, 224, 224), noise_image(tmp_path / "in" / "b-odd.png", 2, 227, 259),
               noise_image(tmp_path / "in" / "c-large.png", 3, 300, 401), noise_image(tmp_path / "in" / "d-small.png", 4, 180, 200),
-              *_files_the_authors_read_differently(tmp_path / "in")]
+              *files_the_authors_read_differently(tmp_path / "in")]
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     got = {}
     for name in SHIPPED:

@@ -173,7 +173,7 @@ def test_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file, run_cli
     assert r.exit_code == (1 if flagged else 3), r.stderr
 
 
-def test_bad_files_become_errorreport_rows(tmp_path, detector_file, run_cli, chdir):
+def test_bad_files_become_error_rows(tmp_path, detector_file, run_cli, chdir):
     write_corrupt_files(tmp_path / "in")
     noise_image(tmp_path / "in" / "ok.png")
     vanished = noise_image(tmp_path / "in" / "gone.png")  # vanishes between discovery and decoding
@@ -306,8 +306,17 @@ def test_report_command(tmp_path, toy_dir, detector_file, run_cli):
 def test_precision_is_chosen_per_detector_and_bad_values_are_refused(detector_file, toy_dir, tmp_path, run_cli):
     from i2pscan.detector import Detector
 
-    assert Detector.load(detector_file).precision == "bf16"  # what finetune validated on CUDA
-    assert Detector.load(detector_file, precision="fp32").precision == "fp32"
+    from conftest import tamper_detector
+
+    assert Detector.load(detector_file).precision == "fp32"  # trained (and its threshold fitted) on a CPU
+    assert Detector.load(detector_file, precision="bf16").precision == "bf16"
+    older = tamper_detector(detector_file, tmp_path / "older.safetensors",
+                            meta_edit=lambda meta: meta["training"].pop("arithmetic"))
+    assert Detector.load(older).precision == "bf16"  # files from before it was recorded: finetune's CUDA default
+    import torch
+
+    for architecture in ("rine", "univfd"):  # their parity with the authors' models holds in fp32
+        assert Detector(None, torch.nn.Identity(), {"architecture": architecture}, "", "").precision == "fp32"
     with pytest.raises(I2PError, match="--precision"):
         Detector.load(tmp_path / "never-read.safetensors", precision="fp16")
     report = tmp_path / "r.parquet"
@@ -319,3 +328,15 @@ def test_precision_is_chosen_per_detector_and_bad_values_are_refused(detector_fi
     assert bad.exit_code == 2 and "fp16" in bad.stderr
     contradiction = run_cli("scan", str(tmp_path), "--metadata-only", "--precision", "bf16")
     assert contradiction.exit_code == 2 and "--precision needs a model" in contradiction.stderr
+
+
+def test_resume_refuses_rows_of_another_precision():
+    from i2pscan.report import _same_arithmetic
+
+    cpu, bf16, fp32_gpu = ({"device": "cpu", "backbone": "fp32"}, {"device": "cuda", "backbone": "bf16"},
+                           {"device": "cuda:0", "backbone": "fp32"})
+    ray = {"device": "ray", "backbone": {"cuda": "bf16", "cpu": "fp32"}}
+    assert _same_arithmetic(cpu, fp32_gpu) and _same_arithmetic(bf16, dict(bf16))
+    assert not _same_arithmetic(cpu, bf16) and not _same_arithmetic(bf16, fp32_gpu)
+    assert _same_arithmetic(None, bf16) and _same_arithmetic(ray, cpu)  # unknown: an older report, a Ray scan
+    assert not _same_arithmetic(ray, {"device": "ray", "backbone": {"cuda": "fp32", "cpu": "fp32"}})
