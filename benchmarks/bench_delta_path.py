@@ -1,7 +1,7 @@
 """Scan-time cost and fidelity of the ways to add a trained delta to the backbone.
 
     python bench_delta_path.py [--device cpu] [--images 16] [--batch-size 8] [--rho 0.01]
-                               [--delta-scales 0.003,0.03]
+                               [--delta-scales 0.003,0.03] [--variants merged,reference]
 
 ViT-L-14 with RANDOM weights cut after block 12, a random rho mask over blocks 1..12 with random
 delta values (each entry ``scale`` times the mean |W0| of its matrix, random sign), the tiny
@@ -105,14 +105,18 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rho", type=float, default=0.01)
     parser.add_argument("--delta-scales", default="0.003,0.03")
+    parser.add_argument("--variants", default=None,
+                        help="a comma-separated subset by first word (merged, CSR, dense, fp32); merged and fp32 always run")
     args = parser.parse_args()
+    wanted = {w.strip().lower() for w in (args.variants or "").split(",") if w.strip()}
+    variants = [v for v in VARIANTS if not wanted or v.split()[0].lower() in wanted | {"merged", "fp32"}]
     device = resolve_device(args.device)
     scales = [float(s) for s in args.delta_scales.split(",")]
     print(f"machine: {machine()}; device {device}")
     images = torch.randn(args.images, 3, 224, 224, generator=torch.Generator().manual_seed(2)).to(device)
     probe = images[:min(len(images), 64)]
     speed, effects, logits = {}, {}, {}
-    for variant in VARIANTS:
+    for variant in variants:
         backbone, set_scale = build(variant, device, args.rho)
         torch.manual_seed(3)
         head = DetectorHead(HeadConfig.for_layers([6, 12], [1 / 24] * 24, backbone.width, 256)).to(device)
@@ -129,7 +133,7 @@ def main():
             torch.cuda.empty_cache()
     base = speed["merged into W0"]
     rows = []
-    for variant in VARIANTS:
+    for variant in variants:
         row = [variant, speed[variant], f"{speed[variant] / base:.2f}x"]
         for scale in scales:
             ref, got = effects["fp32 reference", scale], effects[variant, scale]
