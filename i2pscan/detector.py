@@ -166,7 +166,8 @@ class Detector:
              precision: str = "auto") -> "Detector":
         """Read and verify a detector file (or a shipped detector by name), then build the model on
         ``device``. ``precision`` (``auto``, ``bf16``, ``fp32``): the backbone's arithmetic on CUDA;
-        ``auto`` is fp32 for published detectors (their authors' numbers) and bf16 for I2P ones.
+        ``auto`` is fp32 for published detectors (their authors' numbers) and, for I2P ones, the
+        arithmetic their threshold was fitted in (``training.arithmetic``).
 
         ``pretrained`` points at the backbone's weights when the recorded source is not available
         here (a local file on another machine, or an offline machine with a copy of the weights).
