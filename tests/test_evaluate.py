@@ -92,7 +92,7 @@ def test_outputs_and_plots(controlled, tmp_path):
 
 def test_evaluate_cli_on_genimage_layout(toy_dir, detector_file, run_cli, tmp_path):
     r = run_cli("evaluate", toy_dir, "--split", "val", "-d", detector_file, "--out", tmp_path / "e.csv",
-                "--perturb", "none", "--perturb", "jpeg:65", "--workers", "0")
+                "--perturb", "none", "--perturb", "jpeg:65", "--workers", "0", "--precision", "fp32")
     assert r.exit_code == 0, r.stderr
     assert "tconv" in r.stdout and "pixelshuffle" in r.stdout and "mean" in r.stdout and "under jpeg:65" in r.stdout
     import pandas as pd
@@ -107,6 +107,7 @@ def test_evaluate_cli_on_genimage_layout(toy_dir, detector_file, run_cli, tmp_pa
     (["--perturb", "jpeg:200"], "--perturb jpeg:200"),
     (["--out", "x.txt"], "--out must end in"),
     (["--subset", "nope"], "no subset named nope"),
+    (["--precision", "fp16"], "'fp16' is not one of"),
 ])
 def test_evaluate_cli_errors(toy_dir, detector_file, run_cli, args, message):
     r = run_cli("evaluate", toy_dir, "-d", detector_file, *args)
