@@ -187,6 +187,7 @@ def default_workers() -> int:
 
 # -- the scanner's decode pool --------------------------------------------------------------------
 
+EXIT_CODE_WAIT_S = 5.0  # a worker whose pipe closed is exiting; this bounds the wait for its code
 DEFAULT_FILE_TIMEOUT_S = 120.0  # twice decode()'s own deadline: only a decoder deaf to signals gets here
 STARTUP_TIMEOUT_S = 120.0
 QUEUED_PER_WORKER = 2  # files a worker holds at once: one being decoded, one ready to start
@@ -341,6 +342,8 @@ class DecodePool:
                         if not w.ready:  # it died starting up, before touching any file
                             self._restart_unstarted(workers, i, w, retry)
                             continue
+                        # its pipe can close before the process is reaped: wait for the exit code
+                        w.process.join(timeout=EXIT_CODE_WAIT_S)
                         self._replace(workers, i, w, retry, done,
                                       f"the decoder crashed on this file ({_exit_text(w.process.exitcode)})",
                                       kill=False)
