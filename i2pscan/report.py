@@ -93,6 +93,8 @@ class ReportWriter:
     at a time: a lock in the work folder refuses a second scan to the same report.
     """
 
+    shard_prefix = "shard"  # shard files are <prefix>-NNNNNN.parquet
+
     def _start(self, path: str, parts: str, meta: dict, resume: bool, overwrite: bool,
                shard_rows: int, shard_seconds: float) -> None:
         """The state every writer starts from (a single report and a dataset folder alike)."""
@@ -139,7 +141,7 @@ class ReportWriter:
         self._next_shard = 1 + max([_shard_number(n) for n in os.listdir(self.parts)] or [0])
 
     def _shards(self) -> list[str]:
-        return sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts) if n.startswith("shard-"))
+        return sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts) if n.startswith(self.shard_prefix + "-"))
 
     def _release(self) -> None:
         """Unlock; the work folder goes first when it holds no shard (so a waiting scan never
@@ -198,7 +200,7 @@ class ReportWriter:
             return
         table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
         table = table.replace_schema_metadata({META_KEY: json.dumps(self.meta).encode()})
-        name = os.path.join(self.parts, f"shard-{self._next_shard:06d}.parquet")
+        name = os.path.join(self.parts, f"{self.shard_prefix}-{self._next_shard:06d}.parquet")
         _atomic_write(table, name)
         self._next_shard += 1
         self._buffer = []
@@ -382,6 +384,8 @@ class DatasetWriter(ReportWriter):
     the order they were written. The folder is never removed, even when it stays empty.
     """
 
+    shard_prefix = "part"
+
     def __init__(self, path: str, meta: dict, resume: bool = False, overwrite: bool = False,
                  shard_rows: int = 2048, shard_seconds: float = 30.0):
         path = os.fspath(path)
@@ -416,7 +420,7 @@ class DatasetWriter(ReportWriter):
         if not os.path.isdir(self.parts):
             return []
         return sorted(os.path.join(self.parts, n) for n in os.listdir(self.parts)
-                      if n.startswith("part-") and n.endswith(".parquet"))
+                      if n.startswith(self.shard_prefix + "-") and n.endswith(".parquet"))
 
     def _release(self) -> None:
         """Unlock; the folder stays (it is the report), the lock file goes."""
@@ -427,15 +431,6 @@ class DatasetWriter(ReportWriter):
                 pass
             self._lock.close()
 
-    def flush(self) -> None:
-        self._last_flush = time.monotonic()
-        if not self._buffer:
-            return
-        table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
-        table = table.replace_schema_metadata({META_KEY: json.dumps(self.meta).encode()})
-        _atomic_write(table, os.path.join(self.parts, f"part-{self._next_shard:06d}.parquet"))
-        self._next_shard += 1
-        self._buffer = []
 
     def close(self, order: dict[str, int] | None = None, finished_meta: dict | None = None) -> pa.Table:
         """Write the last part; return the verdicts of the whole folder (earlier runs included).
