@@ -32,7 +32,7 @@ from _table import machine, print_table
 from i2pscan import console
 from i2pscan.backbone import default_batch_size, load_backbone, resolve_device
 from i2pscan.calibrate import CalibrateConfig, calibrate
-from i2pscan.pool import default_workers
+from i2pscan.io.pool import default_workers
 from i2pscan.samples import load_labelled
 from i2pscan.detector import Detector
 from i2pscan.evaluate import evaluate

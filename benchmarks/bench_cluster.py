@@ -30,7 +30,7 @@ from _table import machine, print_table
 
 _DISCOVER = r"""
 import json, os, resource, sys, time
-from i2pscan.scan import discover, iter_discover
+from i2pscan.io.discover import discover, iter_discover
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
 if sys.argv[2] == "list":
@@ -114,7 +114,7 @@ def _detector(folder: str) -> str:
 
 
 def bench_ray(n_images: int) -> list[list]:
-    from i2pscan.decode import save_image
+    from i2pscan.io.pixels import save_image
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:

@@ -99,7 +99,7 @@ def bench_build(sizes: list[int], work: Path) -> None:
 def bench_thumbs(count: int, work: Path) -> None:
     import numpy as np
 
-    from i2pscan.decode import save_image
+    from i2pscan.io.pixels import save_image
     from i2pscan.review.thumbs import make_thumbs
 
     rng = np.random.default_rng(1)

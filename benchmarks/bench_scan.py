@@ -28,8 +28,11 @@ import torch
 from _table import machine, print_table
 from i2pscan import console
 from i2pscan.backbone import load_backbone, resolve_device
-from i2pscan.decode import CropTransform, Preprocess, save_image
-from i2pscan.pool import default_workers, FileWork, ImageFiles, loader, scan_batches
+from i2pscan.io.preprocess import CropTransform, Preprocess
+from i2pscan.io.pixels import save_image
+from i2pscan.io.pool import default_workers, scan_batches
+from i2pscan.io.work import FileWork
+from i2pscan.io.loader import ImageFiles, loader
 from i2pscan.detector import Detector
 from i2pscan.head import DetectorHead, HeadConfig
 from i2pscan.scan import ScanOptions, scan

@@ -76,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-vitl", action="store_true", help="Only the tiny detector (no 1.2 GB file).")
     args = parser.parse_args()
-    from i2pscan.decode import save_image
+    from i2pscan.io.pixels import save_image
 
     with tempfile.TemporaryDirectory() as tmp:
         image = os.path.join(tmp, "one.png")

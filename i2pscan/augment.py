@@ -1,4 +1,4 @@
-"""Training augmentations and robustness perturbations, built from decode's pixel operations."""
+"""Training augmentations, built from the pixel operations of io/pixels.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .decode import Preprocess, flip_horizontal, gaussian_blur, jpeg_roundtrip, rescale
-from .errors import I2PError
+from i2pscan.io.preprocess import Preprocess
+from i2pscan.io.pixels import flip_horizontal, gaussian_blur, jpeg_roundtrip
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -55,32 +55,3 @@ class TrainTransform:
             crop = jpeg_roundtrip(crop, rng.randint(*a.jpeg_quality))
         return self.preprocess.normalise(np.asarray(crop))[None]
 
-
-PERTURBATIONS = ("jpeg", "blur", "resize")
-
-
-def perturb(image: Image.Image, spec: str) -> Image.Image:
-    """Robustness perturbations as GenImage/RINE report them: ``jpeg:Q``, ``blur:SIGMA``, ``resize:F``."""
-    kind, _, value = spec.partition(":")
-    v = float(value)
-    if kind == "jpeg":
-        return jpeg_roundtrip(image, int(v))
-    if kind == "blur":
-        return gaussian_blur(image, v)
-    if kind == "resize":
-        return rescale(image, v)
-    raise ValueError(f"unknown perturbation {spec!r}")
-
-
-def parse_perturbation(spec: str) -> str:
-    """Validate ``KIND:VALUE`` and return it normalised; raises I2PError."""
-    kind, sep, value = spec.partition(":")
-    try:
-        v = float(value)
-    except ValueError:
-        v = None
-    ok = sep and kind in PERTURBATIONS and v is not None and (
-        (kind == "jpeg" and 1 <= v <= 100) or (kind == "blur" and v >= 0) or (kind == "resize" and 0 < v <= 4))
-    if not ok:
-        raise I2PError(f"--perturb {spec}: expected jpeg:QUALITY (1-100), blur:SIGMA or resize:FACTOR")
-    return f"{kind}:{value}"

@@ -20,7 +20,7 @@ import open_clip
 import torch
 from open_clip.transformer import VisionTransformer
 
-from .errors import I2PError, one_line
+from i2pscan.errors import I2PError, one_line
 
 DEFAULT_BACKBONE = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"

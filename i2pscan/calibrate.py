@@ -14,11 +14,11 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from . import __version__, console, tensorfile
-from .backbone import VIEWS, Backbone
-from .samples import FileSet, LabelledSample
-from .errors import I2PError
-from .features import extract
+from i2pscan import __version__, console, tensorfile
+from i2pscan.backbone import VIEWS, Backbone
+from i2pscan.samples import FileSet, LabelledSample
+from i2pscan.errors import I2PError
+from i2pscan.features import extract
 
 KIND = "calibration"
 
@@ -248,7 +248,7 @@ def print_summary(cal: Calibration) -> None:
 
 def plot(cal: Calibration, path: str | os.PathLike) -> None:
     """AUC and importance per block as a PNG (needs matplotlib: pip install 'i2pscan[plot]')."""
-    from .plots import pyplot
+    from i2pscan.plots import pyplot
 
     plt = pyplot()
     blocks = np.arange(1, cal.num_blocks + 1)

@@ -13,8 +13,8 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import I2PError, one_line, short_path
+from i2pscan import __version__
+from i2pscan.errors import I2PError, one_line, short_path
 
 EXIT_CLEAN, EXIT_FLAGGED, EXIT_ERROR, EXIT_UNREADABLE = 0, 1, 2, 3
 
@@ -70,7 +70,7 @@ def _default_detector(given):
     """The detector asked for, or the shipped default, announced on stderr."""
     if given:
         return given
-    from .published import DEFAULT_DETECTOR
+    from i2pscan.published import DEFAULT_DETECTOR
 
     _log(f"no --detector given: using the shipped {DEFAULT_DETECTOR} (RINE, ECCV 2024; `i2pscan info "
          f"{DEFAULT_DETECTOR}`); choose another with -d or I2PSCAN_DETECTOR, or scan without a model with "
@@ -102,7 +102,7 @@ def _command(f):
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        from . import console
+        from i2pscan import console
 
         console.set_quiet(kwargs.get("quiet", False))
         try:
@@ -181,11 +181,11 @@ def calibrate(data, out, backbone, pretrained, quick_gelu, top_k, gamma, folds, 
     path,label[,subset]. Writes per-layer probe AUC, accuracy, Fisher ratio, importance, the
     critical layers S and L* (the deepest block the detector needs) to --out.
     """
-    from . import calibrate as cal_mod
-    from .backbone import default_batch_size, load_backbone, resolve_device
-    from .tensorfile import check_writable
-    from .pool import default_workers
-    from .samples import load_labelled
+    from i2pscan import calibrate as cal_mod
+    from i2pscan.backbone import default_batch_size, load_backbone, resolve_device
+    from i2pscan.io.files import check_writable
+    from i2pscan.io.pool import default_workers
+    from i2pscan.samples import load_labelled
 
     check_writable(out)
     if plot:
@@ -269,12 +269,12 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
     threshold at --target-fpr, and writes the detector to --out. Ctrl-C leaves a checkpoint;
     run again with --resume to continue.
     """
-    from .backbone import default_batch_size, load_backbone, recorded_weights, resolve_device
-    from .calibrate import Calibration
-    from .pool import default_workers
-    from .samples import load_labelled
-    from .finetune import FinetuneConfig, checkpoint_path, finetune as run_finetune, plan_mask
-    from .tensorfile import check_writable
+    from i2pscan.backbone import default_batch_size, load_backbone, recorded_weights, resolve_device
+    from i2pscan.calibrate import Calibration
+    from i2pscan.io.pool import default_workers
+    from i2pscan.samples import load_labelled
+    from i2pscan.finetune import FinetuneConfig, checkpoint_path, finetune as run_finetune, plan_mask
+    from i2pscan.io.files import check_writable
 
     if not dry_run:
         check_writable(out)
@@ -362,14 +362,15 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     Quarantine what is flagged:
       i2pscan scan photos/ -d detector.safetensors --flagged-only -0 | xargs -0 mv -t quarantine/
     """
-    from . import scan as scan_mod
-    from .backbone import default_batch_size, resolve_device
-    from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
-    from .pool import default_workers
-    from .detector import Detector
-    from .provenance import METADATA_EXTENSIONS
-    from .provenance import EvidenceReader
-    from .report import DatasetWriter, is_dataset_path, ReportWriter, verdict_counts
+    from i2pscan import scan as scan_mod
+    from i2pscan.io.discover import DiscoverOptions, discover
+    from i2pscan.backbone import default_batch_size, resolve_device
+    from i2pscan.io.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+    from i2pscan.io.pool import default_workers
+    from i2pscan.detector import Detector
+    from i2pscan.provenance import METADATA_EXTENSIONS
+    from i2pscan.provenance import EvidenceReader
+    from i2pscan.report import DatasetWriter, is_dataset_path, ReportWriter, verdict_counts
 
     if resume and not output:
         raise click.UsageError("--resume needs -o REPORT.parquet")
@@ -391,7 +392,7 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     exts = tuple(e.strip() for x in extensions for e in x.split(",") if e.strip()) or (
         IMAGE_EXTENSIONS + tuple(e for e in METADATA_EXTENSIONS if e not in IMAGE_EXTENSIONS) if metadata_only
         else IMAGE_EXTENSIONS)
-    files = scan_mod.discover(paths, scan_mod.DiscoverOptions(exts, hidden, follow_symlinks, tuple(exclude)),
+    files = discover(paths, DiscoverOptions(exts, hidden, follow_symlinks, tuple(exclude)),
                               stdin=sys.stdin.buffer)
     options = scan_mod.ScanOptions(crops=crops, combine=combine, threshold=threshold, want_hash=want_hash,
                                    batch_size=batch_size or default_batch_size(where),
@@ -412,7 +413,7 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     printer = _RowPrinter(fmt, flagged_only, null, stop_when_closed=writer is None)
     try:
         if ray_address:
-            from .distributed import scan_on
+            from i2pscan.distributed import scan_on
 
             summary = scan_on(ray_address, detector, files, options=options, writer=writer, on_row=printer,
                               total=len(files), pretrained=pretrained, evidence=reader)
@@ -472,7 +473,7 @@ class _RowPrinter:
         self.flagged = self.errors = 0
 
     def __call__(self, row: dict) -> None:
-        from .report import row_json, row_line
+        from i2pscan.report import row_json, row_line
 
         if self.closed:
             return
@@ -528,15 +529,15 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops
     detector's threshold and at 0.5, AP, AUC, best-threshold accuracy, TPR at 1% and 5% FPR, and
     the unweighted mean over subsets.
     """
-    from .backbone import default_batch_size, resolve_device
-    from .augment import parse_perturbation
-    from .pool import default_workers
-    from .samples import load_labelled
-    from .detector import Detector
-    from .evaluate import CLEAN, combine as combine_results, evaluate_detectors, plot, print_result, write_result
-    from .published import resolve
-    from .tensorfile import check_writable
-    from .scan import ScanOptions
+    from i2pscan.backbone import default_batch_size, resolve_device
+    from i2pscan.io.pixels import parse_perturbation
+    from i2pscan.io.pool import default_workers
+    from i2pscan.samples import load_labelled
+    from i2pscan.detector import Detector
+    from i2pscan.evaluate import CLEAN, combine as combine_results, evaluate_detectors, plot, print_result, write_result
+    from i2pscan.published import resolve
+    from i2pscan.io.files import check_writable
+    from i2pscan.scan import ScanOptions
 
     if out and not out.lower().endswith((".parquet", ".csv", ".md")):
         raise click.UsageError("--out must end in .parquet, .csv or .md")
@@ -597,10 +598,10 @@ def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, qui
             raise click.UsageError(f"{given[0]} goes with --html DIR")
     else:
         return _review_page(report_file, html_dir, open_page, max_thumbs, root, workers)
-    from .report import read_report
+    from i2pscan.report import read_report
 
     s = read_report(report_file, top)
-    from . import console
+    from i2pscan import console
 
     meta = s.meta
     det = meta.get("detector", {})
@@ -626,8 +627,8 @@ def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, qui
 
 
 def _review_page(report_file, html_dir, open_page, max_thumbs, root, workers):
-    from . import console
-    from .review import DEFAULT_MAX_THUMBS, build_page, default_workers, open_in_browser
+    from i2pscan import console
+    from i2pscan.review import DEFAULT_MAX_THUMBS, build_page, default_workers, open_in_browser
 
     page = build_page(report_file, html_dir, DEFAULT_MAX_THUMBS if max_thumbs is None else max_thumbs, root=root,
                       workers=default_workers() if workers is None else workers, progress=console.progress)
@@ -657,7 +658,7 @@ def demo_data(out, train_per_class, val_per_class, tile, seed, quiet):
     three toy upsampling generators (tconv, pixelshuffle, bilinear), in GenImage's layout
     OUT/<generator>/{train,val}/{nature,ai}. It demonstrates the pipeline, not real detection.
     """
-    from .toydata import make_toy_dataset
+    from i2pscan.toydata import make_toy_dataset
 
     counts = make_toy_dataset(out, train_per_class, val_per_class, tile, seed=seed)
     _log(f"wrote {sum(counts.values())} images to {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -669,8 +670,8 @@ def demo_data(out, train_per_class, val_per_class, tile, seed, quiet):
 @_command
 def info(file, as_json):
     """Show what a detector or calibration FILE (or a shipped detector NAME) holds and how it was made."""
-    from .inspect import describe
-    from .published import resolve
+    from i2pscan.inspect import describe
+    from i2pscan.published import resolve
 
     describe(resolve(file), as_json=as_json)
 
@@ -679,7 +680,7 @@ def info(file, as_json):
 @_command
 def detectors():
     """List the detectors that ship with i2pscan (use a NAME with -d, and `i2pscan info NAME`)."""
-    from .inspect import list_shipped
+    from i2pscan.inspect import list_shipped
 
     list_shipped()
 
@@ -690,7 +691,7 @@ def _slug(name: str) -> str:
 
 
 def _log(message: str) -> None:
-    from . import console
+    from i2pscan import console
 
     console.log(message)
 

@@ -8,6 +8,7 @@ job's log file shows it is alive.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -148,3 +149,17 @@ def _fmt(v: object) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
+
+
+class _LogBridge(logging.Handler):
+    """Library modules log to the ``i2pscan`` logger; its records print here (warnings as such)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        (warn if record.levelno >= logging.WARNING else log)(record.getMessage())
+
+
+_logger = logging.getLogger("i2pscan")
+if not any(isinstance(h, _LogBridge) for h in _logger.handlers):
+    _logger.addHandler(_LogBridge())
+_logger.setLevel(logging.INFO)
+_logger.propagate = False

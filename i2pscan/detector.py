@@ -17,7 +17,6 @@ image that must give a finite logit.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -26,16 +25,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import published, tensorfile
-from .backbone import Backbone, load_backbone, recorded_weights
-from .decode import CropTransform, decode, Preprocess
-from .errors import I2PError
-from .features import autocast, check_precision
-from .head import DetectorHead, HeadConfig
-from .schema import check_detector_meta
-from .sensitivity import eligible_parameters
-from .sparse import attach
-from . import inference
+from i2pscan import published, tensorfile
+from i2pscan.io.files import file_sha256
+from i2pscan.backbone import Backbone, load_backbone, recorded_weights
+from i2pscan.io.preprocess import CropTransform, Preprocess
+from i2pscan.io.decode import decode
+from i2pscan.errors import I2PError
+from i2pscan.features import autocast, check_precision
+from i2pscan.head import DetectorHead, HeadConfig
+from i2pscan.schema import check_detector_meta
+from i2pscan.sensitivity import eligible_parameters
+from i2pscan.sparse import attach
+from i2pscan import inference
 
 KIND = "detector"
 META_KEYS = {
@@ -92,13 +93,6 @@ def write_detector(path: str | os.PathLike, meta: dict, head: DetectorHead, delt
         tensors[f"delta.{name}.values"] = d.values.float()
     tensorfile.write(path, KIND, tensors, meta)
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Detector:
@@ -201,7 +195,7 @@ class Detector:
         through ``inference.logits``, the function its validation used."""
         if self.architecture == "i2p":
             return inference.logits(self.backbone, self.head, self.meta["view"], pixels, self.precision)
-        pixels = pixels.to(self.device, non_blocking=True)
+        pixels = torch.as_tensor(pixels).to(self.device, non_blocking=True)
         with autocast(self.device, self.precision):
             features = (self.backbone.ln2_class_tokens(pixels) if self.architecture == "rine"
                         else self.backbone.embed(pixels))

@@ -26,14 +26,14 @@ import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
-from . import console
-from .detector import Detector
-from .errors import I2PError, one_line
-from .pool import DecodePool, FileWork, Item, collate
-from .report import ReportWriter
-from .provenance import EvidenceReader
-from .scan import (ScanOptions, ScanSummary, _batch_logits, _row, choose_cut, count_row, file_work,
-                   warn_if_unfitted)
+from i2pscan import console
+from i2pscan.detector import Detector
+from i2pscan.errors import I2PError, one_line
+from i2pscan.io.pool import DecodePool, collate
+from i2pscan.io.work import FileWork, Item
+from i2pscan.report import ReportWriter
+from i2pscan.provenance import EvidenceReader
+from i2pscan.scan import (ScanOptions, ScanSummary, _batch_logits, _row, choose_cut, count_row, file_work, warn_if_unfitted)
 
 ray = None  # imported on first use: an optional extra (pip install 'i2pscan[ray]')
 

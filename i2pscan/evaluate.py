@@ -17,13 +17,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from . import console
-from .samples import LabelledSample
-from .detector import Detector
-from .errors import I2PError
-from .provenance import AI
-from .report import row_key
-from .scan import ScanOptions, scan, threshold_logit
+from i2pscan import console
+from i2pscan.samples import LabelledSample
+from i2pscan.detector import Detector
+from i2pscan.errors import I2PError
+from i2pscan.provenance import AI
+from i2pscan.report import row_key
+from i2pscan.scan import ScanOptions, scan, threshold_logit
 
 METRICS = ("acc_real", "acc_fake", "acc", "acc_real_05", "acc_fake_05", "acc_05", "ap", "auc", "oracle_acc",
            "tpr_at_fpr_1", "tpr_at_fpr_5")
@@ -227,7 +227,7 @@ def _md(v) -> str:
 
 def plot(result: EvalResult, folder: str) -> list[str]:
     """ROC curves and score histograms (real vs fake) per subset, as PNGs in ``folder``."""
-    from .plots import pyplot
+    from i2pscan.plots import pyplot
 
     plt = pyplot()
     os.makedirs(folder, exist_ok=True)

@@ -8,11 +8,11 @@ from typing import Sequence
 
 import torch
 
-from . import console
-from .backbone import Backbone
-from .decode import CropTransform, Preprocess
-from .errors import I2PError
-from .pool import ImageFiles, loader
+from i2pscan import console
+from i2pscan.backbone import Backbone
+from i2pscan.io.preprocess import CropTransform, Preprocess
+from i2pscan.errors import I2PError
+from i2pscan.io.loader import ImageFiles, loader
 
 
 @dataclass

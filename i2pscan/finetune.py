@@ -22,19 +22,20 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import __version__, console, tensorfile
-from .backbone import Backbone
-from .calibrate import Calibration
-from .augment import Augment, TrainTransform
-from .decode import CropTransform, Preprocess
-from .pool import ImageFiles, loader
-from .samples import FileSet, LabelledSample, split_stratified
-from .detector import Delta, write_detector
-from .errors import I2PError
-from .features import autocast, extract
-from .head import DetectorHead, HeadConfig, supervised_contrastive
-from .inference import DEFAULT_POLICY, normalise_policies, sample_logits
-from .sensitivity import (
+from i2pscan import __version__, console, tensorfile
+from i2pscan.io.files import atomic_path, remove_leftovers
+from i2pscan.backbone import Backbone
+from i2pscan.calibrate import Calibration
+from i2pscan.augment import Augment, TrainTransform
+from i2pscan.io.preprocess import CropTransform, Preprocess
+from i2pscan.io.loader import ImageFiles, loader
+from i2pscan.samples import FileSet, LabelledSample, split_stratified
+from i2pscan.detector import Delta, write_detector
+from i2pscan.errors import I2PError
+from i2pscan.features import autocast, extract
+from i2pscan.head import DetectorHead, HeadConfig, supervised_contrastive
+from i2pscan.inference import DEFAULT_POLICY, normalise_policies, sample_logits
+from i2pscan.sensitivity import (
     STRATEGIES,
     Mask,
     build_mask,
@@ -44,7 +45,7 @@ from .sensitivity import (
     print_mask,
     task_saliency,
 )
-from .sparse import DenseDelta, SparseDelta, attach
+from i2pscan.sparse import DenseDelta, SparseDelta, attach
 
 CHECKPOINT_KIND = "checkpoint"
 _RESUMABLE_CHANGES = ("epochs", "max_steps", "workers")
@@ -138,7 +139,7 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
     train, val, cal_overlap = _split(train, val, config, calibration)
     ckpt = checkpoint_path(out)
     for written in (out, ckpt, log_path(out)):  # what a run killed mid-write left
-        tensorfile.remove_leftovers(written)
+        remove_leftovers(written)
     state = None
     if resume:
         if not os.path.exists(ckpt):
@@ -571,7 +572,7 @@ def _counts(sample: LabelledSample) -> dict:
 
 
 def _write_log(path: str, log: list[dict]) -> None:
-    with tensorfile.atomic_path(path) as tmp, open(tmp, "w") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
         for entry in log:
             fh.write(json.dumps(entry) + "\n")
 

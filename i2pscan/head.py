@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .errors import I2PError
+from i2pscan.errors import I2PError
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch.nn.utils import parametrize
 
-from . import console
-from .decode import CropTransform, Preprocess
-from .errors import I2PError
-from .features import autocast
-from .pool import ImageFiles, loader
+from i2pscan import console
+from i2pscan.io.preprocess import CropTransform, Preprocess
+from i2pscan.errors import I2PError
+from i2pscan.features import autocast
+from i2pscan.io.loader import ImageFiles, loader
 
 COMBINE = ("mean", "max")
 DEFAULT_POLICY = "1:mean"
@@ -50,6 +50,7 @@ def logits(backbone, head, view: str, pixels: torch.Tensor, precision: str = "bf
     """Head logits (float32, on the backbone's device) of preprocessed crops [B, 3, S, S];
     ``precision`` is the backbone's on CUDA (``features.autocast``)."""
     device = backbone.device
+    pixels = torch.as_tensor(pixels)
     with parametrize.cached(), autocast(device, precision):
         taps = backbone.taps(pixels.to(device, non_blocking=True), list(head.config.layers), view)
     with torch.autocast(device.type, enabled=False):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import I2PError
+from i2pscan.errors import I2PError
 
 
 def pyplot():

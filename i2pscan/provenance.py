@@ -31,7 +31,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from .errors import I2PError, one_line
+from i2pscan.errors import I2PError, one_line
 
 PROVENANCE = ("generated", "ai-edited", "captured", "camera-exif", "none")
 AI = ("generated", "ai-edited")
@@ -188,6 +188,10 @@ class EvidenceReader:
             raise
         except Exception as exc:  # a bug or an SDK surprise must not cost the image its row
             return Evidence(provenance=None, detail={"notes": [f"provenance reader failed: {one_line(exc, 200)}"]})
+
+    def columns(self, data: bytes | None, path: str | None = None, exif: dict | None = None) -> dict:
+        """The report columns of :meth:`read` (a file whose bytes could not be read: ``unread()``)."""
+        return self.read(data, path, exif).columns() if data is not None else unread()
 
     def _read(self, data: bytes, path: str | None, exif: dict | None) -> Evidence:
         found = read_headers(data, exif)
@@ -514,7 +518,7 @@ def _read_xmp(packet: bytes, found: _Found) -> None:
 
 
 def _read_exif(blob: bytes, found: _Found) -> None:
-    from .decode import read_exif
+    from i2pscan.io.decode import read_exif
 
     _add_exif(read_exif(blob), found)
 

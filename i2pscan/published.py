@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import I2PError
+from i2pscan.errors import I2PError
 
 SHIPPED = ("rine-2class", "univfd")
 DEFAULT_DETECTOR = "rine-2class"

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import I2PError, one_line, short_path
-from .tensorfile import atomic_path, check_writable, remove_leftovers
+from i2pscan.errors import I2PError, one_line, short_path
+from i2pscan.io.files import atomic_path, check_writable, remove_leftovers
 
 SCHEMA = pa.schema([
     pa.field("path", pa.string(), nullable=False),
@@ -324,7 +324,7 @@ def _read_pid(fd: int) -> int | None:
 
 
 def _warn(message: str) -> None:
-    from . import console
+    from i2pscan import console
 
     console.warn(message)
 

@@ -14,8 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .decode import has_image_extension
-from .errors import I2PError, one_line
+from i2pscan.io.decode import has_image_extension
+from i2pscan.errors import I2PError, one_line
+from i2pscan.io.files import file_sha256
 
 REAL_NAMES = ("real", "0_real", "nature")
 FAKE_NAMES = ("fake", "1_fake", "ai", "synthetic")
@@ -208,13 +209,6 @@ def split_stratified(sample: LabelledSample, fraction: float, seed: int,
     return sorted(train), sorted(val)
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 class FileSet:
     """File identities: the real path (symlinks resolved) and the size and sha256 of the bytes.
@@ -238,7 +232,7 @@ class FileSet:
         entries = []
         for p in paths:
             size = _size(p)
-            entries.append((os.path.realpath(p), size, _sha256(p) if hashed and size is not None else None))
+            entries.append((os.path.realpath(p), size, file_sha256(p) if hashed and size is not None else None))
         return cls(entries)
 
     def entries(self) -> list[list]:
@@ -251,7 +245,7 @@ class FileSet:
     def _hash(self, member: list) -> str | None:
         if member[1] is None:
             try:
-                member[1] = _sha256(member[0])
+                member[1] = file_sha256(member[0])
             except OSError:
                 return None
         return member[1]
@@ -267,7 +261,7 @@ class FileSet:
             members = self._by_size.get(size) if size is not None else None
             if members:
                 try:
-                    digest = _sha256(p)
+                    digest = file_sha256(p)
                 except OSError:
                     continue
                 if any(self._hash(m) == digest for m in members):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 
-from .errors import I2PError
+from i2pscan.errors import I2PError
 
 ARCHITECTURES = ("i2p", "rine", "univfd")
 MAX_META_BYTES = 256 * 1024  # a finetune detector's metadata is a few KB

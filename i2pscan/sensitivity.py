@@ -27,11 +27,11 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from . import console
-from .backbone import Backbone
-from .errors import I2PError
-from .features import autocast
-from .sparse import SparseAttention
+from i2pscan import console
+from i2pscan.backbone import Backbone
+from i2pscan.errors import I2PError
+from i2pscan.features import autocast
+from i2pscan.sparse import SparseAttention
 
 STRATEGIES = ("i2p", "low-sensitivity", "task-fisher", "random", "head-only", "full")
 _MATRICES = ("attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

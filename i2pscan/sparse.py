@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import I2PError
+from i2pscan.errors import I2PError
 
 __all__ = ["SparseDelta", "SparseLinear", "SparseAttention", "SparseLinearFunction", "sparse_linear", "DenseDelta",
            "attach"]

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decode import save_image
-from .errors import I2PError
+from i2pscan.io.pixels import save_image
+from i2pscan.errors import I2PError
 
 GENERATORS = ("tconv", "pixelshuffle", "bilinear")
 _PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",

@@ -67,7 +67,7 @@ def noise_image(path: Path, seed: int = 0, size: int = 72, width: int | None = N
     """A PNG (or whatever the suffix says) of uniform noise, size x width pixels (square by default)."""
     import numpy as np
 
-    from i2pscan.decode import save_image
+    from i2pscan.io.pixels import save_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     rgb = np.random.default_rng(seed).integers(0, 255, (size, width or size, 3), dtype=np.uint8)
@@ -99,7 +99,7 @@ def report_rows(report) -> list[dict]:
 
 def write_corrupt_files(folder: Path) -> list[Path]:
     """A truncated JPEG, an empty file, a text file named .png; returns their paths."""
-    from i2pscan.decode import save_image
+    from i2pscan.io.pixels import save_image
     import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)

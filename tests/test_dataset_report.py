@@ -10,7 +10,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from conftest import write_corrupt_files
-from i2pscan.decode import save_image
+from i2pscan.io.pixels import save_image
 from i2pscan.report import SCHEMA
 
 

@@ -8,8 +8,10 @@ from PIL import Image
 
 from conftest import files_the_authors_read_differently, write_corrupt_files
 from i2pscan.augment import Augment, TrainTransform
-from i2pscan.decode import crop_origins, CropTransform, decode, Preprocess
-from i2pscan.pool import collate, ImageFiles
+from i2pscan.io.preprocess import crop_origins, CropTransform, Preprocess
+from i2pscan.io.decode import decode
+from i2pscan.io.pool import collate
+from i2pscan.io.loader import ImageFiles
 from i2pscan.samples import load_labelled, split_stratified
 from i2pscan.errors import I2PError
 
@@ -69,7 +71,7 @@ def test_published_preprocessing_decodes_as_the_authors_code(tmp_path):
 
 
 def test_the_pool_decodes_as_the_transforms_preprocessing_asks(tmp_path):
-    from i2pscan.pool import FileWork
+    from i2pscan.io.work import FileWork
 
     path, _ = files_the_authors_read_differently(tmp_path)
     shapes = {}
@@ -128,7 +130,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
         def denied(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr("i2pscan.decode.open", denied, raising=False)
+        monkeypatch.setattr("i2pscan.io.decode.open", denied, raising=False)
     assert decode(path).error == "permission denied"
 
 

@@ -12,7 +12,7 @@ import torch
 
 from conftest import tamper_detector
 from i2pscan import tensorfile
-from i2pscan.decode import save_image
+from i2pscan.io.pixels import save_image
 from i2pscan.detector import Detector
 from i2pscan.errors import I2PError
 

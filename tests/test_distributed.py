@@ -53,10 +53,10 @@ def test_ray_scan_gives_the_local_scan_rows_and_exit_code(tmp_path, detector_fil
 
 
 def test_ray_scan_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file, ray_cluster):
-    from i2pscan.decode import CropTransform
+    from i2pscan.io.preprocess import CropTransform
     from i2pscan.detector import Detector
     from i2pscan.distributed import scan
-    from i2pscan.pool import FileWork
+    from i2pscan.io.work import FileWork
     from i2pscan.scan import ScanOptions
 
     paths = [str(noise_image(tmp_path / f"{i:02d}.png", seed=i)) for i in range(12)]
@@ -67,12 +67,12 @@ def test_ray_scan_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file
     class Misbehaving:  # reads evidence in the decode task's worker process, from the bytes decoding read
         real = EvidenceReader()
 
-        def read(self, data, path, exif=None):
+        def columns(self, data, path, exif=None):
             if path.endswith("05.png"):
                 os._exit(9)  # what a segfaulting reader looks like from outside
             if path.endswith("08.png"):
                 time.sleep(3600)  # stuck in C code
-            return self.real.read(data, path, exif)
+            return self.real.columns(data, path, exif)
 
     work = FileWork(CropTransform(detector.preprocess, 1), evidence=Misbehaving())
     rows = []

@@ -24,7 +24,7 @@ import pytest
 from conftest import noise_image, tamper_detector
 from i2pscan.errors import I2PError
 from i2pscan.report import ReportWriter
-from i2pscan.scan import DiscoverOptions, discover
+from i2pscan.io.discover import DiscoverOptions, discover
 
 META = {"detector_id": "x", "options": {"evidence": "all", "metadata_only": False}}
 
@@ -162,7 +162,7 @@ def test_leftover_temporary_files_of_killed_writers_are_removed(tmp_path, detect
     noise_image(tmp_path / "a.png", size=64)
     killed = textwrap.dedent("""
         import os, signal, sys
-        from i2pscan.tensorfile import atomic_path
+        from i2pscan.io.files import atomic_path
         for target in sys.argv[1:]:
             if os.fork() == 0:
                 with atomic_path(target) as tmp:
@@ -177,16 +177,16 @@ def test_leftover_temporary_files_of_killed_writers_are_removed(tmp_path, detect
     leftovers = sorted(p.name for p in tmp_path.glob(".tmp-*"))
     assert len(leftovers) == 2 and len(list((tmp_path / "r.parquet.parts").glob(".tmp-*"))) == 1
     live = subprocess.Popen(["sleep", "60"])
-    from i2pscan.tensorfile import _tmp_prefix
+    from i2pscan.io.files import temporary_prefix
 
-    live_tmp = tmp_path / f"{_tmp_prefix(str(report))}{live.pid}-abc.parquet"
+    live_tmp = tmp_path / f"{temporary_prefix(str(report))}{live.pid}-abc.parquet"
     live_tmp.write_bytes(b"being written")
     try:
         r = run_cli("scan", tmp_path / "a.png", "-d", detector_file, "-o", report, "--workers", "0", "--overwrite")
         assert r.exit_code in (0, 1), r.stderr
         left = sorted(p.name for p in tmp_path.glob(".tmp-*"))
         # the report's own leftover is gone; another file's leftover and a live writer's file stay
-        assert left == sorted([live_tmp.name, *(n for n in leftovers if n.startswith(_tmp_prefix(str(other))))])
+        assert left == sorted([live_tmp.name, *(n for n in leftovers if n.startswith(temporary_prefix(str(other))))])
         assert live_tmp.exists() and not (tmp_path / "r.parquet.parts").exists()
     finally:
         live.kill()
@@ -195,7 +195,7 @@ def test_leftover_temporary_files_of_killed_writers_are_removed(tmp_path, detect
 
 def test_finetune_removes_its_leftover_log(tmp_path, toy_dir, run_cli):
     from i2pscan.finetune import log_path
-    from i2pscan.tensorfile import _tmp_prefix
+    from i2pscan.io.files import temporary_prefix
 
     cal = tmp_path / "cal.safetensors"
     r = run_cli("calibrate", toy_dir / "tconv" / "train", "--backbone", "i2p-tiny", "--out", cal,
@@ -204,7 +204,7 @@ def test_finetune_removes_its_leftover_log(tmp_path, toy_dir, run_cli):
     out = tmp_path / "det.safetensors"
     dead = subprocess.Popen(["true"])  # a pid that no longer runs
     dead.wait()
-    leftover = tmp_path / f"{_tmp_prefix(log_path(out))}{dead.pid}-x.jsonl"
+    leftover = tmp_path / f"{temporary_prefix(log_path(out))}{dead.pid}-x.jsonl"
     leftover.write_text('{"epoch": 1}\n')
     r = run_cli("finetune", toy_dir / "tconv" / "train", "--calibration", cal, "--out", out, "--resume",
                 "--max-per-class", "8", "--workers", "0")

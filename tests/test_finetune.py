@@ -159,8 +159,9 @@ def test_batched_sensitivity_matches_per_sample_estimate(toy_dir):
     backbone = load_backbone("i2p-tiny")
     params = eligible_parameters(backbone, 2)
     paths = load_labelled(toy_dir / "pixelshuffle" / "train", max_per_class=8).paths
-    from i2pscan.decode import CropTransform, Preprocess
-    from i2pscan.pool import collate, ImageFiles
+    from i2pscan.io.preprocess import CropTransform, Preprocess
+    from i2pscan.io.pool import collate
+    from i2pscan.io.loader import ImageFiles
 
     pp = Preprocess.from_dict(backbone.preprocessing())
     ds = ImageFiles(paths, CropTransform(pp, 1))

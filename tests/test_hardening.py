@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import tamper_detector
-from i2pscan.decode import save_image
+from i2pscan.io.pixels import save_image
 from i2pscan.detector import Detector
 from i2pscan.errors import I2PError
 
@@ -53,12 +53,12 @@ def test_damaged_detector_fields_are_refused_at_load(detector_file, tmp_path, ru
 
 def test_unexpected_exceptions_exit_2_in_one_line(tmp_path, run_cli, monkeypatch):
     _img(tmp_path / "a.png")
-    import i2pscan.scan
+    import i2pscan.io.discover
 
     def boom(*args, **kwargs):
         raise ZeroDivisionError("surprise")
 
-    monkeypatch.setattr(i2pscan.scan, "discover", boom)
+    monkeypatch.setattr(i2pscan.io.discover, "discover", boom)
     r = run_cli("scan", tmp_path / "a.png", "-d", tmp_path / "whatever.safetensors")
     assert r.exit_code == 2
     assert "internal error: ZeroDivisionError: surprise" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import i2pscan.pool as pool
-from i2pscan.decode import CropTransform, Preprocess, save_image
-from i2pscan.pool import DecodePool, FileWork, scan_batches
+import i2pscan.io.work as work_module
+from i2pscan.io.preprocess import CropTransform, Preprocess
+from i2pscan.io.pixels import save_image
+from i2pscan.io.pool import DecodePool, scan_batches
+from i2pscan.io.work import FileWork
 
 PP = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -30,7 +32,7 @@ def _images(folder: Path, n: int) -> list[str]:
 
 
 def _misbehaving(crash: set[str], hang: set[str]):
-    real = pool.decode
+    real = work_module.decode
 
     def decode(path, *args, **kwargs):
         name = os.path.basename(path)
@@ -98,7 +100,7 @@ def test_crashing_and_hanging_decoders_50_runs_under_load(tmp_path, monkeypatch,
     paths = _images(tmp_path, 10)
     work = FileWork(CropTransform(PP, 1))
     expected = [work(i, p).pixels.numpy() for i, p in enumerate(paths)]
-    monkeypatch.setattr(pool, "decode", _misbehaving(crash={"03.png"}, hang={"06.png"}))
+    monkeypatch.setattr(work_module, "decode", _misbehaving(crash={"03.png"}, hang={"06.png"}))
     for run in range(50):
         batches = list(scan_batches(paths, work, batch_size=3, workers=2, timeout_s=1.0))
         assert [len(b.items) for b in batches] == [3, 3, 3, 1], run
@@ -108,20 +110,20 @@ def test_crashing_and_hanging_decoders_50_runs_under_load(tmp_path, monkeypatch,
         assert errors == {3: "the decoder crashed on this file (its process exited with code 7)",
                           6: "the decoder hung on this file (no result after 1 s; its process was stopped)"}, run
         assert items[3].info.size_bytes == os.path.getsize(paths[3])
-        pixels = np.concatenate([b.pixels.numpy() for b in batches if b.pixels is not None])
+        pixels = np.concatenate([np.asarray(b.pixels) for b in batches if b.pixels is not None])
         assert np.array_equal(pixels, np.concatenate([e for i, e in enumerate(expected) if i not in (3, 6)])), run
 
 
 def test_a_worker_killed_from_outside_costs_only_its_file(tmp_path, monkeypatch):
     paths = _images(tmp_path, 6)
-    real = pool.decode
+    real = work_module.decode
 
     def suicidal(path, *args, **kwargs):
         if path.endswith("02.png"):
             os.kill(os.getpid(), 9)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(pool, "decode", suicidal)
+    monkeypatch.setattr(work_module, "decode", suicidal)
     items = list(DecodePool(FileWork(CropTransform(PP, 1)), workers=2).items(paths))
     assert [it.info.error for it in items] == [None, None, "the decoder crashed on this file "
                                                "(its process was killed by SIGKILL)", None, None, None]

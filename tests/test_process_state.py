@@ -6,7 +6,8 @@ import numpy as np
 from PIL import Image
 
 from i2pscan.backbone import load_backbone
-from i2pscan.decode import decode, save_image
+from i2pscan.io.decode import decode
+from i2pscan.io.pixels import save_image
 
 
 def test_decoding_restores_pillows_pixel_limit(tmp_path):

@@ -242,7 +242,8 @@ def test_published_detectors_score_as_the_authors_models(random_vitl, tmp_path):
 def test_torchvision_crop_mode_matches_center_crop(tmp_path, h, w):
     """The published detectors' preprocessing equals the authors' (CenterCrop, ToTensor, Normalize),
     offsets rounded half to even and small images padded with black."""
-    from i2pscan.decode import CropTransform, Preprocess, decode
+    from i2pscan.io.preprocess import CropTransform, Preprocess
+    from i2pscan.io.decode import decode
 
     path = noise_image(tmp_path / "x.png", h * w, h, w)
     ours = CropTransform(Preprocess(224, MEAN, STD, "torchvision"), 1)(decode(str(path)).image, 0)[0]

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from i2pscan.decode import decode, save_image
+from i2pscan.io.decode import decode
+from i2pscan.io.pixels import save_image
 from i2pscan.report import META_KEY, SCHEMA
 from i2pscan.review import build
 

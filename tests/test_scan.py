@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from i2pscan.errors import I2PError
-from i2pscan.scan import DiscoverOptions, discover
+from i2pscan.io.discover import DiscoverOptions, discover
 
 from conftest import noise_image, report_rows, write_corrupt_files
 
@@ -153,16 +153,16 @@ def test_robustness_corpus_one_row_per_file(tmp_path, corpus, detector_file, run
 def test_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file, run_cli, monkeypatch, chdir):
     for i in range(12):
         noise_image(tmp_path / "d" / f"{i:02d}.png", seed=i)
-    import i2pscan.pool as pool
+    import i2pscan.io.work as work_module
 
-    real_decode = pool.decode
+    real_decode = work_module.decode
 
     def crashing(path, *args, **kwargs):
         if path.endswith("05.png"):
             os._exit(1)  # what a segfaulting decoder looks like from outside
         return real_decode(path, *args, **kwargs)
 
-    monkeypatch.setattr(pool, "decode", crashing)
+    monkeypatch.setattr(work_module, "decode", crashing)
     r = run_cli("scan", "d", "-d", detector_file, "-o", "r.parquet", "--workers", "2", "--batch-size", "2")
     rows = report_rows("r.parquet")
     assert [row["path"] for row in rows] == [f"d/{i:02d}.png" for i in range(12)]

@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 
 from PIL import features
 
-from ..decode import decode
-from ..errors import one_line
+from i2pscan.io.decode import decode
+from i2pscan.errors import one_line
 
 THUMB_SIZE = 256
 EXTENSION = "webp" if features.check("webp") else "jpg"

@@ -1,16 +1,15 @@
-"""Batches of decoded images: one item per file, a crop tensor or an error, never a substitute.
+"""The scanner's decode pool: worker processes that the scanner owns, answering files in order.
 
-Two ways to get them. Scans use :class:`DecodePool`, a process pool that the scanner owns: every
-worker holds at most a few files at a time and answers them in order, so when a worker dies (a
-decoder that segfaults or calls exit) or stops answering (a decoder stuck in C code), the file it
-was on is known exactly; that file becomes an error row, the files queued behind it are handed to
-a fresh worker, and the scan goes on. Training and feature extraction keep torch's DataLoader
-(shuffling, persistent augmentation seeds), where a crash stops the run.
+Every worker holds at most a few files at a time and answers them in order, so when a worker dies
+(a decoder that segfaults or calls exit) or stops answering (a decoder stuck in C code), the file
+it was on is known exactly; that file becomes an error row, the files queued behind it are handed
+to a fresh worker, and the scan goes on. Crops travel between processes as arrays.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import multiprocessing
 import os
 import queue
@@ -20,22 +19,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_ready
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 import numpy as np
-import torch
 
-from .augment import perturb
-from .decode import DEFAULT_MAX_PIXELS, Decoded, decode, read_header
-from .errors import one_line
-from .provenance import EvidenceReader, unread
-
-
-@dataclass
-class Item:
-    index: int
-    pixels: torch.Tensor | np.ndarray | None  # [n_crops, 3, S, S]
-    info: Decoded
+from i2pscan.errors import one_line
+from i2pscan.io.decode import Decoded
+from i2pscan.io.work import FileWork, Item
 
 
 @dataclass
@@ -43,12 +33,16 @@ class Batch:
     """Items in input order; ``pixels`` stacks the crops of the items that decoded."""
 
     items: list[Item]
-    pixels: torch.Tensor | None
+    pixels: Any  # an array, or a tensor where the items held tensors; None when nothing decoded
     ok: list[int] = field(default_factory=list)  # positions in ``items`` with pixels
 
     def pin_memory(self) -> "Batch":
+        """The pixels as a tensor in page-locked memory (for a non-blocking copy to CUDA)."""
         if self.pixels is not None:
-            self.pixels = self.pixels.pin_memory()
+            import torch
+
+            pixels = torch.from_numpy(self.pixels) if isinstance(self.pixels, np.ndarray) else self.pixels
+            self.pixels = pixels.pin_memory()
         return self
 
 
@@ -57,87 +51,16 @@ def collate(items: list[Item]) -> Batch:
     pixels = None
     if ok:
         parts = [items[i].pixels for i in ok]
-        parts = [torch.from_numpy(p) if isinstance(p, np.ndarray) else p for p in parts]
-        pixels = torch.cat(parts)
+        if all(isinstance(p, np.ndarray) for p in parts):
+            pixels = np.concatenate(parts)
+        else:
+            import torch
+
+            pixels = torch.cat([torch.from_numpy(p) if isinstance(p, np.ndarray) else p for p in parts])
     for it in items:
         it.pixels = None  # the stacked tensor holds them; do not send them twice between processes
     return Batch(items=items, pixels=pixels, ok=ok)
 
-
-@dataclass(frozen=True)
-class FileWork:
-    """Everything a worker does with one file: read it, decode it, read its provenance evidence
-    from the same bytes, crop it.
-
-    ``evidence`` reads the provenance columns into ``Decoded.provenance`` (None: not read);
-    ``header_only`` reads the header and evidence and decodes no pixels (``--metadata-only``).
-    ``as_numpy`` returns crops as arrays (pickled by value between processes, never through
-    torch's shared-memory file descriptors, which a dying worker can leave dangling).
-    """
-
-    transform: Callable[[Any, int], torch.Tensor] | None
-    want_hash: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    perturbation: str | None = None
-    evidence: EvidenceReader | None = None
-    header_only: bool = False
-    as_numpy: bool = False
-
-    def __call__(self, index: int, path: str) -> Item:
-        if self.header_only:
-            info = read_header(path, want_hash=self.want_hash)
-            _add_evidence(info, self.evidence, path)
-            return Item(index=index, pixels=None, info=info)
-        preprocess = getattr(self.transform, "preprocess", None)
-        info = decode(path, max_pixels=self.max_pixels, want_hash=self.want_hash, keep_bytes=self.evidence is not None,
-                      rgb=preprocess.rgb_mode if preprocess is not None else "i2p")
-        _add_evidence(info, self.evidence, path)
-        pixels = None
-        if info.image is not None:
-            try:
-                image = perturb(info.image, self.perturbation) if self.perturbation else info.image
-                pixels = self.transform(image, index)
-                if self.as_numpy:
-                    pixels = pixels.numpy()
-            except Exception as exc:
-                info.error = f"preprocessing failed: {one_line(exc)}"
-        info.image = None
-        return Item(index=index, pixels=pixels, info=info)
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """Paths -> :class:`Item` (decoded and transformed in DataLoader workers)."""
-
-    def __init__(self, paths: Sequence[str], transform, want_hash: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, perturbation: str | None = None,
-                 evidence: EvidenceReader | None = None):
-        self.paths = list(paths)
-        self.evidence = evidence
-        self.transform = transform
-        self.work = FileWork(transform, want_hash, max_pixels, perturbation, evidence)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Item:
-        return self.work(index, self.paths[index])
-
-
-class HeaderFiles(ImageFiles):
-    """Paths -> :class:`Item` with no pixels: the file's header and its provenance evidence only
-    (``scan --metadata-only``; nothing is decoded)."""
-
-    def __init__(self, paths: Sequence[str], evidence: EvidenceReader, want_hash: bool = False):
-        self.paths = list(paths)
-        self.evidence = evidence
-        self.work = FileWork(None, want_hash, evidence=evidence, header_only=True)
-
-
-def _add_evidence(info: Decoded, evidence: EvidenceReader | None, path: str) -> None:
-    """Provenance columns from the bytes decoding already read (then the bytes are dropped)."""
-    if evidence is not None:
-        info.provenance = evidence.read(info.data, path, info.exif).columns() if info.data is not None else unread()
-    info.data = info.exif = None
 
 
 def worker_init(_worker_id: int = 0) -> None:
@@ -147,34 +70,15 @@ def worker_init(_worker_id: int = 0) -> None:
     descriptor 2; in workers that stream goes to /dev/null so that stderr stays readable. Errors
     still arrive: as error rows, or as the pool's own messages in the main process.
     """
-    torch.set_num_threads(1)
+    if "torch" in sys.modules:  # forked from a process that uses torch: leave the cores to decoding
+        sys.modules["torch"].set_num_threads(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
 
 
+
 PREFETCH_FACTOR = 4
-
-
-def loader(dataset: ImageFiles, batch_size: int, workers: int, pin_memory: bool = False,
-           shuffle_seed: int | None = None, timeout_s: float = 0) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``dataset`` (training and feature extraction; scans use DecodePool)."""
-    generator = None
-    if shuffle_seed is not None:
-        generator = torch.Generator().manual_seed(shuffle_seed)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle_seed is not None,
-        generator=generator,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
-        worker_init_fn=worker_init if workers > 0 else None,
-        persistent_workers=False,
-        prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
-        timeout=timeout_s if workers > 0 else 0,
-    )
 
 
 def default_workers() -> int:
@@ -185,7 +89,7 @@ def default_workers() -> int:
     return max(0, min(8, cpus - 1)) if cpus > 2 else cpus
 
 
-# -- the scanner's decode pool --------------------------------------------------------------------
+
 
 EXIT_CODE_WAIT_S = 5.0  # a worker whose pipe closed is exiting; this bounds the wait for its code
 DEFAULT_FILE_TIMEOUT_S = 120.0  # twice decode()'s own deadline: only a decoder deaf to signals gets here
@@ -248,16 +152,6 @@ class _Worker:
             self.process.kill()
             self.process.join()
         self.conn.close()
-
-
-def _failed(index: int, path: str, message: str) -> Item:
-    info = Decoded(image=None, error=message)
-    try:
-        st = os.stat(path)
-        info.size_bytes, info.mtime = st.st_size, st.st_mtime
-    except OSError:
-        pass
-    return Item(index=index, pixels=None, info=info)
 
 
 def _exit_text(code: int | None) -> str:
@@ -386,7 +280,7 @@ class DecodePool:
                  message: str, kill: bool) -> None:
         if w.held:
             index, path = w.held.popleft()  # the file it was working on when it died or hung
-            done[index] = _failed(index, path, message)
+            done[index] = self.work.failed(index, path, message)
             retry.extendleft(reversed(w.held))
             w.held.clear()
         w.stop(kill=True)
@@ -418,6 +312,7 @@ def scan_batches(paths: Iterable[str], work: FileWork, batch_size: int, workers:
     decoder. Closing the generator early stops the workers.
     """
     if workers == 0:
+        work = dataclasses.replace(work, as_numpy=True)
         for group in _batched((work(i, p) for i, p in enumerate(paths)), batch_size):
             batch = collate(group)
             yield batch.pin_memory() if pin_memory else batch
