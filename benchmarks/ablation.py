@@ -30,11 +30,12 @@ import numpy as np
 
 from _table import machine, print_table
 from i2pscan import console
-from i2pscan.backbone import default_batch_size, load_backbone, resolve_device
+from i2pscan.model.device import default_batch_size, resolve_device
+from i2pscan.model.backbone import load_backbone
 from i2pscan.calibrate import CalibrateConfig, calibrate
 from i2pscan.io.pool import default_workers
 from i2pscan.samples import load_labelled
-from i2pscan.detector import Detector
+from i2pscan.model.detector import Detector
 from i2pscan.evaluate import evaluate
 from i2pscan.finetune import FinetuneConfig, finetune
 from i2pscan.scan import ScanOptions
@@ -98,7 +99,7 @@ def main() -> None:
         print(f"  {strategy}: held-out AUC {rows[-1]['held-out AUC']:.3f} ({seconds:.1f} s)", flush=True)
 
     if args.backbone == "ViT-L-14" and not args.no_published:
-        from i2pscan.published import SHIPPED, shipped_path
+        from i2pscan.model.published import SHIPPED, shipped_path
 
         pretrained = None if args.pretrained == "default" else args.pretrained
         for name in SHIPPED:

@@ -95,7 +95,7 @@ def bench_writers(n_rows: int) -> list[list]:
 def _detector(folder: str) -> str:
     from i2pscan import console
     from i2pscan.augment import Augment
-    from i2pscan.backbone import load_backbone
+    from i2pscan.model.backbone import load_backbone
     from i2pscan.calibrate import CalibrateConfig, calibrate
     from i2pscan.finetune import FinetuneConfig, finetune
     from i2pscan.samples import load_labelled

@@ -32,13 +32,24 @@ import time
 import torch
 
 from _table import machine, print_table
-from i2pscan import inference, sparse
-from i2pscan.backbone import load_backbone, resolve_device
-from i2pscan.detector import Delta, apply_delta
-from i2pscan.head import DetectorHead, HeadConfig
-from i2pscan.sensitivity import build_mask, eligible_parameters
+from i2pscan.model import inference, sparse
+from i2pscan.model.backbone import load_backbone
+from i2pscan.model.device import resolve_device
+from i2pscan.model.detector_file import Delta
+from i2pscan.model.head import DetectorHead, HeadConfig
+from i2pscan.sensitivity import build_mask
 
 VARIANTS = ("merged into W0", "CSR term, bf16 out", "CSR term, fp32 out", "dense delta, fp32 sum", "fp32 reference")
+
+
+def merge_delta(param: torch.Tensor, delta: Delta) -> None:
+    """theta0 + scatter(delta), in place: the reference a separate delta term must equal."""
+    values = delta.values.to(param.device, param.dtype)
+    if delta.indices is None:
+        param.data.add_(values)
+    else:
+        param.data.view(-1).index_add_(0, delta.indices.to(param.device, torch.long), values)
+
 
 
 @contextlib.contextmanager
@@ -74,7 +85,7 @@ def build(variant, device, rho):
     """The backbone of ``variant`` and a setter ``set_scale(s)`` for its delta values."""
     torch.manual_seed(0)
     backbone = load_backbone("ViT-L-14", None, device=device, want_hash=False)
-    params = eligible_parameters(backbone, 12)
+    params = backbone.tunable_parameters(12)
     mask = build_mask("random", params, rho, 0.5, seed=0)
     backbone.truncate(12)
     directions = {}
@@ -87,7 +98,7 @@ def build(variant, device, rho):
         def set_scale(scale):
             for n, idx in mask.indices.items():
                 params[n].data.copy_(originals[n])
-                apply_delta(params[n], Delta(idx, scale * directions[n]))
+                merge_delta(params[n], Delta(idx, scale * directions[n]))
     else:
         modules = sparse.attach(backbone, params, mask.indices)
 

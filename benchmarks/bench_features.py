@@ -14,8 +14,9 @@ import time
 import torch
 
 from _table import machine, print_table
-from i2pscan.backbone import load_backbone, resolve_device
-from i2pscan.features import autocast
+from i2pscan.model.backbone import load_backbone
+from i2pscan.model.device import resolve_device
+from i2pscan.model.device import autocast
 
 
 def images_per_second(backbone, images, blocks, batch_size, repeats):

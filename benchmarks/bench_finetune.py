@@ -51,11 +51,11 @@ from torch import nn
 
 from _table import machine, print_table
 from i2pscan import __version__
-from i2pscan.backbone import load_backbone
-from i2pscan.detector import Delta, write_detector
+from i2pscan.model.backbone import load_backbone
+from i2pscan.model.detector_file import Delta, write_detector
 from i2pscan.finetune import FinetuneConfig, _attach
-from i2pscan.head import DetectorHead, HeadConfig
-from i2pscan.sensitivity import build_mask, eligible_parameters
+from i2pscan.model.head import DetectorHead, HeadConfig
+from i2pscan.sensitivity import build_mask
 
 BACKBONE = "ViT-L-14"
 LAST_BLOCK = 12
@@ -80,7 +80,7 @@ def setup(strategy: str, rho: float, seed: int = 0):
     """The backbone (untruncated), its eligible weights up to LAST_BLOCK, a head and the mask."""
     torch.manual_seed(seed)
     backbone = load_backbone(BACKBONE, None)
-    params = eligible_parameters(backbone, LAST_BLOCK)
+    params = backbone.tunable_parameters(LAST_BLOCK)
     importance = [1.0 / backbone.num_blocks] * backbone.num_blocks
     head = DetectorHead(HeadConfig.for_layers(LAYERS, importance, backbone.width))
     sensitivity = saliency = None

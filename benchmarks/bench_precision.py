@@ -22,8 +22,8 @@ import torch
 
 from _table import machine, print_table
 from i2pscan import console
-from i2pscan.backbone import resolve_device
-from i2pscan.detector import Detector
+from i2pscan.model.device import resolve_device
+from i2pscan.model.detector import Detector
 
 MODES = ("fp32", "tf32", "bf16")
 

@@ -30,7 +30,7 @@ from _table import machine, print_table
 from bench_scan import detector_for
 from i2pscan import console
 from i2pscan import provenance as prov
-from i2pscan.backbone import resolve_device
+from i2pscan.model.device import resolve_device
 from i2pscan.scan import ScanOptions, scan
 
 HERE = Path(__file__).resolve().parent

@@ -27,14 +27,15 @@ import torch
 
 from _table import machine, print_table
 from i2pscan import console
-from i2pscan.backbone import load_backbone, resolve_device
+from i2pscan.model.backbone import load_backbone
+from i2pscan.model.device import resolve_device
 from i2pscan.io.preprocess import CropTransform, Preprocess
 from i2pscan.io.pixels import save_image
 from i2pscan.io.pool import default_workers, scan_batches
 from i2pscan.io.work import FileWork
 from i2pscan.io.loader import ImageFiles, loader
-from i2pscan.detector import Detector
-from i2pscan.head import DetectorHead, HeadConfig
+from i2pscan.model.detector import Detector
+from i2pscan.model.head import DetectorHead, HeadConfig
 from i2pscan.scan import ScanOptions, scan
 
 SIZES = {"2 MP": (1632, 1224), "6 MP": (3000, 2000), "12 MP": (4000, 3000)}

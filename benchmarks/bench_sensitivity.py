@@ -28,9 +28,10 @@ import torch
 
 from _table import machine, print_table
 from i2pscan import console, finetune as finetune_module
-from i2pscan.backbone import load_backbone, resolve_device
-from i2pscan.features import autocast
-from i2pscan.sensitivity import eligible_parameters, intrinsic_sensitivity
+from i2pscan.model.backbone import load_backbone
+from i2pscan.model.device import resolve_device
+from i2pscan.model.device import autocast
+from i2pscan.sensitivity import intrinsic_sensitivity
 
 
 def legacy_sensitivity(backbone, params, batches, total, target="embedding", layers=None, seed=0, view="cls"):
@@ -111,7 +112,7 @@ def cell(name: str, batch: int, estimator: str, device) -> dict:
     pretrained, cut, target = SETUPS[name]
     backbone = load_backbone(name, pretrained, device=device)
     last = cut or backbone.num_blocks
-    params = eligible_parameters(backbone, last)
+    params = backbone.tunable_parameters(last)
     layers = [last] if target == "taps" else None
     fn = legacy_sensitivity if estimator == "old" else intrinsic_sensitivity
     images = torch.randn(batch, 3, backbone.image_size, backbone.image_size, device=device,

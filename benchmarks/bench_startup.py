@@ -32,9 +32,9 @@ from _table import machine, print_table
 
 def make_detector(backbone_name: str, weights: str | None, out: str) -> None:
     """An i2p detector with a random head and no delta on the given backbone (timing only)."""
-    from i2pscan.backbone import load_backbone
-    from i2pscan.detector import write_detector
-    from i2pscan.head import DetectorHead, HeadConfig
+    from i2pscan.model.backbone import load_backbone
+    from i2pscan.model.detector_file import write_detector
+    from i2pscan.model.head import DetectorHead, HeadConfig
 
     bb = load_backbone(backbone_name, weights if weights else "default")
     last = min(4, bb.num_blocks)

@@ -14,8 +14,9 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from i2pscan import __version__, console, tensorfile
-from i2pscan.backbone import VIEWS, Backbone
+from i2pscan import __version__, console
+from i2pscan.model import tensorfile
+from i2pscan.model.backbone import VIEWS, Backbone
 from i2pscan.samples import FileSet, LabelledSample
 from i2pscan.errors import I2PError
 from i2pscan.features import extract

@@ -70,7 +70,7 @@ def _default_detector(given):
     """The detector asked for, or the shipped default, announced on stderr."""
     if given:
         return given
-    from i2pscan.published import DEFAULT_DETECTOR
+    from i2pscan.model.published import DEFAULT_DETECTOR
 
     _log(f"no --detector given: using the shipped {DEFAULT_DETECTOR} (RINE, ECCV 2024; `i2pscan info "
          f"{DEFAULT_DETECTOR}`); choose another with -d or I2PSCAN_DETECTOR, or scan without a model with "
@@ -182,7 +182,8 @@ def calibrate(data, out, backbone, pretrained, quick_gelu, top_k, gamma, folds, 
     critical layers S and L* (the deepest block the detector needs) to --out.
     """
     from i2pscan import calibrate as cal_mod
-    from i2pscan.backbone import default_batch_size, load_backbone, resolve_device
+    from i2pscan.model.device import default_batch_size, resolve_device
+    from i2pscan.model.backbone import load_backbone
     from i2pscan.io.files import check_writable
     from i2pscan.io.pool import default_workers
     from i2pscan.samples import load_labelled
@@ -269,7 +270,9 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
     threshold at --target-fpr, and writes the detector to --out. Ctrl-C leaves a checkpoint;
     run again with --resume to continue.
     """
-    from i2pscan.backbone import default_batch_size, load_backbone, recorded_weights, resolve_device
+    from i2pscan.model.device import default_batch_size, resolve_device
+    from i2pscan.model.backbone import load_backbone
+    from i2pscan.model.weights import recorded_weights
     from i2pscan.calibrate import Calibration
     from i2pscan.io.pool import default_workers
     from i2pscan.samples import load_labelled
@@ -364,10 +367,10 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     """
     from i2pscan import scan as scan_mod
     from i2pscan.io.discover import DiscoverOptions, discover
-    from i2pscan.backbone import default_batch_size, resolve_device
+    from i2pscan.model.device import default_batch_size, resolve_device
     from i2pscan.io.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
     from i2pscan.io.pool import default_workers
-    from i2pscan.detector import Detector
+    from i2pscan.model.detector import Detector
     from i2pscan.provenance import METADATA_EXTENSIONS
     from i2pscan.provenance import EvidenceReader
     from i2pscan.report import DatasetWriter, is_dataset_path, ReportWriter, verdict_counts
@@ -529,13 +532,13 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops
     detector's threshold and at 0.5, AP, AUC, best-threshold accuracy, TPR at 1% and 5% FPR, and
     the unweighted mean over subsets.
     """
-    from i2pscan.backbone import default_batch_size, resolve_device
+    from i2pscan.model.device import default_batch_size, resolve_device
     from i2pscan.io.pixels import parse_perturbation
     from i2pscan.io.pool import default_workers
     from i2pscan.samples import load_labelled
-    from i2pscan.detector import Detector
+    from i2pscan.model.detector import Detector
     from i2pscan.evaluate import CLEAN, combine as combine_results, evaluate_detectors, plot, print_result, write_result
-    from i2pscan.published import resolve
+    from i2pscan.model.published import resolve
     from i2pscan.io.files import check_writable
     from i2pscan.scan import ScanOptions
 
@@ -671,7 +674,7 @@ def demo_data(out, train_per_class, val_per_class, tile, seed, quiet):
 def info(file, as_json):
     """Show what a detector or calibration FILE (or a shipped detector NAME) holds and how it was made."""
     from i2pscan.inspect import describe
-    from i2pscan.published import resolve
+    from i2pscan.model.published import resolve
 
     describe(resolve(file), as_json=as_json)
 

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
 from i2pscan import console
-from i2pscan.detector import Detector
+from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError, one_line
 from i2pscan.io.pool import DecodePool, collate
 from i2pscan.io.work import FileWork, Item

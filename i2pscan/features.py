@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from i2pscan import console
-from i2pscan.backbone import Backbone
+from i2pscan.model.backbone import Backbone
+from i2pscan.model.device import autocast
 from i2pscan.io.preprocess import CropTransform, Preprocess
-from i2pscan.errors import I2PError
 from i2pscan.io.loader import ImageFiles, loader
 
 
@@ -24,22 +23,6 @@ class Extracted:
     failures: list[tuple[str, str]]  # (path, error) of the files that could not be used
 
 
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def autocast(device: torch.device, precision: str = "bf16"):
-    """bf16 autocast on CUDA unless ``precision`` is ``fp32`` (then autocast is off, even inside a
-    caller's); full fp32 elsewhere (CPU results stay bitwise reproducible). ``auto`` is bf16 here:
-    a detector resolves it (``Detector.precision``)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", enabled=False) if precision == "fp32" else torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise I2PError(f"precision must be one of {', '.join(PRECISIONS)} (--precision), not {precision!r}")
-    return precision
 
 
 @torch.no_grad()

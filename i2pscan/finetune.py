@@ -22,30 +22,23 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.nn.utils import parametrize
 
-from i2pscan import __version__, console, tensorfile
+from i2pscan import __version__, console
+from i2pscan.model import tensorfile
 from i2pscan.io.files import atomic_path, remove_leftovers
-from i2pscan.backbone import Backbone
+from i2pscan.model.backbone import Backbone
 from i2pscan.calibrate import Calibration
 from i2pscan.augment import Augment, TrainTransform
 from i2pscan.io.preprocess import CropTransform, Preprocess
 from i2pscan.io.loader import ImageFiles, loader
 from i2pscan.samples import FileSet, LabelledSample, split_stratified
-from i2pscan.detector import Delta, write_detector
+from i2pscan.model.detector_file import Delta, write_detector
 from i2pscan.errors import I2PError
-from i2pscan.features import autocast, extract
-from i2pscan.head import DetectorHead, HeadConfig, supervised_contrastive
-from i2pscan.inference import DEFAULT_POLICY, normalise_policies, sample_logits
-from i2pscan.sensitivity import (
-    STRATEGIES,
-    Mask,
-    build_mask,
-    eligible_parameters,
-    intrinsic_sensitivity,
-    needs_scores,
-    print_mask,
-    task_saliency,
-)
-from i2pscan.sparse import DenseDelta, SparseDelta, attach
+from i2pscan.model.device import autocast
+from i2pscan.features import extract
+from i2pscan.model.head import DetectorHead, HeadConfig, supervised_contrastive
+from i2pscan.model.inference import DEFAULT_POLICY, normalise_policies, sample_logits
+from i2pscan.sensitivity import (STRATEGIES, Mask, build_mask, intrinsic_sensitivity, needs_scores, print_mask, task_saliency)
+from i2pscan.model.sparse import DenseDelta, SparseDelta, attach
 
 CHECKPOINT_KIND = "checkpoint"
 _RESUMABLE_CHANGES = ("epochs", "max_steps", "workers")
@@ -149,7 +142,7 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
         raise I2PError(f"an interrupted run left {ckpt}: pass --resume to continue it, or delete it to start over")
 
     head = _new_head(backbone, calibration, config)
-    params = eligible_parameters(backbone, calibration.last_block)
+    params = backbone.tunable_parameters(calibration.last_block)
     if state is None:
         mask = _plan(backbone, head, params, train, calibration, config)
     else:
@@ -211,7 +204,7 @@ def plan_mask(backbone: Backbone, calibration: Calibration, train: LabelledSampl
     Writes nothing; the backbone is left as it was."""
     _check_calibration(backbone, calibration)
     train, _, _ = _split(train, val, config, calibration)
-    params = eligible_parameters(backbone, calibration.last_block)
+    params = backbone.tunable_parameters(calibration.last_block)
     return _plan(backbone, _new_head(backbone, calibration, config), params, train, calibration, config)
 
 

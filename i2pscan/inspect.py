@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-from i2pscan import console, tensorfile
+from i2pscan import console
+from i2pscan.model import tensorfile
 
 KINDS = ("detector", "calibration")
 
@@ -66,7 +67,7 @@ def _published_rows(meta: dict) -> list[list]:
 
 def list_shipped() -> list[dict]:
     """Print the shipped detectors (name, what, licence, backbone) to stdout; returns their cards."""
-    from i2pscan.published import DEFAULT_DETECTOR, SHIPPED, shipped_path
+    from i2pscan.model.published import DEFAULT_DETECTOR, SHIPPED, shipped_path
 
     cards, rows = [], []
     for name in SHIPPED:

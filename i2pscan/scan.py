@@ -15,12 +15,13 @@ from datetime import datetime, timezone
 from typing import Callable, Sequence
 
 
-from i2pscan import __version__, console, inference
+from i2pscan import __version__, console
+from i2pscan.model import inference
 from i2pscan.io.preprocess import CropTransform
 from i2pscan.io.decode import DEFAULT_MAX_PIXELS
 from i2pscan.io.pool import Batch, DEFAULT_FILE_TIMEOUT_S, scan_batches
 from i2pscan.io.work import FileWork, Item
-from i2pscan.detector import Cut, Detector
+from i2pscan.model.detector import Cut, Detector
 from i2pscan.errors import I2PError
 from i2pscan.provenance import AI, EvidenceReader, unread
 from i2pscan.report import ReportWriter, mtime_of, path_columns

@@ -28,34 +28,12 @@ import torch
 from torch import nn
 
 from i2pscan import console
-from i2pscan.backbone import Backbone
+from i2pscan.model.backbone import Backbone, block_of
 from i2pscan.errors import I2PError
-from i2pscan.features import autocast
-from i2pscan.sparse import SparseAttention
+from i2pscan.model.device import autocast
+from i2pscan.model.sparse import SparseAttention
 
 STRATEGIES = ("i2p", "low-sensitivity", "task-fisher", "random", "head-only", "full")
-_MATRICES = ("attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-def eligible_parameters(backbone: Backbone, last_block: int) -> dict[str, nn.Parameter]:
-    """The attention and MLP weight matrices of blocks 1..last_block, by name under ``visual``.
-
-    Embeddings, norms and biases stay frozen (DESIGN §1.2 step 3).
-    """
-    params = dict(backbone.visual.named_parameters())
-    names = [f"transformer.resblocks.{i}.{m}" for i in range(last_block) for m in _MATRICES]
-    missing = [n for n in names if n not in params]
-    if missing:
-        raise I2PError(f"backbone {backbone.name} lacks the expected weight {missing[0]}; "
-                       f"i2pscan supports open_clip ViTs with standard residual blocks")
-    return {n: params[n] for n in names}
-
-
-def block_of(name: str) -> int:
-    """1-based block number of an eligible parameter name."""
-    return int(name.split(".")[2]) + 1
-
-
 _CHUNK_BYTES = 1 << 28  # per-sample gradients held at once, per weight matrix
 
 

@@ -38,7 +38,7 @@ def toy_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from i2pscan.backbone import load_backbone
+    from i2pscan.model.backbone import load_backbone
 
     return load_backbone("i2p-tiny")
 
@@ -128,7 +128,7 @@ def chdir(tmp_path):
 def detector_file(tmp_path_factory, toy_dir) -> Path:
     """A detector trained on the toy tconv generator with the tiny backbone (a few seconds)."""
     from i2pscan import console
-    from i2pscan.backbone import load_backbone
+    from i2pscan.model.backbone import load_backbone
     from i2pscan.calibrate import CalibrateConfig, calibrate
     from i2pscan.augment import Augment
     from i2pscan.samples import load_labelled
@@ -148,7 +148,7 @@ def detector_file(tmp_path_factory, toy_dir) -> Path:
 
 def tamper_detector(src, dst, meta_edit=None, tensor_edit=None):
     """Copy a detector file with its metadata and/or tensors edited in place by the callbacks."""
-    from i2pscan import tensorfile
+    from i2pscan.model import tensorfile
 
     kind, meta, tensors = tensorfile.read(src, ("detector",))
     if meta_edit:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from i2pscan.backbone import load_backbone, resolve_quick_gelu
+from i2pscan.model.backbone import load_backbone, resolve_quick_gelu
 from i2pscan.errors import I2PError
 
 AMBIGUOUS = ("cannot tell which activation weights.bin was trained with (ViT-B-32 weights differ: openai uses "

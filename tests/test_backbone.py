@@ -2,7 +2,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from i2pscan.backbone import TINY_BACKBONES, load_backbone, resolve_device, tiny_weights_path, weights_sha256
+from i2pscan.model.weights import TINY_BACKBONES, tiny_weights_path, weights_sha256
+from i2pscan.model.backbone import load_backbone
+from i2pscan.model.device import resolve_device
 from i2pscan.errors import I2PError
 
 
@@ -112,7 +114,7 @@ def test_device_resolution_honours_or_refuses():
 
 
 def test_recorded_weights_resolve_tiny_local_and_missing(tmp_path, tiny_backbone):
-    from i2pscan.backbone import recorded_weights
+    from i2pscan.model.weights import recorded_weights
 
     assert recorded_weights(tiny_backbone.identity()) == str(tiny_weights_path("i2p-tiny"))
     copy = tmp_path / "mine.safetensors"

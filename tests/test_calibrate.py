@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import write_corrupt_files
 
-from i2pscan import __version__, tensorfile
-from i2pscan.backbone import load_backbone
+from i2pscan import __version__
+from i2pscan.model import tensorfile
+from i2pscan.model.backbone import load_backbone
 from i2pscan.calibrate import (
     KIND,
     CalibrateConfig,

@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import tamper_detector
-from i2pscan.backbone import load_backbone
-from i2pscan.detector import Detector
+from i2pscan.model.backbone import load_backbone
+from i2pscan.model.detector import Detector
 
 
 @pytest.fixture(scope="module")

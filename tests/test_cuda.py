@@ -16,13 +16,13 @@ from torch import nn
 
 from i2pscan import console
 from i2pscan.augment import Augment
-from i2pscan.backbone import load_backbone
+from i2pscan.model.backbone import load_backbone
 from i2pscan.calibrate import CalibrateConfig, calibrate
-from i2pscan.detector import Detector
+from i2pscan.model.detector import Detector
 from i2pscan.finetune import FinetuneConfig, finetune
 from i2pscan.samples import load_labelled
 from i2pscan.scan import ScanOptions, scan
-from i2pscan.sparse import SparseLinear
+from i2pscan.model.sparse import SparseLinear
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -100,12 +100,12 @@ def test_scan_and_training_arithmetic_agree_on_cuda(tiny_backbone):
     """The dense-delta product a scan runs and the CSR product training runs give the same taps."""
     import copy
 
-    from i2pscan import sparse
-    from i2pscan.sensitivity import build_mask, eligible_parameters
+    from i2pscan.model import sparse
+    from i2pscan.sensitivity import build_mask
 
     backbone = copy.deepcopy(tiny_backbone)
     backbone.visual.cuda()
-    params = eligible_parameters(backbone, backbone.num_blocks)
+    params = backbone.tunable_parameters(backbone.num_blocks)
     mask = build_mask("random", params, 0.05, 0.5, seed=0)
     modules = sparse.attach(backbone, params, mask.indices)
     for n, m in modules.items():

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import tamper_detector
-from i2pscan import tensorfile
+from i2pscan.model import tensorfile
 from i2pscan.io.pixels import save_image
-from i2pscan.detector import Detector
+from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError
 
 
@@ -252,7 +252,7 @@ def test_the_valid_file_loads_and_its_checksum_is_recorded(detector_file):
 
 def test_a_huge_claimed_head_allocates_nothing(detector_file, tmp_path, monkeypatch):
     """The sizes a file claims are checked on the meta device: no real DetectorHead is built."""
-    import i2pscan.detector as det_mod
+    import i2pscan.model.detector_file as det_mod
 
     devices = []
     real = det_mod.DetectorHead

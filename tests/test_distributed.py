@@ -54,7 +54,7 @@ def test_ray_scan_gives_the_local_scan_rows_and_exit_code(tmp_path, detector_fil
 
 def test_ray_scan_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file, ray_cluster):
     from i2pscan.io.preprocess import CropTransform
-    from i2pscan.detector import Detector
+    from i2pscan.model.detector import Detector
     from i2pscan.distributed import scan
     from i2pscan.io.work import FileWork
     from i2pscan.scan import ScanOptions
@@ -84,7 +84,7 @@ def test_ray_scan_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file
 
 
 def test_ray_workers_killed_mid_scan_lose_and_duplicate_nothing(tmp_path, detector_file, ray_cluster):
-    from i2pscan.detector import Detector
+    from i2pscan.model.detector import Detector
     from i2pscan.distributed import scan
     from i2pscan.scan import ScanOptions, scan as local_scan
 

@@ -5,14 +5,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from i2pscan.backbone import load_backbone
+from i2pscan.model.backbone import load_backbone
 from i2pscan.calibrate import CalibrateConfig, calibrate
 from i2pscan.augment import Augment
 from i2pscan.samples import load_labelled
-from i2pscan.detector import Detector
+from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError
 from i2pscan.finetune import FinetuneConfig, finetune, fit_temperature, log_path, plan_mask, threshold_at_fpr
-from i2pscan.sensitivity import STRATEGIES, build_mask, eligible_parameters, intrinsic_sensitivity
+from i2pscan.sensitivity import STRATEGIES, build_mask, intrinsic_sensitivity
 
 LIGHT = Augment(blur_p=0.1, jpeg_p=0.1, jpeg_quality=(80, 100), blur_sigma=(0.0, 1.0))
 
@@ -53,7 +53,7 @@ def test_finetune_end_to_end_learns_the_toy_task(tmp_path, cal, sample, toy_dir)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_tunes_the_count_it_claims(strategy):
     backbone = load_backbone("i2p-tiny")
-    params = eligible_parameters(backbone, 4)
+    params = backbone.tunable_parameters(4)
     eligible = sum(p.numel() for p in params.values())
     assert eligible == 4 * 12 * 64 * 64
     g = torch.Generator().manual_seed(0)
@@ -157,7 +157,7 @@ def test_dry_run_returns_the_mask_and_writes_nothing(tmp_path, cal, sample):
 
 def test_batched_sensitivity_matches_per_sample_estimate(toy_dir):
     backbone = load_backbone("i2p-tiny")
-    params = eligible_parameters(backbone, 2)
+    params = backbone.tunable_parameters(2)
     paths = load_labelled(toy_dir / "pixelshuffle" / "train", max_per_class=8).paths
     from i2pscan.io.preprocess import CropTransform, Preprocess
     from i2pscan.io.pool import collate

@@ -11,7 +11,7 @@ import torch
 
 from conftest import tamper_detector
 from i2pscan.io.pixels import save_image
-from i2pscan.detector import Detector
+from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError
 
 
@@ -122,7 +122,7 @@ def test_missing_paths_on_stdin_and_unwritable_outputs(detector_file, tmp_path, 
 
 
 def test_finetune_refuses_overlap_and_reports_divergence(tmp_path, toy_dir):
-    from i2pscan.backbone import load_backbone
+    from i2pscan.model.backbone import load_backbone
     from i2pscan.calibrate import CalibrateConfig, calibrate
     from i2pscan.samples import load_labelled
     from i2pscan.finetune import FinetuneConfig, finetune

@@ -10,9 +10,9 @@ from safetensors import safe_open
 
 from i2pscan import console, finetune as finetune_module
 from i2pscan.augment import Augment
-from i2pscan.backbone import load_backbone
+from i2pscan.model.backbone import load_backbone
 from i2pscan.calibrate import CalibrateConfig, calibrate
-from i2pscan.detector import Detector
+from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError
 from i2pscan.finetune import FinetuneConfig, finetune, fit_temperature
 from i2pscan.samples import FileSet, load_labelled

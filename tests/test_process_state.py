@@ -5,7 +5,7 @@ import logging
 import numpy as np
 from PIL import Image
 
-from i2pscan.backbone import load_backbone
+from i2pscan.model.backbone import load_backbone
 from i2pscan.io.decode import decode
 from i2pscan.io.pixels import save_image
 

@@ -320,14 +320,14 @@ def _block_network(monkeypatch):
 
 
 def test_metadata_only_scan_loads_no_model_and_opens_no_socket(provenance_corpus, tmp_path, run_cli, monkeypatch):
-    import i2pscan.backbone
-    import i2pscan.detector
+    import i2pscan.model.backbone
+    import i2pscan.model.detector
 
     def forbidden(*a, **k):
         raise AssertionError("--metadata-only must not load a model")
 
-    monkeypatch.setattr(i2pscan.detector.Detector, "load", forbidden)
-    monkeypatch.setattr(i2pscan.backbone, "load_backbone", forbidden)
+    monkeypatch.setattr(i2pscan.model.detector.Detector, "load", forbidden)
+    monkeypatch.setattr(i2pscan.model.backbone, "load_backbone", forbidden)
     calls = _block_network(monkeypatch)
     paths = "\n".join(str(provenance_corpus / r["path"]) for r in _oracle())
     report = tmp_path / "r.parquet"
@@ -430,7 +430,7 @@ def test_old_reports_without_provenance_columns_still_load(tmp_path, run_cli, ch
 
 
 def test_evaluate_counts_ai_metadata_and_measures_the_model_on_the_rest(tmp_path, detector_file, monkeypatch):
-    from i2pscan.detector import Detector
+    from i2pscan.model.detector import Detector
     from i2pscan.evaluate import evaluate, metrics
     from i2pscan.samples import load_labelled
     from i2pscan.scan import ScanOptions

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from i2pscan import tensorfile
+from i2pscan.model import tensorfile
 from i2pscan.errors import I2PError
-from i2pscan.published import CARDS, SHIPPED, resolve, shipped_path
+from i2pscan.model.published import CARDS, SHIPPED, resolve, shipped_path
 
 from conftest import files_the_authors_read_differently, noise_image
 

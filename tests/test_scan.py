@@ -178,7 +178,7 @@ def test_bad_files_become_error_rows(tmp_path, detector_file, run_cli, chdir):
     noise_image(tmp_path / "in" / "ok.png")
     vanished = noise_image(tmp_path / "in" / "gone.png")  # vanishes between discovery and decoding
     from i2pscan.scan import ScanOptions, scan
-    from i2pscan.detector import Detector
+    from i2pscan.model.detector import Detector
 
     paths = discover(["in"])
     vanished.unlink()
@@ -304,7 +304,7 @@ def test_report_command(tmp_path, toy_dir, detector_file, run_cli):
 
 
 def test_precision_is_chosen_per_detector_and_bad_values_are_refused(detector_file, toy_dir, tmp_path, run_cli):
-    from i2pscan.detector import Detector
+    from i2pscan.model.detector import Detector
 
     from conftest import tamper_detector
 

@@ -9,26 +9,17 @@ import torch
 from torch import nn
 
 from i2pscan import console, sensitivity
-from i2pscan.backbone import load_backbone
+from i2pscan.model.backbone import load_backbone
 from i2pscan.errors import I2PError
-from i2pscan.head import DetectorHead, HeadConfig
-from i2pscan.sensitivity import (
-    STRATEGIES,
-    Mask,
-    build_mask,
-    eligible_parameters,
-    intrinsic_sensitivity,
-    needs_scores,
-    projection,
-    task_saliency,
-)
+from i2pscan.model.head import DetectorHead, HeadConfig
+from i2pscan.sensitivity import (STRATEGIES, Mask, build_mask, intrinsic_sensitivity, needs_scores, projection, task_saliency)
 
 
 @pytest.fixture(scope="module")
 def two_blocks():
     """i2p-tiny cut to a 2-block model, its eligible tensors, and 6 random images."""
     backbone = load_backbone("i2p-tiny")
-    params = eligible_parameters(backbone, 2)
+    params = backbone.tunable_parameters(2)
     pixels = torch.randn(6, 3, backbone.image_size, backbone.image_size, generator=torch.Generator().manual_seed(0))
     return backbone, params, pixels
 
@@ -224,7 +215,7 @@ def test_eligible_parameters_names_the_first_missing_weight(two_blocks):
     with pytest.raises(I2PError, match=_exact(
             f"backbone {backbone.name} lacks the expected weight transformer.resblocks.{n}.attn.in_proj_weight; "
             "i2pscan supports open_clip ViTs with standard residual blocks")):
-        eligible_parameters(backbone, n + 2)
+        backbone.tunable_parameters(n + 2)
 
 
 def test_estimator_refusals_and_a_single_image(two_blocks):
@@ -266,7 +257,7 @@ def biased():
         for name, p in backbone.visual.named_parameters():
             if name.endswith("bias"):
                 p.add_(0.5 * torch.randn(p.shape, generator=g))
-    return backbone, eligible_parameters(backbone, 2)
+    return backbone, backbone.tunable_parameters(2)
 
 
 @pytest.mark.parametrize("view", ["cls", "cls+patchmean"])

@@ -5,14 +5,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i2pscan import sparse
-from i2pscan.backbone import load_backbone
-from i2pscan.detector import Delta, apply_delta
+from i2pscan.model import sparse
+from i2pscan.model.backbone import load_backbone
+from i2pscan.model.detector_file import Delta
 from i2pscan.finetune import _attach
-from i2pscan.sensitivity import build_mask, eligible_parameters
-from i2pscan.sparse import SparseAttention, SparseDelta, SparseLinear, SparseLinearFunction, sparse_linear
+from i2pscan.sensitivity import build_mask
+from i2pscan.model.sparse import SparseAttention, SparseDelta, SparseLinear, SparseLinearFunction, sparse_linear
 
 F64 = torch.float64
+
+
+def merge_delta(param: torch.Tensor, delta: Delta) -> None:
+    """theta0 + scatter(delta), in place: the reference a separate delta term must equal."""
+    values = delta.values.to(param.device, param.dtype)
+    if delta.indices is None:
+        param.data.add_(values)
+    else:
+        param.data.view(-1).index_add_(0, delta.indices.to(param.device, torch.long), values)
+
 
 
 @pytest.fixture(params=["csr", "gather"])
@@ -96,7 +106,7 @@ def test_sparse_linear_keeps_the_frozen_parameters_and_names():
 def _merged(mha: nn.MultiheadAttention, deltas: dict[str, Delta]) -> nn.MultiheadAttention:
     merged = copy.deepcopy(mha)
     for name, delta in deltas.items():
-        apply_delta(merged.get_parameter(name), delta)
+        merge_delta(merged.get_parameter(name), delta)
     return merged
 
 
@@ -150,7 +160,7 @@ def test_attention_masks_layouts_and_distinct_inputs(tiny_backbone):
 def test_backbone_with_sparse_modules_matches_the_delta_merged(kernel):
     last = 3
     tuned = load_backbone("i2p-tiny")
-    params = eligible_parameters(tuned, last)
+    params = tuned.tunable_parameters(last)
     mask = build_mask("random", params, rho=0.05, q=0.5, seed=3)
     merged = load_backbone("i2p-tiny")
     tuned.truncate(last)
@@ -158,10 +168,10 @@ def test_backbone_with_sparse_modules_matches_the_delta_merged(kernel):
     deltas = _attach(tuned, params, mask)
     assert set(deltas) == set(mask.indices) and all(torch.equal(d.indices, mask.indices[n]) for n, d in deltas.items())
     g = torch.Generator().manual_seed(0)
-    merged_params = eligible_parameters(merged, last)
+    merged_params = merged.tunable_parameters(last)
     for name, d in deltas.items():
         d.values.data.copy_(torch.randn(len(d.indices), generator=g) * 0.02)
-        apply_delta(merged_params[name], Delta(d.indices, d.values.detach()))
+        merge_delta(merged_params[name], Delta(d.indices, d.values.detach()))
     blocks = tuned.blocks
     assert isinstance(blocks[0].attn, SparseAttention) and isinstance(blocks[0].mlp.c_fc, SparseLinear)
     assert blocks[0].attn.in_proj_weight is params["transformer.resblocks.0.attn.in_proj_weight"]
@@ -184,7 +194,7 @@ def test_backbone_with_sparse_modules_matches_the_delta_merged(kernel):
 def test_training_a_sparse_backbone_is_bitwise_reproducible():
     def run():
         backbone = load_backbone("i2p-tiny")
-        params = eligible_parameters(backbone, 2)
+        params = backbone.tunable_parameters(2)
         backbone.truncate(2)
         deltas = _attach(backbone, params, build_mask("random", params, rho=0.02, q=0.5, seed=0))
         opt = torch.optim.AdamW([d.values for d in deltas.values()], lr=1e-2)

@@ -20,8 +20,9 @@ from pathlib import Path
 import open_clip
 import torch
 
-from i2pscan import __version__, tensorfile
-from i2pscan.published import CARDS, build_head
+from i2pscan import __version__
+from i2pscan.model import tensorfile
+from i2pscan.model.published import CARDS, build_head
 
 CREATED = "2026-11-26"  # fixed, so that the conversion is byte-for-byte reproducible
 BACKBONE = {"name": "ViT-L-14", "pretrained": "openai", "pretrained_path": None, "sha256": None,

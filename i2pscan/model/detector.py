@@ -1,18 +1,10 @@
-"""Detector files and the Detector that scores images (DESIGN §1.3, §2).
+"""The Detector: a verified detector file built into a model on a device (DESIGN §1.3, §2).
 
-A detector file is safetensors: the head's tensors (``head.*``), and for every tuned backbone
-tensor its flat indices and delta values (``delta.<name>.indices`` / ``delta.<name>.values``; a
-dense delta has no indices), with JSON metadata that says everything needed to rebuild and trust
-it. Loading checks all of it before any work and refuses a mismatch in one line.
-
-Published detectors (``architecture`` ``rine`` or ``univfd``, see published.py) hold their
-authors' head tensors under ``rine.*`` / ``univfd.*`` and run the whole backbone.
-
-Loading order, cheapest first, nothing built until everything that can be checked is: the header
-size and the content checksum (tensorfile), the metadata schema (schema.py), every tensor's name,
-dtype, shape and finiteness against what the metadata claims (shapes computed on the meta device,
-so a file claiming a huge head allocates nothing), then the backbone, the head, and one neutral
-image that must give a finite logit.
+An I2P detector is the backbone cut after L* with its delta attached as a separate term (never
+merged into W0: see sparse.attach) and the head over the critical layers; a published one (RINE,
+UnivFD) is its authors' head on the whole backbone. Loading builds nothing until the file has
+passed every check (detector_file.read_detector), then checks that the backbone matches what the
+file records and that one neutral image gives a finite logit.
 """
 
 from __future__ import annotations
@@ -25,25 +17,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from i2pscan import published, tensorfile
-from i2pscan.io.files import file_sha256
-from i2pscan.backbone import Backbone, load_backbone, recorded_weights
-from i2pscan.io.preprocess import CropTransform, Preprocess
-from i2pscan.io.decode import decode
 from i2pscan.errors import I2PError
-from i2pscan.features import autocast, check_precision
-from i2pscan.head import DetectorHead, HeadConfig
-from i2pscan.schema import check_detector_meta
-from i2pscan.sensitivity import eligible_parameters
-from i2pscan.sparse import attach
-from i2pscan import inference
-
-KIND = "detector"
-META_KEYS = {
-    "i2pscan_version", "created", "backbone", "preprocessing", "view", "last_block", "head", "threshold",
-    "threshold_logit", "temperature", "target_fpr", "mask", "training", "calibration",
-}
-PREFIX = {"i2p": "head.", "rine": "rine.", "univfd": "univfd."}
+from i2pscan.io.decode import decode
+from i2pscan.io.preprocess import CropTransform, Preprocess
+from i2pscan.model import inference, published
+from i2pscan.model.backbone import Backbone, load_backbone
+from i2pscan.model.detector_file import DetectorFile, check_delta, read_detector
+from i2pscan.model.device import autocast, check_precision
+from i2pscan.model.head import DetectorHead, HeadConfig
+from i2pscan.model.sparse import attach
+from i2pscan.model.weights import recorded_weights
 
 
 @dataclass(frozen=True)
@@ -61,38 +44,6 @@ class Cut:
     def to_dict(self) -> dict:
         return {"policy": self.policy, "threshold": self.threshold, "threshold_logit": self.logit,
                 "temperature": self.temperature, "fitted_for_policy": self.fitted, "source": self.source}
-
-
-@dataclass
-class Delta:
-    """The change to one backbone tensor: values at flat ``indices`` (or dense when ``None``)."""
-
-    indices: torch.Tensor | None
-    values: torch.Tensor
-
-
-def apply_delta(param: torch.Tensor, delta: Delta) -> None:
-    """theta0 + scatter(delta), in place; entries outside the indices are untouched bit for bit."""
-    values = delta.values.to(param.device, param.dtype)
-    if delta.indices is None:
-        param.data.add_(values)
-    else:
-        param.data.view(-1).index_add_(0, delta.indices.to(param.device, torch.long), values)
-
-
-def write_detector(path: str | os.PathLike, meta: dict, head: DetectorHead, deltas: dict[str, Delta]) -> None:
-    missing = META_KEYS - set(meta)
-    if missing:
-        raise ValueError(f"detector metadata lacks {sorted(missing)}")
-    meta = {"architecture": "i2p", **meta}
-    tensors = {f"head.{k}": v for k, v in head.state_dict().items()}
-    for name, d in deltas.items():
-        if d.indices is not None:
-            small = d.indices.numel() == 0 or int(d.indices.max()) < 2**31
-            tensors[f"delta.{name}.indices"] = d.indices.to(torch.int32 if small else torch.int64)
-        tensors[f"delta.{name}.values"] = d.values.float()
-    tensorfile.write(path, KIND, tensors, meta)
-
 
 
 class Detector:
@@ -168,15 +119,12 @@ class Detector:
         Raises I2PError when the file is not a detector, is damaged, or does not match the backbone.
         """
         check_precision(precision)
-        path = published.resolve(path)
-        _, meta, tensors = tensorfile.read(path, (KIND,))
-        architecture = check_detector_meta(meta, path)
-        _check_tensors(architecture, meta, tensors, path)
-        if architecture == "i2p":
-            backbone, head = _build_i2p(meta, tensors, path, device, pretrained)
+        file = read_detector(published.resolve(path))
+        if file.architecture == "i2p":
+            backbone, head = _build_i2p(file, device, pretrained)
         else:
-            backbone, head = _build_published(architecture, meta, tensors, path, device, pretrained)
-        detector = cls(backbone, head, meta, file_sha256(path), path, precision)
+            backbone, head = _build_published(file, device, pretrained)
+        detector = cls(backbone, head, file.meta, file.sha256, file.path, precision)
         detector._check_neutral()
         return detector
 
@@ -243,54 +191,8 @@ class Detector:
         return out
 
 
-def _check_tensors(architecture: str, meta: dict, tensors: dict[str, torch.Tensor], path: str) -> None:
-    """Every tensor as finetune (or the conversion script) writes it: the expected names, float32
-    heads and values, int32 indices (int64 only where int32 cannot hold them), the shapes the
-    metadata's configuration implies, finite values. Nothing is allocated for the check."""
-
-    def bad(what: str) -> I2PError:
-        return I2PError(f"{path}: {what}; the detector file is damaged or was edited")
-
-    prefix = PREFIX[architecture]
-    for key in tensors:
-        if not key.startswith(prefix) and not (architecture == "i2p" and key.startswith("delta.")):
-            raise bad(f"unexpected tensor {key} in a {architecture} detector")
-    with torch.device("meta"):
-        if architecture == "i2p":
-            try:
-                expected = DetectorHead(HeadConfig.from_dict(meta["head"]["config"])).state_dict()
-            except (I2PError, ValueError, TypeError) as exc:
-                raise bad(f"head configuration: {exc}") from None
-        else:
-            expected = published.build_head(architecture, meta["head"]["config"]).state_dict()
-    present = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
-    missing, extra = sorted(set(expected) - set(present)), sorted(set(present) - set(expected))
-    if missing or extra:
-        raise bad(f"head tensors do not match its configuration (missing {missing[:3]}, unexpected {extra[:3]})")
-    for name, want in expected.items():
-        t = present[name]
-        if t.dtype != torch.float32:
-            raise bad(f"tensor {prefix}{name} is {str(t.dtype).replace('torch.', '')}, not float32")
-        if t.shape != want.shape:
-            raise bad(f"tensor {prefix}{name} has shape {tuple(t.shape)}, its configuration says {tuple(want.shape)}")
-    for key, t in tensors.items():
-        if key.endswith(".values") and t.dtype != torch.float32:
-            raise bad(f"tensor {key} is {str(t.dtype).replace('torch.', '')}, not float32")
-        if key.endswith(".indices"):
-            if t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
-                raise bad(f"tensor {key} is not a 1-D int32 index list")
-            if t.dtype == torch.int64 and t.numel() and int(t.max()) < 2**31:
-                raise bad(f"tensor {key} is int64 although its indices fit int32 (not as i2pscan writes it)")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise bad(f"tensor {key} holds NaN or infinite values")
-    if architecture == "i2p":
-        recorded = meta["mask"]["tensors"]
-        deltas = sorted({k[len("delta."):].rsplit(".", 1)[0] for k in tensors if k.startswith("delta.")})
-        if sorted(recorded) != deltas:
-            raise bad(f"its delta tensors ({len(deltas)}) do not match the tuned tensors it records ({len(recorded)})")
-
-
-def _build_i2p(meta: dict, tensors: dict[str, torch.Tensor], path: str, device, pretrained) -> tuple[Backbone, DetectorHead]:
+def _build_i2p(file: DetectorFile, device, pretrained) -> tuple[Backbone, DetectorHead]:
+    meta, path = file.meta, file.path
     recorded = meta["backbone"]
     backbone = load_backbone(recorded["name"], recorded_weights(recorded, pretrained), device=device,
                              quick_gelu=bool(recorded["model_config"]["quick_gelu"]))
@@ -301,23 +203,23 @@ def _build_i2p(meta: dict, tensors: dict[str, torch.Tensor], path: str, device, 
     last_block = int(meta["last_block"])
     if not 1 <= last_block <= backbone.num_blocks:
         raise I2PError(f"{path}: L* = {last_block} is outside the backbone's 1..{backbone.num_blocks} blocks")
-    eligible = eligible_parameters(backbone, last_block)
+    eligible = backbone.tunable_parameters(last_block)
     backbone.truncate(last_block)
-    deltas = _deltas(tensors, path)
+    deltas = file.deltas
     for name, delta in deltas.items():
         if name not in eligible:
             raise I2PError(f"{path}: delta for {name}, which is not a tunable tensor of blocks 1..{last_block}")
-        _check_delta(name, delta, eligible[name], path)
+        check_delta(name, delta, eligible[name], path)
     # the delta stays a separate float32 term, as in validation (never merged into W0: see sparse.attach)
     attached = attach(backbone, eligible, {n: d.indices for n, d in deltas.items()})
     for name, module in attached.items():
         module.values.requires_grad_(False)
         module.values.data.copy_(deltas[name].values.reshape(module.values.shape).to(module.values.device))
-    return backbone, _build_head(meta, tensors, path, backbone.device)
+    return backbone, _build_head(file, backbone.device)
 
 
-def _build_published(architecture: str, meta: dict, tensors: dict[str, torch.Tensor], path: str, device,
-                     pretrained) -> tuple[Backbone, torch.nn.Module]:
+def _build_published(file: DetectorFile, device, pretrained) -> tuple[Backbone, torch.nn.Module]:
+    architecture, meta, path = file.architecture, file.meta, file.path
     recorded = meta["backbone"]
     backbone = load_backbone(recorded["name"], recorded_weights(recorded, pretrained), device=device,
                              quick_gelu=bool(recorded["model_config"]["quick_gelu"]), want_hash=False)
@@ -330,8 +232,7 @@ def _build_published(architecture: str, meta: dict, tensors: dict[str, torch.Ten
     if architecture == "univfd" and config["in_dim"] != out_dim:
         raise I2PError(f"{path}: UnivFD head for embeddings of {config['in_dim']}; the backbone gives {out_dim}")
     head = published.build_head(architecture, config)
-    prefix = PREFIX[architecture]
-    head.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()}, strict=True)
+    head.load_state_dict(file.head, strict=True)
     return backbone, head.to(backbone.device)
 
 
@@ -344,40 +245,10 @@ def _check_backbone_shape(backbone: Backbone, meta: dict, path: str) -> None:
         raise I2PError(f"{path}: crop size {meta['preprocessing']['crop_size']} does not match the backbone")
 
 
-def _deltas(tensors: dict[str, torch.Tensor], path: str) -> dict[str, Delta]:
-    deltas: dict[str, Delta] = {}
-    for key in tensors:
-        if key.startswith("delta.") and key.endswith(".values"):
-            name = key[len("delta."):-len(".values")]
-            deltas[name] = Delta(tensors.get(f"delta.{name}.indices"), tensors[key])
-        elif key.startswith("delta.") and key.endswith(".indices"):
-            if key[:-len(".indices")] + ".values" not in tensors:
-                raise I2PError(f"{path}: {key} has no values")
-        elif key.startswith("delta."):
-            raise I2PError(f"{path}: unexpected tensor {key}")
-    return deltas
-
-
-def _check_delta(name: str, delta: Delta, param: torch.Tensor, path: str) -> None:
-    if delta.indices is None:
-        if delta.values.shape != param.shape:
-            raise I2PError(f"{path}: dense delta for {name} has shape {tuple(delta.values.shape)}, "
-                           f"the backbone's is {tuple(param.shape)}")
-        return
-    idx = delta.indices
-    if idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1 or idx.shape != delta.values.shape:
-        raise I2PError(f"{path}: delta for {name} has malformed indices")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= param.numel()):
-        raise I2PError(f"{path}: delta indices for {name} fall outside the tensor")
-    if idx.numel() != torch.unique(idx).numel():
-        raise I2PError(f"{path}: delta indices for {name} repeat")
-
-
-def _build_head(meta: dict, tensors: dict[str, torch.Tensor], path: str, device: torch.device) -> DetectorHead:
-    head = DetectorHead(HeadConfig.from_dict(meta["head"]["config"]))
-    state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+def _build_head(file: DetectorFile, device: torch.device) -> DetectorHead:
+    head = DetectorHead(HeadConfig.from_dict(file.meta["head"]["config"]))
     try:
-        head.load_state_dict(state, strict=True)
+        head.load_state_dict(file.head, strict=True)
     except RuntimeError as exc:
-        raise I2PError(f"{path}: head tensors do not match its recorded configuration") from exc
+        raise I2PError(f"{file.path}: head tensors do not match its recorded configuration") from exc
     return head.to(device)

@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 from i2pscan import console
 from i2pscan.io.preprocess import CropTransform, Preprocess
 from i2pscan.errors import I2PError
-from i2pscan.features import autocast
+from i2pscan.model.device import autocast
 from i2pscan.io.loader import ImageFiles, loader
 
 COMBINE = ("mean", "max")
