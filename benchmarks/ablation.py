@@ -32,14 +32,14 @@ from _table import machine, print_table
 from i2pscan import console
 from i2pscan.model.device import default_batch_size, resolve_device
 from i2pscan.model.backbone import load_backbone
-from i2pscan.calibrate import CalibrateConfig, calibrate
+from i2pscan.train.calibrate import CalibrateConfig, calibrate
 from i2pscan.io.pool import default_workers
-from i2pscan.samples import load_labelled
+from i2pscan.train.samples import load_labelled
 from i2pscan.model.detector import Detector
 from i2pscan.evaluate import evaluate
-from i2pscan.finetune import FinetuneConfig, finetune
+from i2pscan.train.finetune import FinetuneConfig, finetune
 from i2pscan.scan import ScanOptions
-from i2pscan.sensitivity import STRATEGIES
+from i2pscan.train.sensitivity import STRATEGIES
 
 
 def main() -> None:

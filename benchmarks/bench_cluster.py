@@ -94,12 +94,12 @@ def bench_writers(n_rows: int) -> list[list]:
 
 def _detector(folder: str) -> str:
     from i2pscan import console
-    from i2pscan.augment import Augment
+    from i2pscan.train.augment import Augment
     from i2pscan.model.backbone import load_backbone
-    from i2pscan.calibrate import CalibrateConfig, calibrate
-    from i2pscan.finetune import FinetuneConfig, finetune
-    from i2pscan.samples import load_labelled
-    from i2pscan.toydata import make_toy_dataset
+    from i2pscan.train.calibrate import CalibrateConfig, calibrate
+    from i2pscan.train.finetune import FinetuneConfig, finetune
+    from i2pscan.train.samples import load_labelled
+    from i2pscan.train.toydata import make_toy_dataset
 
     console.set_quiet(True)
     make_toy_dataset(os.path.join(folder, "toy"), train_per_class=32, val_per_class=8, tile=64,

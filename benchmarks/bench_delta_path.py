@@ -37,7 +37,7 @@ from i2pscan.model.backbone import load_backbone
 from i2pscan.model.device import resolve_device
 from i2pscan.model.detector_file import Delta
 from i2pscan.model.head import DetectorHead, HeadConfig
-from i2pscan.sensitivity import build_mask
+from i2pscan.train.sensitivity import build_mask
 
 VARIANTS = ("merged into W0", "CSR term, bf16 out", "CSR term, fp32 out", "dense delta, fp32 sum", "fp32 reference")
 

@@ -53,9 +53,9 @@ from _table import machine, print_table
 from i2pscan import __version__
 from i2pscan.model.backbone import load_backbone
 from i2pscan.model.detector_file import Delta, write_detector
-from i2pscan.finetune import FinetuneConfig, _attach
+from i2pscan.train.finetune import FinetuneConfig, _attach
 from i2pscan.model.head import DetectorHead, HeadConfig
-from i2pscan.sensitivity import build_mask
+from i2pscan.train.sensitivity import build_mask
 
 BACKBONE = "ViT-L-14"
 LAST_BLOCK = 12

@@ -27,11 +27,12 @@ import time
 import torch
 
 from _table import machine, print_table
-from i2pscan import console, finetune as finetune_module
+from i2pscan import console
+from i2pscan.train import finetune as finetune_module
 from i2pscan.model.backbone import load_backbone
 from i2pscan.model.device import resolve_device
 from i2pscan.model.device import autocast
-from i2pscan.sensitivity import intrinsic_sensitivity
+from i2pscan.train.sensitivity import intrinsic_sensitivity
 
 
 def legacy_sensitivity(backbone, params, batches, total, target="embedding", layers=None, seed=0, view="cls"):
@@ -151,8 +152,8 @@ def _jaccard(a, b) -> float:
 
 
 def part2(toy, device, samples, batch):
-    from i2pscan.calibrate import CalibrateConfig, calibrate
-    from i2pscan.samples import load_labelled
+    from i2pscan.train.calibrate import CalibrateConfig, calibrate
+    from i2pscan.train.samples import load_labelled
 
     sample = load_labelled(os.path.join(toy, "tconv", "train"))
     cal = calibrate(load_backbone("i2p-tiny", device=device), sample, CalibrateConfig(top_k=2, folds=3))
@@ -199,7 +200,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         toy = args.toy
         if toy is None:
-            from i2pscan.toydata import make_toy_dataset
+            from i2pscan.train.toydata import make_toy_dataset
 
             toy = tmp
             make_toy_dataset(toy, train_per_class=96, val_per_class=8, tile=80, generators=("tconv",), seed=1)

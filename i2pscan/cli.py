@@ -181,12 +181,12 @@ def calibrate(data, out, backbone, pretrained, quick_gelu, top_k, gamma, folds, 
     path,label[,subset]. Writes per-layer probe AUC, accuracy, Fisher ratio, importance, the
     critical layers S and L* (the deepest block the detector needs) to --out.
     """
-    from i2pscan import calibrate as cal_mod
+    from i2pscan.train import calibrate as cal_mod
     from i2pscan.model.device import default_batch_size, resolve_device
     from i2pscan.model.backbone import load_backbone
     from i2pscan.io.files import check_writable
     from i2pscan.io.pool import default_workers
-    from i2pscan.samples import load_labelled
+    from i2pscan.train.samples import load_labelled
 
     check_writable(out)
     if plot:
@@ -273,10 +273,11 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
     from i2pscan.model.device import default_batch_size, resolve_device
     from i2pscan.model.backbone import load_backbone
     from i2pscan.model.weights import recorded_weights
-    from i2pscan.calibrate import Calibration
+    from i2pscan.train.calibrate import Calibration
     from i2pscan.io.pool import default_workers
-    from i2pscan.samples import load_labelled
-    from i2pscan.finetune import FinetuneConfig, checkpoint_path, finetune as run_finetune, plan_mask
+    from i2pscan.train.samples import load_labelled
+    from i2pscan.train.finetune import FinetuneConfig, finetune as run_finetune, plan_mask
+    from i2pscan.train.checkpoint import checkpoint_path
     from i2pscan.io.files import check_writable
 
     if not dry_run:
@@ -535,7 +536,7 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops
     from i2pscan.model.device import default_batch_size, resolve_device
     from i2pscan.io.pixels import parse_perturbation
     from i2pscan.io.pool import default_workers
-    from i2pscan.samples import load_labelled
+    from i2pscan.train.samples import load_labelled
     from i2pscan.model.detector import Detector
     from i2pscan.evaluate import CLEAN, combine as combine_results, evaluate_detectors, plot, print_result, write_result
     from i2pscan.model.published import resolve
@@ -661,7 +662,7 @@ def demo_data(out, train_per_class, val_per_class, tile, seed, quiet):
     three toy upsampling generators (tconv, pixelshuffle, bilinear), in GenImage's layout
     OUT/<generator>/{train,val}/{nature,ai}. It demonstrates the pipeline, not real detection.
     """
-    from i2pscan.toydata import make_toy_dataset
+    from i2pscan.train.toydata import make_toy_dataset
 
     counts = make_toy_dataset(out, train_per_class, val_per_class, tile, seed=seed)
     _log(f"wrote {sum(counts.values())} images to {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

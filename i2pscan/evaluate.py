@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from i2pscan import console
-from i2pscan.samples import LabelledSample
+from i2pscan.train.samples import LabelledSample
 from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError
 from i2pscan.provenance import AI

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from i2pscan.toydata import make_toy_dataset
+from i2pscan.train.toydata import make_toy_dataset
 
 
 
@@ -129,10 +129,10 @@ def detector_file(tmp_path_factory, toy_dir) -> Path:
     """A detector trained on the toy tconv generator with the tiny backbone (a few seconds)."""
     from i2pscan import console
     from i2pscan.model.backbone import load_backbone
-    from i2pscan.calibrate import CalibrateConfig, calibrate
-    from i2pscan.augment import Augment
-    from i2pscan.samples import load_labelled
-    from i2pscan.finetune import FinetuneConfig, finetune
+    from i2pscan.train.calibrate import CalibrateConfig, calibrate
+    from i2pscan.train.augment import Augment
+    from i2pscan.train.samples import load_labelled
+    from i2pscan.train.finetune import FinetuneConfig, finetune
 
     console.set_quiet(True)
     folder = tmp_path_factory.mktemp("detector")

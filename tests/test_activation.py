@@ -57,9 +57,9 @@ def test_calibrate_cli_refuses_to_guess_with_exit_2(run_cli, toy_dir, tmp_path, 
 
 
 def test_the_activation_is_built_recorded_and_checked_by_finetune(tmp_path, toy_dir):
-    from i2pscan.calibrate import CalibrateConfig, calibrate
-    from i2pscan.finetune import finetune
-    from i2pscan.samples import load_labelled
+    from i2pscan.train.calibrate import CalibrateConfig, calibrate
+    from i2pscan.train.finetune import finetune
+    from i2pscan.train.samples import load_labelled
 
     plain, quick = load_backbone("i2p-tiny"), load_backbone("i2p-tiny", quick_gelu=True)
     x = torch.randn(2, 3, plain.image_size, plain.image_size, generator=torch.Generator().manual_seed(0))

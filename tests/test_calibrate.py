@@ -9,18 +9,9 @@ from conftest import write_corrupt_files
 from i2pscan import __version__
 from i2pscan.model import tensorfile
 from i2pscan.model.backbone import load_backbone
-from i2pscan.calibrate import (
-    KIND,
-    CalibrateConfig,
-    Calibration,
-    _fisher_ratio,
-    calibrate,
-    critical_layers,
-    importance_weights,
-    score_layers,
-)
+from i2pscan.train.calibrate import (KIND, CalibrateConfig, Calibration, _fisher_ratio, calibrate, critical_layers, importance_weights, score_layers)
 from i2pscan.errors import I2PError
-from i2pscan.samples import load_labelled
+from i2pscan.train.samples import load_labelled
 
 
 def test_probe_finds_the_layers_that_carry_the_signal():
@@ -113,7 +104,7 @@ def test_calibration_round_trip_and_determinism(tmp_path, toy_dir, tiny_backbone
 def test_calibrate_skips_corrupt_files(tmp_path, toy_dir, tiny_backbone):
     sample = load_labelled(toy_dir / "tconv" / "train", max_per_class=20)
     bad = write_corrupt_files(tmp_path / "fake")
-    from i2pscan.samples import LabelledImage, LabelledSample
+    from i2pscan.train.samples import LabelledImage, LabelledSample
 
     mixed = LabelledSample(sample.items + [LabelledImage(str(p), 1, "train") for p in bad], sample.source)
     cal = calibrate(tiny_backbone, mixed, CalibrateConfig(folds=3))
@@ -124,7 +115,7 @@ def test_calibrate_skips_corrupt_files(tmp_path, toy_dir, tiny_backbone):
 
 def test_too_few_decodable_images_is_an_error(tmp_path, tiny_backbone):
     bad = write_corrupt_files(tmp_path / "fake")
-    from i2pscan.samples import LabelledImage, LabelledSample
+    from i2pscan.train.samples import LabelledImage, LabelledSample
 
     sample = LabelledSample([LabelledImage(str(p), 1, "x") for p in bad] + [LabelledImage(str(bad[0]), 0, "x")],
                             str(tmp_path))
@@ -133,7 +124,7 @@ def test_too_few_decodable_images_is_an_error(tmp_path, tiny_backbone):
 
 
 def test_two_decodable_images_of_each_class_are_the_floor(toy_dir, tiny_backbone):
-    from i2pscan.samples import LabelledSample
+    from i2pscan.train.samples import LabelledSample
 
     sample = load_labelled(toy_dir / "tconv" / "train", max_per_class=3, seed=0)
     real = [i for i in sample.items if i.label == 0]

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import write_corrupt_files
 from i2pscan import __version__
-from i2pscan.calibrate import Calibration
+from i2pscan.train.calibrate import Calibration
 from i2pscan.cli import cli
 
 

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from i2pscan import console
-from i2pscan.augment import Augment
+from i2pscan.train.augment import Augment
 from i2pscan.model.backbone import load_backbone
-from i2pscan.calibrate import CalibrateConfig, calibrate
+from i2pscan.train.calibrate import CalibrateConfig, calibrate
 from i2pscan.model.detector import Detector
-from i2pscan.finetune import FinetuneConfig, finetune
-from i2pscan.samples import load_labelled
+from i2pscan.train.finetune import FinetuneConfig, finetune
+from i2pscan.train.samples import load_labelled
 from i2pscan.scan import ScanOptions, scan
 from i2pscan.model.sparse import SparseLinear
 
@@ -101,7 +101,7 @@ def test_scan_and_training_arithmetic_agree_on_cuda(tiny_backbone):
     import copy
 
     from i2pscan.model import sparse
-    from i2pscan.sensitivity import build_mask
+    from i2pscan.train.sensitivity import build_mask
 
     backbone = copy.deepcopy(tiny_backbone)
     backbone.visual.cuda()

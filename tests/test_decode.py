@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 
 from conftest import files_the_authors_read_differently, write_corrupt_files
-from i2pscan.augment import Augment, TrainTransform
+from i2pscan.train.augment import Augment, TrainTransform
 from i2pscan.io.preprocess import crop_origins, CropTransform, Preprocess
 from i2pscan.io.decode import decode
 from i2pscan.io.pool import collate
 from i2pscan.io.loader import ImageFiles
-from i2pscan.samples import load_labelled, split_stratified
+from i2pscan.train.samples import load_labelled, split_stratified
 from i2pscan.errors import I2PError
 
 PP = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

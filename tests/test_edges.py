@@ -194,7 +194,7 @@ def test_leftover_temporary_files_of_killed_writers_are_removed(tmp_path, detect
 
 
 def test_finetune_removes_its_leftover_log(tmp_path, toy_dir, run_cli):
-    from i2pscan.finetune import log_path
+    from i2pscan.train.checkpoint import log_path
     from i2pscan.io.files import temporary_prefix
 
     cal = tmp_path / "cal.safetensors"

@@ -53,7 +53,7 @@ def controlled(tmp_path, detector_file, monkeypatch):
 
 def test_evaluate_gives_exactly_the_expected_metrics(controlled):
     detector, root, truth = controlled
-    from i2pscan.samples import load_labelled
+    from i2pscan.train.samples import load_labelled
 
     result = evaluate(detector, load_labelled(root), ScanOptions(workers=0))
     rows = {r["subset"]: r for r in result.rows}
@@ -75,7 +75,7 @@ def test_evaluate_gives_exactly_the_expected_metrics(controlled):
 
 def test_outputs_and_plots(controlled, tmp_path):
     detector, root, _ = controlled
-    from i2pscan.samples import load_labelled
+    from i2pscan.train.samples import load_labelled
 
     result = evaluate(detector, load_labelled(root), ScanOptions(workers=0), (CLEAN, "blur:2"))
     assert {r["perturbation"] for r in result.rows} == {"none", "blur:2"}

@@ -6,13 +6,15 @@ import torch
 from safetensors import safe_open
 
 from i2pscan.model.backbone import load_backbone
-from i2pscan.calibrate import CalibrateConfig, calibrate
-from i2pscan.augment import Augment
-from i2pscan.samples import load_labelled
+from i2pscan.train.calibrate import CalibrateConfig, calibrate
+from i2pscan.train.augment import Augment
+from i2pscan.train.samples import load_labelled
 from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError
-from i2pscan.finetune import FinetuneConfig, finetune, fit_temperature, log_path, plan_mask, threshold_at_fpr
-from i2pscan.sensitivity import STRATEGIES, build_mask, intrinsic_sensitivity
+from i2pscan.train.finetune import FinetuneConfig, finetune, plan_mask
+from i2pscan.train.thresholds import fit_temperature, threshold_at_fpr
+from i2pscan.train.checkpoint import log_path
+from i2pscan.train.sensitivity import STRATEGIES, build_mask, intrinsic_sensitivity
 
 LIGHT = Augment(blur_p=0.1, jpeg_p=0.1, jpeg_quality=(80, 100), blur_sigma=(0.0, 1.0))
 

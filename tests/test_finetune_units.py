@@ -9,11 +9,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from i2pscan import console, finetune as ft
+from i2pscan import console
+from i2pscan.train import finetune as ft
 from i2pscan.errors import I2PError
-from i2pscan.finetune import FinetuneConfig, fit_temperature, threshold_at_fpr
-from i2pscan.samples import FileSet, LabelledImage, LabelledSample, split_stratified
-from i2pscan.sensitivity import STRATEGIES
+from i2pscan.train.finetune import FinetuneConfig
+from i2pscan.train.thresholds import fit_temperature, threshold_at_fpr
+from i2pscan.train.samples import FileSet, LabelledImage, LabelledSample, split_stratified
+from i2pscan.train.sensitivity import STRATEGIES
 
 # -- FinetuneConfig: every refusal names its option; the limits themselves are where the docs say -----
 
@@ -98,47 +100,47 @@ def test_split_is_stratified_disjoint_and_deterministic_per_seed(tmp_path, warni
     subsets = (["a"] * 10 + ["b"] * 20) * 2
     sample = _sample(tmp_path, labels, subsets)
     config = FinetuneConfig(val_split=0.2, seed=3, target_fpr=0.25)
-    train, val, overlap = ft._split(sample, None, config)
+    train, val, overlap = ft.hold_out_validation(sample, None, config)
     assert overlap == 0 and warnings == []
     assert sorted(train.paths + val.paths) == sorted(sample.paths) and not set(train.paths) & set(val.paths)
     assert val.counts()["subsets"] == {"a": {"real": 2, "fake": 2}, "b": {"real": 4, "fake": 4}}
     expect_train, expect_val = split_stratified(sample, 0.2, 3)
     assert train.paths == [sample.paths[i] for i in expect_train]
     assert val.paths == [sample.paths[i] for i in expect_val]
-    again = ft._split(sample, None, config)
+    again = ft.hold_out_validation(sample, None, config)
     assert again[0].paths == train.paths and again[1].paths == val.paths
-    other = ft._split(sample, None, FinetuneConfig(val_split=0.2, seed=4, target_fpr=0.25))
+    other = ft.hold_out_validation(sample, None, FinetuneConfig(val_split=0.2, seed=4, target_fpr=0.25))
     assert other[1].paths != val.paths and len(other[1].items) == len(val.items)
 
 
 def test_split_of_tiny_classes(tmp_path, warnings):
     # two reals: one validates, one trains (each side keeps both classes)
     two = _sample(tmp_path / "two", [0, 0] + [1] * 10)
-    train, val, _ = ft._split(two, None, FinetuneConfig(val_split=0.2, target_fpr=0.5))
+    train, val, _ = ft.hold_out_validation(two, None, FinetuneConfig(val_split=0.2, target_fpr=0.5))
     assert train.counts()["real"] == val.counts()["real"] == 1 and val.counts()["fake"] == 2
     assert warnings == ["only 1 real validation image(s): a threshold at --target-fpr 0.5 needs at least 2 to be "
                         "more than a guess"]
     # one real: it trains, and validation has no real image to set a threshold with
     one = _sample(tmp_path / "one", [0] + [1] * 10)
     with pytest.raises(I2PError) as err:
-        ft._split(one, None, FinetuneConfig(val_split=0.2))
+        ft.hold_out_validation(one, None, FinetuneConfig(val_split=0.2))
     assert str(err.value) == "the validation data has 0 real and 2 fake images; both are needed"
     # no fake at all: the training data is refused first
     reals = _sample(tmp_path / "reals", [0] * 8)
     with pytest.raises(I2PError) as err:
-        ft._split(reals, None, FinetuneConfig(val_split=0.25))
+        ft.hold_out_validation(reals, None, FinetuneConfig(val_split=0.25))
     assert str(err.value) == "the training data has 6 real and 0 fake images; both are needed"
 
 
 def test_split_with_val_data_keeps_both_as_given(tmp_path, warnings):
     train = _sample(tmp_path / "train", [0, 1, 0, 1])
     val = _sample(tmp_path / "val", [0] * 20 + [1], name="v")
-    got_train, got_val, overlap = ft._split(train, val, FinetuneConfig(target_fpr=0.05))
+    got_train, got_val, overlap = ft.hold_out_validation(train, val, FinetuneConfig(target_fpr=0.05))
     assert got_train.items == train.items and got_val.items == val.items and overlap == 0
     assert warnings == []  # exactly 1/target-fpr real validation images: enough
     one_class = _sample(tmp_path / "val1", [0, 0, 0], name="w")
     with pytest.raises(I2PError) as err:
-        ft._split(train, one_class, FinetuneConfig())
+        ft.hold_out_validation(train, one_class, FinetuneConfig())
     assert str(err.value) == "the validation data has 3 real and 0 fake images; both are needed"
 
 
@@ -150,37 +152,37 @@ def test_split_refuses_validation_files_that_are_training_files(tmp_path):
     val = LabelledSample([LabelledImage(str(copy), 1, "g"), LabelledImage(train.paths[2], 0, "g")],
                          str(tmp_path / "val"))
     with pytest.raises(I2PError) as err:
-        ft._split(train, val, FinetuneConfig())
+        ft.hold_out_validation(train, val, FinetuneConfig())
     assert str(err.value) == (f"2 training image(s) are also validation images (the same file or the same bytes, "
                               f"e.g. {train.paths[2]}); give --val data of its own, or --split to keep only "
                               f"training images in DATA")
     only_copy = LabelledSample(val.items[:1], val.source)
     with pytest.raises(I2PError, match=r"^1 training image\(s\) are also validation images .*e\.g\. .*s003\.png\)"):
-        ft._split(train, only_copy, FinetuneConfig())
+        ft.hold_out_validation(train, only_copy, FinetuneConfig())
 
 
 def test_split_counts_and_warns_about_calibration_images_that_validate(tmp_path, warnings):
     train = _sample(tmp_path / "train", [0, 1, 0, 1])
     val = _sample(tmp_path / "val", [0, 0, 0, 1, 1], name="v")
     cal = SimpleNamespace(sample={"files": FileSet.of([val.paths[0], val.paths[3], train.paths[0]]).entries()})
-    _, _, overlap = ft._split(train, val, FinetuneConfig(target_fpr=0.5), cal)
+    _, _, overlap = ft.hold_out_validation(train, val, FinetuneConfig(target_fpr=0.5), cal)
     assert overlap == 2
     assert warnings == ["2 of 5 validation image(s) were in the calibration sample (they chose the critical layers): "
                         "calibrate on images that do not validate"]
     warnings.clear()
     for nothing in (None, SimpleNamespace(sample={}), SimpleNamespace(sample={"files": []})):
-        assert ft._split(train, val, FinetuneConfig(target_fpr=0.5), nothing)[2] == 0
+        assert ft.hold_out_validation(train, val, FinetuneConfig(target_fpr=0.5), nothing)[2] == 0
     assert warnings == []
 
 
 def test_split_warns_when_reals_are_too_few_for_the_target_fpr(tmp_path, warnings):
     train = _sample(tmp_path / "train", [0, 1])
     val = _sample(tmp_path / "val", [0] * 19 + [1] * 40, name="v")  # many fakes: only reals count
-    ft._split(train, val, FinetuneConfig(target_fpr=0.05))
+    ft.hold_out_validation(train, val, FinetuneConfig(target_fpr=0.05))
     assert warnings == ["only 19 real validation image(s): a threshold at --target-fpr 0.05 needs at least 20 to "
                         "be more than a guess"]
     warnings.clear()
-    ft._split(train, val, FinetuneConfig(target_fpr=0.06))  # ceil(1 / 0.06) = 17
+    ft.hold_out_validation(train, val, FinetuneConfig(target_fpr=0.06))  # ceil(1 / 0.06) = 17
     assert warnings == []
 
 

@@ -123,9 +123,9 @@ def test_missing_paths_on_stdin_and_unwritable_outputs(detector_file, tmp_path, 
 
 def test_finetune_refuses_overlap_and_reports_divergence(tmp_path, toy_dir):
     from i2pscan.model.backbone import load_backbone
-    from i2pscan.calibrate import CalibrateConfig, calibrate
-    from i2pscan.samples import load_labelled
-    from i2pscan.finetune import FinetuneConfig, finetune
+    from i2pscan.train.calibrate import CalibrateConfig, calibrate
+    from i2pscan.train.samples import load_labelled
+    from i2pscan.train.finetune import FinetuneConfig, finetune
 
     sample = load_labelled(toy_dir / "tconv" / "train", max_per_class=16)
     cal = calibrate(load_backbone("i2p-tiny"), sample, CalibrateConfig(top_k=2, folds=2))

@@ -8,14 +8,17 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from i2pscan import console, finetune as finetune_module
-from i2pscan.augment import Augment
+from i2pscan import console
+from i2pscan.train import finetune as finetune_module
+from i2pscan.train.checkpoint import checkpoint_path
+from i2pscan.train.augment import Augment
 from i2pscan.model.backbone import load_backbone
-from i2pscan.calibrate import CalibrateConfig, calibrate
+from i2pscan.train.calibrate import CalibrateConfig, calibrate
 from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError
-from i2pscan.finetune import FinetuneConfig, finetune, fit_temperature
-from i2pscan.samples import FileSet, load_labelled
+from i2pscan.train.finetune import FinetuneConfig, finetune
+from i2pscan.train.thresholds import fit_temperature
+from i2pscan.train.samples import FileSet, load_labelled
 from i2pscan.scan import ScanOptions, report_metadata, scan
 
 LIGHT = Augment(blur_p=0.1, jpeg_p=0.1, jpeg_quality=(80, 100), blur_sigma=(0.0, 1.0))
@@ -141,17 +144,19 @@ def test_training_validation_and_calibration_are_disjoint(trained, cal, sample):
 
 def test_best_epoch_is_the_argmax_of_the_logged_auc_and_is_what_is_saved(tmp_path, cal, sample, monkeypatch):
     scripted = iter([0.7, 0.9, 0.8])
-    real_metrics = finetune_module.validation_metrics
+    from i2pscan.train import loop
+
+    real_metrics = loop.validation_metrics
 
     def metrics(logits, labels):
         return {**real_metrics(logits, labels), "val_auc": next(scripted)}
 
-    monkeypatch.setattr(finetune_module, "validation_metrics", metrics)
+    monkeypatch.setattr(loop, "validation_metrics", metrics)
     out = tmp_path / "d.safetensors"
     states = {}
 
     def remember(epoch, entry):
-        with safe_open(finetune_module.checkpoint_path(out), "pt") as f:
+        with safe_open(checkpoint_path(out), "pt") as f:
             states[epoch] = {k: f.get_tensor(k) for k in f.keys() if k.startswith(("delta.", "head."))}
 
     result = finetune(load_backbone("i2p-tiny"), cal, sample, out, _config(epochs=3, crop_policies=()),
@@ -235,14 +240,14 @@ def test_split_keeps_calibration_images_out_of_validation_where_it_can(sample, t
 
     part = load_labelled(sample.source, max_per_class=12)
     cal_stub = SimpleNamespace(sample={"files": FileSet.of(part.paths, hashed=True).entries()})
-    train, val, overlap = finetune_module._split(sample, None, _config(), cal_stub)
+    train, val, overlap = finetune_module.hold_out_validation(sample, None, _config(), cal_stub)
     assert overlap == 0 and not set(val.paths) & set(part.paths) and not set(val.paths) & set(train.paths)
     assert sorted(train.paths + val.paths) == sorted(sample.paths)
     assert val.counts()["real"] == val.counts()["fake"] == 10  # the split's size is kept
-    plain_train, plain_val, _ = finetune_module._split(sample, None, _config(), None)
+    plain_train, plain_val, _ = finetune_module.hold_out_validation(sample, None, _config(), None)
     assert len(plain_val.items) == len(val.items) and set(plain_val.paths) & set(part.paths)
     everything = SimpleNamespace(sample={"files": FileSet.of(sample.paths).entries()})
-    _, _, all_overlap = finetune_module._split(sample, None, _config(), everything)
+    _, _, all_overlap = finetune_module.hold_out_validation(sample, None, _config(), everything)
     assert all_overlap == 20
 
 

@@ -432,7 +432,7 @@ def test_old_reports_without_provenance_columns_still_load(tmp_path, run_cli, ch
 def test_evaluate_counts_ai_metadata_and_measures_the_model_on_the_rest(tmp_path, detector_file, monkeypatch):
     from i2pscan.model.detector import Detector
     from i2pscan.evaluate import evaluate, metrics
-    from i2pscan.samples import load_labelled
+    from i2pscan.train.samples import load_labelled
     from i2pscan.scan import ScanOptions
 
     rng = np.random.default_rng(1)

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from i2pscan import console, sensitivity
+from i2pscan import console
+from i2pscan.train import sensitivity
 from i2pscan.model.backbone import load_backbone
 from i2pscan.errors import I2PError
 from i2pscan.model.head import DetectorHead, HeadConfig
-from i2pscan.sensitivity import (STRATEGIES, Mask, build_mask, intrinsic_sensitivity, needs_scores, projection, task_saliency)
+from i2pscan.train.sensitivity import (STRATEGIES, Mask, build_mask, intrinsic_sensitivity, needs_scores, projection, task_saliency)
 
 
 @pytest.fixture(scope="module")

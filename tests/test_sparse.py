@@ -8,9 +8,8 @@ from torch import nn
 from i2pscan.model import sparse
 from i2pscan.model.backbone import load_backbone
 from i2pscan.model.detector_file import Delta
-from i2pscan.finetune import _attach
-from i2pscan.sensitivity import build_mask
-from i2pscan.model.sparse import SparseAttention, SparseDelta, SparseLinear, SparseLinearFunction, sparse_linear
+from i2pscan.train.sensitivity import build_mask
+from i2pscan.model.sparse import attach, SparseAttention, SparseDelta, SparseLinear, SparseLinearFunction, sparse_linear
 
 F64 = torch.float64
 
@@ -165,7 +164,7 @@ def test_backbone_with_sparse_modules_matches_the_delta_merged(kernel):
     merged = load_backbone("i2p-tiny")
     tuned.truncate(last)
     merged.truncate(last)
-    deltas = _attach(tuned, params, mask)
+    deltas = attach(tuned, params, mask.indices)
     assert set(deltas) == set(mask.indices) and all(torch.equal(d.indices, mask.indices[n]) for n, d in deltas.items())
     g = torch.Generator().manual_seed(0)
     merged_params = merged.tunable_parameters(last)
@@ -196,7 +195,7 @@ def test_training_a_sparse_backbone_is_bitwise_reproducible():
         backbone = load_backbone("i2p-tiny")
         params = backbone.tunable_parameters(2)
         backbone.truncate(2)
-        deltas = _attach(backbone, params, build_mask("random", params, rho=0.02, q=0.5, seed=0))
+        deltas = attach(backbone, params, build_mask("random", params, rho=0.02, q=0.5, seed=0).indices)
         opt = torch.optim.AdamW([d.values for d in deltas.values()], lr=1e-2)
         pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size, generator=torch.Generator().manual_seed(1))
         for _ in range(3):

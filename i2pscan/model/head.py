@@ -64,19 +64,3 @@ class DetectorHead(nn.Module):
         z = torch.stack([self.proj(norm(taps[b].float())) for norm, b in zip(self.norms, self.config.layers)], dim=1)
         embedding = (self.layer_weights()[None, :, None] * z).sum(dim=1)
         return self.classifier(embedding).squeeze(-1), embedding
-
-
-def supervised_contrastive(embedding: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """SupCon loss (Khosla et al. 2020) on L2-normalised embeddings; 0 when no positive pairs exist."""
-    z = nn.functional.normalize(embedding.float(), dim=1)
-    sim = z @ z.T / temperature
-    n = len(labels)
-    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
-    positives = (labels[:, None] == labels[None, :]) & ~self_mask
-    if not positives.any():
-        return sim.sum() * 0.0
-    sim = sim.masked_fill(self_mask, float("-inf"))
-    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-    per_anchor = (log_prob.masked_fill(~positives, 0.0).sum(1)) / positives.sum(1).clamp(min=1)
-    has_pos = positives.any(1)
-    return -(per_anchor[has_pos]).mean()

@@ -17,9 +17,9 @@ from sklearn.preprocessing import StandardScaler
 from i2pscan import __version__, console
 from i2pscan.model import tensorfile
 from i2pscan.model.backbone import VIEWS, Backbone
-from i2pscan.samples import FileSet, LabelledSample
+from i2pscan.train.samples import FileSet, LabelledSample
 from i2pscan.errors import I2PError
-from i2pscan.features import extract
+from i2pscan.train.features import extract
 
 KIND = "calibration"
 
