@@ -68,7 +68,7 @@ def bench_discovery(n_files: int) -> list[list]:
 def bench_writers(n_rows: int) -> list[list]:
     from datetime import datetime, timezone
 
-    from i2pscan.report import DatasetWriter, ReportWriter
+    from i2pscan.report.writer import DatasetWriter, ReportWriter
 
     when = datetime.now(timezone.utc)
     rows = [{"path": f"photos/{i:09d}.jpg", "path_raw": None, "size_bytes": 1_000_000 + i, "mtime": when,

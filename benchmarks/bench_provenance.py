@@ -29,7 +29,8 @@ import torch
 from _table import machine, print_table
 from bench_scan import detector_for
 from i2pscan import console
-from i2pscan import provenance as prov
+from i2pscan.provenance.containers import read_headers
+from i2pscan.provenance.evidence import EvidenceReader
 from i2pscan.model.device import resolve_device
 from i2pscan.scan import ScanOptions, scan
 
@@ -52,7 +53,7 @@ def best_rate(run, n_files: int, repeat: int) -> float:
 
 def per_file_ms(paths: list[str], repeat: int) -> tuple[list[float], list[float]]:
     """(C2PA ms, header-parsing ms) per file, best of ``repeat``."""
-    reader = prov.EvidenceReader()
+    reader = EvidenceReader()
     c2pa_ms, header_ms = [], []
     for path in paths:
         data = Path(path).read_bytes()
@@ -60,9 +61,9 @@ def per_file_ms(paths: list[str], repeat: int) -> tuple[list[float], list[float]
         best_c, best_h = float("inf"), float("inf")
         for _ in range(repeat):
             t0 = time.perf_counter()
-            found = prov.read_headers(data)  # EXIF parsed here too, as in --metadata-only
+            found = read_headers(data)  # EXIF parsed here too, as in --metadata-only
             t1 = time.perf_counter()
-            reader._read_c2pa(data, path, found)
+            reader.c2pa.read(data, path, found)
             t2 = time.perf_counter()
             best_h, best_c = min(best_h, t1 - t0), min(best_c, t2 - t1)
         c2pa_ms.append(best_c * 1e3)
@@ -99,7 +100,7 @@ def main() -> None:
                 ["corpus", "files", "files/s"], rows)
 
     c2pa_ms, header_ms = per_file_ms(both, args.repeat)
-    with_manifest = [i for i, path in enumerate(both) if prov.EvidenceReader().read(Path(path).read_bytes(),
+    with_manifest = [i for i, path in enumerate(both) if EvidenceReader().read(Path(path).read_bytes(),
                                                                                      path).c2pa is not None]
     rows = []
     for label, idx in (("all files", range(len(both))), ("files with a C2PA manifest", with_manifest)):

@@ -25,7 +25,7 @@ from _table import machine, print_table
 CHILD = r"""
 import json, resource, sys, time
 import pyarrow.parquet as pq
-from i2pscan.review import build_page
+from i2pscan.report.review import build_page
 mode, report, out = sys.argv[1:4]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
@@ -43,7 +43,7 @@ def make_report(path: Path, rows: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from i2pscan.report import META_KEY, SCHEMA
+    from i2pscan.report.schema import META_KEY, SCHEMA
 
     rng = np.random.default_rng(0)
     writer = pq.ParquetWriter(path, SCHEMA.append(pa.field("provenance", pa.string()))
@@ -100,7 +100,7 @@ def bench_thumbs(count: int, work: Path) -> None:
     import numpy as np
 
     from i2pscan.io.pixels import save_image
-    from i2pscan.review.thumbs import make_thumbs
+    from i2pscan.report.review.thumbs import make_thumbs
 
     rng = np.random.default_rng(1)
     src = work / "photos"

@@ -372,9 +372,10 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     from i2pscan.io.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
     from i2pscan.io.pool import default_workers
     from i2pscan.model.detector import Detector
-    from i2pscan.provenance import METADATA_EXTENSIONS
-    from i2pscan.provenance import EvidenceReader
-    from i2pscan.report import DatasetWriter, is_dataset_path, ReportWriter, verdict_counts
+    from i2pscan.provenance.evidence import METADATA_EXTENSIONS
+    from i2pscan.provenance.evidence import EvidenceReader
+    from i2pscan.report.writer import DatasetWriter, is_dataset_path, ReportWriter
+    from i2pscan.report.read import verdict_counts
 
     if resume and not output:
         raise click.UsageError("--resume needs -o REPORT.parquet")
@@ -477,7 +478,8 @@ class _RowPrinter:
         self.flagged = self.errors = 0
 
     def __call__(self, row: dict) -> None:
-        from i2pscan.report import row_json, row_line
+        from i2pscan.report.schema import row_json
+        from i2pscan.report.read import row_line
 
         if self.closed:
             return
@@ -602,7 +604,7 @@ def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, qui
             raise click.UsageError(f"{given[0]} goes with --html DIR")
     else:
         return _review_page(report_file, html_dir, open_page, max_thumbs, root, workers)
-    from i2pscan.report import read_report
+    from i2pscan.report.read import read_report
 
     s = read_report(report_file, top)
     from i2pscan import console
@@ -632,7 +634,7 @@ def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, qui
 
 def _review_page(report_file, html_dir, open_page, max_thumbs, root, workers):
     from i2pscan import console
-    from i2pscan.review import DEFAULT_MAX_THUMBS, build_page, default_workers, open_in_browser
+    from i2pscan.report.review import DEFAULT_MAX_THUMBS, build_page, default_workers, open_in_browser
 
     page = build_page(report_file, html_dir, DEFAULT_MAX_THUMBS if max_thumbs is None else max_thumbs, root=root,
                       workers=default_workers() if workers is None else workers, progress=console.progress)

@@ -31,8 +31,8 @@ from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError, one_line
 from i2pscan.io.pool import DecodePool, collate
 from i2pscan.io.work import FileWork, Item
-from i2pscan.report import ReportWriter
-from i2pscan.provenance import EvidenceReader
+from i2pscan.report.writer import ReportWriter
+from i2pscan.provenance.evidence import EvidenceReader
 from i2pscan.scan import (ScanOptions, ScanSummary, _batch_logits, _row, choose_cut, count_row, file_work, warn_if_unfitted)
 
 ray = None  # imported on first use: an optional extra (pip install 'i2pscan[ray]')

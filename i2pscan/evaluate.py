@@ -21,8 +21,8 @@ from i2pscan import console
 from i2pscan.train.samples import LabelledSample
 from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError
-from i2pscan.provenance import AI
-from i2pscan.report import row_key
+from i2pscan.provenance.evidence import AI
+from i2pscan.report.schema import row_key
 from i2pscan.scan import ScanOptions, scan, threshold_logit
 
 METRICS = ("acc_real", "acc_fake", "acc", "acc_real_05", "acc_fake_05", "acc_05", "ap", "auc", "oracle_acc",

@@ -23,8 +23,9 @@ from i2pscan.io.pool import Batch, DEFAULT_FILE_TIMEOUT_S, scan_batches
 from i2pscan.io.work import FileWork, Item
 from i2pscan.model.detector import Cut, Detector
 from i2pscan.errors import I2PError
-from i2pscan.provenance import AI, EvidenceReader, unread
-from i2pscan.report import ReportWriter, mtime_of, path_columns
+from i2pscan.provenance.evidence import AI, EvidenceReader, unread
+from i2pscan.report.writer import ReportWriter
+from i2pscan.report.schema import mtime_of, path_columns
 
 COMBINE = ("mean", "max")
 EVIDENCE = ("all", "model")

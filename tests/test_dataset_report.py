@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from conftest import write_corrupt_files
 from i2pscan.io.pixels import save_image
-from i2pscan.report import SCHEMA
+from i2pscan.report.schema import SCHEMA
 
 
 def _img(path: Path, seed: int = 0) -> Path:

@@ -62,7 +62,7 @@ def test_ray_scan_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file
     paths = [str(noise_image(tmp_path / f"{i:02d}.png", seed=i)) for i in range(12)]
     detector = Detector.load(detector_file)
 
-    from i2pscan.provenance import EvidenceReader
+    from i2pscan.provenance.evidence import EvidenceReader
 
     class Misbehaving:  # reads evidence in the decode task's worker process, from the bytes decoding read
         real = EvidenceReader()

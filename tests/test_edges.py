@@ -23,7 +23,7 @@ import pytest
 
 from conftest import noise_image, tamper_detector
 from i2pscan.errors import I2PError
-from i2pscan.report import ReportWriter
+from i2pscan.report.writer import ReportWriter
 from i2pscan.io.discover import DiscoverOptions, discover
 
 META = {"detector_id": "x", "options": {"evidence": "all", "metadata_only": False}}
@@ -58,7 +58,7 @@ def _alive(pid: int) -> bool:
 
 HOLDER = textwrap.dedent("""
     import json, os, sys, time
-    from i2pscan.report import ReportWriter
+    from i2pscan.report.writer import ReportWriter
     writer = ReportWriter(sys.argv[1], json.loads(sys.argv[2]), shard_rows=1)
     writer.add({"path": "held.png", "verdict": "real"})
     child = os.fork()

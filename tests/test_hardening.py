@@ -99,7 +99,7 @@ def test_resume_never_moves_a_finished_report_it_cannot_extend(detector_file, tm
 
 
 def test_a_second_scan_to_the_same_report_is_refused(detector_file, tmp_path, run_cli):
-    from i2pscan.report import ReportWriter
+    from i2pscan.report.writer import ReportWriter
 
     meta = {"detector_id": "x", "options": {}}
     first = ReportWriter(str(tmp_path / "r.parquet"), meta)

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, PngImagePlugin
 
-from i2pscan.provenance import EvidenceReader, known_generator, source_type_kind
+from i2pscan.provenance.evidence import EvidenceReader
+from i2pscan.provenance.generators import known_generator, source_type_kind
 from conftest import CORPORA
 
 A1111 = ("a photo of an astronaut riding a horse, highly detailed\nNegative prompt: blurry\n"
@@ -295,7 +296,7 @@ def test_malformed_jumbf_is_a_c2pa_error_not_an_error_row(provenance_corpus, tmp
 
 
 def test_huge_manifest_store_is_not_handed_to_the_sdk(provenance_corpus, reader, monkeypatch):
-    import i2pscan.provenance as prov
+    import i2pscan.provenance.c2pa as prov
 
     monkeypatch.setattr(prov, "MAX_MANIFEST_BYTES", 1000)  # the real limit is 64 MB; C.jpg's store is larger than 1000
     ev = reader.read((provenance_corpus / "c2pa-rs" / "C.jpg").read_bytes(), "C.jpg")
@@ -424,7 +425,7 @@ def test_old_reports_without_provenance_columns_still_load(tmp_path, run_cli, ch
     pq.write_table(old.replace_schema_metadata(table.schema.metadata), "old.parquet")
     r = run_cli("report", "old.parquet")
     assert r.exit_code == 0 and "by provenance" not in r.stdout
-    from i2pscan.report import conform
+    from i2pscan.report.schema import conform
 
     assert conform(old).column("provenance").to_pylist() == [None]
 

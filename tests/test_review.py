@@ -14,8 +14,8 @@ import pytest
 
 from i2pscan.io.decode import decode
 from i2pscan.io.pixels import save_image
-from i2pscan.report import META_KEY, SCHEMA
-from i2pscan.review import build
+from i2pscan.report.schema import META_KEY, SCHEMA
+from i2pscan.report.review import build
 
 HOSTILE = "<img src=x onerror=alert(1)>.png"
 
@@ -224,7 +224,7 @@ def test_cli_refuses_what_is_not_a_report(tmp_path, run_cli, chdir):
 def test_thumbnail_workers_survive_a_crashing_decoder(tmp_path, monkeypatch):
     import multiprocessing
 
-    from i2pscan.review import thumbs
+    from i2pscan.report.review import thumbs
 
     if multiprocessing.get_start_method() != "fork":
         pytest.skip("the crash is injected by patching the parent, which only forked workers inherit")

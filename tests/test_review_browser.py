@@ -200,7 +200,7 @@ def test_hostile_strings_stay_inert(tmp_path, open_page, chdir):
              "provenance_detail": '{"prompt": "<img src=y onerror=alert(4)>"}'},
             {"provenance": "<b onmouseover=alert(7)>x</b>", "generator": "javascript:alert(8)"}]
     make_report(tmp_path / "r.parquet", rows, prov)
-    from i2pscan.review import build_page
+    from i2pscan.report.review import build_page
 
     summary = build_page("r.parquet", "page", root=str(tmp_path))
     page = open_page(Path(summary.index))
@@ -224,7 +224,7 @@ def test_hostile_strings_stay_inert(tmp_path, open_page, chdir):
 
 def test_page_loads_nothing_from_outside(tmp_path, open_page, chdir):
     make_report(tmp_path / "r.parquet", [{"path": "a.png", "score": 0.9, "verdict": "synthetic"}])
-    from i2pscan.review import build_page
+    from i2pscan.report.review import build_page
 
     page = open_page(Path(build_page("r.parquet", "page", root=str(tmp_path)).index))
     blocked = page.evaluate("""() => new Promise(done => {
@@ -265,7 +265,7 @@ def test_twenty_thousand_rows_paginate(tmp_path, open_page):
              "score": None if v == "error" else float(s), "verdict": str(v), "error": "boom" if v == "error" else None}
             for i, (s, v) in enumerate(zip(scores, verdicts))]
     make_report(tmp_path / "r.parquet", rows, row_group_size=4096)
-    from i2pscan.review import build_page
+    from i2pscan.report.review import build_page
 
     page = open_page(Path(build_page(str(tmp_path / "r.parquet"), str(tmp_path / "page"), max_thumbs=0,
                                      root=str(tmp_path)).index))

@@ -282,7 +282,7 @@ def test_resume_refuses_another_detector(tmp_path, detector_file, run_cli, chdir
     noise_image(tmp_path / "a.png")
     parts = tmp_path / "r.parquet.parts"
     parts.mkdir()
-    from i2pscan.report import SCHEMA
+    from i2pscan.report.schema import SCHEMA
 
     table = SCHEMA.empty_table().replace_schema_metadata({b"i2pscan": json.dumps({"detector_id": "other"}).encode()})
     pq.write_table(table, parts / "shard-000001.parquet")
@@ -331,7 +331,7 @@ def test_precision_is_chosen_per_detector_and_bad_values_are_refused(detector_fi
 
 
 def test_resume_refuses_rows_of_another_precision():
-    from i2pscan.report import _same_arithmetic
+    from i2pscan.report.writer import _same_arithmetic
 
     cpu, bf16, fp32_gpu = ({"device": "cpu", "backbone": "fp32"}, {"device": "cuda", "backbone": "bf16"},
                            {"device": "cuda:0", "backbone": "fp32"})

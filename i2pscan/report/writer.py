@@ -9,66 +9,18 @@ order, to a temporary file that is then renamed over the report.
 
 from __future__ import annotations
 
-import base64
 import errno
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from i2pscan.errors import I2PError, one_line, short_path
 from i2pscan.io.files import atomic_path, check_writable, remove_leftovers
-
-SCHEMA = pa.schema([
-    pa.field("path", pa.string(), nullable=False),
-    pa.field("path_raw", pa.binary()),
-    pa.field("size_bytes", pa.int64()),
-    pa.field("mtime", pa.timestamp("us", tz="UTC")),
-    pa.field("format", pa.string()),
-    pa.field("width", pa.int32()),
-    pa.field("height", pa.int32()),
-    pa.field("score", pa.float32()),
-    pa.field("logit", pa.float32()),
-    pa.field("verdict", pa.string(), nullable=False),
-    pa.field("error", pa.string()),
-    pa.field("sha256", pa.string()),
-    # provenance evidence (provenance.py); reports written before these columns existed lack them
-    pa.field("provenance", pa.string()),
-    pa.field("generator", pa.string()),
-    pa.field("c2pa", pa.string()),
-    pa.field("provenance_detail", pa.string()),
-])
-PROVENANCE_COLUMNS = ("provenance", "generator", "c2pa", "provenance_detail")
-COLUMNS = SCHEMA.names
-META_KEY = b"i2pscan"
-
-
-def path_columns(path: str) -> tuple[str, bytes | None]:
-    """(``path`` as text, ``path_raw``): a name that is not valid UTF-8 keeps its exact bytes in
-    ``path_raw`` and shows them backslash-escaped in ``path``."""
-    raw = os.fsencode(path)
-    try:
-        return raw.decode("utf-8"), None
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "backslashreplace"), raw
-
-
-def row_key(row: dict) -> str:
-    """The identity of a row's file, as discovery spells it (surrogate-escaped str)."""
-    raw = row.get("path_raw")
-    return os.fsdecode(raw) if raw is not None else row["path"]
-
-
-def mtime_of(seconds: float | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
-
+from i2pscan.report.schema import META_KEY, SCHEMA, conform, read_meta, row_key
 
 _OLD_DEFAULTS = {"evidence": "all", "metadata_only": False}  # reports written before these options existed
 SAME_OPTIONS = ("crops", "combine", "threshold", "max_pixels", "want_hash", "perturbation", "evidence",
@@ -166,7 +118,7 @@ class ReportWriter:
                 self._done[row_key(row)] = None
 
     def _check_compatible(self, source: str) -> None:
-        theirs = _read_meta(source)
+        theirs = read_meta(source)
         if not theirs:
             raise I2PError(f"cannot resume from {short_path(source)}: it is not an i2pscan report")
         if theirs.get("detector_id") != self.meta.get("detector_id"):
@@ -242,13 +194,6 @@ class ReportWriter:
         self._lock.close()
         return table
 
-
-def conform(table: pa.Table) -> pa.Table:
-    """A report table in today's schema: columns an older i2pscan did not write are added as nulls."""
-    for name in SCHEMA.names:
-        if name not in table.column_names:
-            table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
-    return table.select(SCHEMA.names).cast(SCHEMA)
 
 
 class _ReportLock:
@@ -359,14 +304,6 @@ def write_failure(exc: OSError) -> str:
     return exc.strerror or one_line(exc)
 
 
-def _read_meta(path: str) -> dict:
-    try:
-        raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise I2PError(f"cannot read {short_path(path)}: {exc}") from exc
-    return json.loads(raw) if raw else {}
-
-
 # -- a Parquet dataset folder instead of one file (-o DIR/) -------------------------------------
 
 
@@ -442,86 +379,3 @@ class DatasetWriter(ReportWriter):
         self._release()
         return table
 
-
-# -- reading reports back ----------------------------------------------------------------------
-
-
-@dataclass
-class ReportSummary:
-    files: int
-    synthetic: int
-    real: int
-    errors: int
-    meta: dict
-    top: list[dict]
-    unknown: int = 0  # --metadata-only: nothing declared
-    by_provenance: dict[str, int] | None = None  # None: a report written before provenance columns
-    by_generator: dict[str, int] | None = None
-
-
-def read_report(path: str, top: int = 20) -> ReportSummary:
-    """Counts and the ``top`` highest-scoring flagged files of a report. Raises I2PError."""
-    if not os.path.isfile(path):
-        raise I2PError(f"report not found: {short_path(path)}")
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise I2PError(f"{short_path(path)} is not a readable Parquet report: {exc}") from exc
-    missing = {"path", "verdict", "score"} - set(table.column_names)
-    if missing:
-        raise I2PError(f"{short_path(path)} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
-    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-    counts = verdict_counts(table)
-    flagged = table.filter(pc.equal(table.column("verdict"), "synthetic"))
-    flagged = flagged.take(pc.sort_indices(flagged, sort_keys=[("score", "descending")])[:top])
-    by_provenance = by_generator = None
-    if "provenance" in table.column_names:
-        by_provenance = _counts(table.column("provenance"))
-        by_generator = _counts(table.column("generator")) if "generator" in table.column_names else {}
-        by_generator.pop(None, None)
-    return ReportSummary(table.num_rows, counts.get("synthetic", 0), counts.get("real", 0), counts.get("error", 0),
-                         meta, flagged.to_pylist(), counts.get("unknown", 0), by_provenance, by_generator)
-
-
-def _counts(column) -> dict:
-    vc = pc.value_counts(column)
-    pairs = zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())
-    return dict(sorted(pairs, key=lambda kv: (-kv[1], str(kv[0]))))
-
-
-def verdict_counts(table: pa.Table) -> dict[str, int]:
-    """{verdict: rows} of a report table."""
-    vc = pc.value_counts(table.column("verdict"))
-    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
-
-
-# -- rows as text, for stdout -------------------------------------------------------------------
-
-
-def row_json(row: dict) -> str:
-    """One JSON object per image; raw path bytes, when present, as base64."""
-    out = {k: row.get(k) for k in COLUMNS if k != "path_raw"}
-    if out["mtime"] is not None:
-        out["mtime"] = out["mtime"].isoformat()
-    if isinstance(out.get("provenance_detail"), str):  # an object in the JSON line, not a string in a string
-        out["provenance_detail"] = json.loads(out["provenance_detail"])
-    for k in ("score", "logit"):
-        if out[k] is not None:
-            out[k] = None if math.isnan(out[k]) else round(float(out[k]), 6)
-    if row.get("path_raw") is not None:
-        out["path_raw_b64"] = base64.b64encode(row["path_raw"]).decode()
-    return json.dumps(out, ensure_ascii=False)
-
-
-def row_line(row: dict) -> str:
-    """``score  verdict  path`` (or ``-  error  path: message``), aligned for reading."""
-    declared = row.get("provenance")
-    note = ""
-    if declared not in (None, "none"):
-        note = f"  [{declared}" + (f": {row['generator']}" if row.get("generator") else "") + \
-               (f", c2pa {row['c2pa']}" if row.get("c2pa") else "") + "]"
-    elif row.get("c2pa"):
-        note = f"  [c2pa {row['c2pa']}]"
-    score = f"{row['score']:6.4f}" if row.get("score") is not None else f"{'-':>6}"
-    problem = f": {row['error']}" if row.get("error") else ""
-    return f"{score}  {row['verdict']:<9}  {row['path']}{problem}{note}"

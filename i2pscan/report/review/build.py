@@ -37,9 +37,9 @@ import pyarrow.parquet as pq
 
 from i2pscan import __version__
 from i2pscan.errors import I2PError, one_line
-from i2pscan.report import META_KEY, row_key
+from i2pscan.report.schema import META_KEY, row_key
 from i2pscan.io.files import atomic_path, current_umask
-from i2pscan.review import thumbs as thumbs_mod
+from i2pscan.report.review import thumbs as thumbs_mod
 
 DEFAULT_MAX_THUMBS = 5000
 BATCH_ROWS = 16384

@@ -1,0 +1,77 @@
+"""Reading scan reports back: counts, the top flagged files, and text lines of rows."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from i2pscan.errors import I2PError, short_path
+from i2pscan.report.schema import META_KEY
+
+@dataclass
+class ReportSummary:
+    files: int
+    synthetic: int
+    real: int
+    errors: int
+    meta: dict
+    top: list[dict]
+    unknown: int = 0  # --metadata-only: nothing declared
+    by_provenance: dict[str, int] | None = None  # None: a report written before provenance columns
+    by_generator: dict[str, int] | None = None
+
+
+def read_report(path: str, top: int = 20) -> ReportSummary:
+    """Counts and the ``top`` highest-scoring flagged files of a report. Raises I2PError."""
+    if not os.path.isfile(path):
+        raise I2PError(f"report not found: {short_path(path)}")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise I2PError(f"{short_path(path)} is not a readable Parquet report: {exc}") from exc
+    missing = {"path", "verdict", "score"} - set(table.column_names)
+    if missing:
+        raise I2PError(f"{short_path(path)} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
+    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    counts = verdict_counts(table)
+    flagged = table.filter(pc.equal(table.column("verdict"), "synthetic"))
+    flagged = flagged.take(pc.sort_indices(flagged, sort_keys=[("score", "descending")])[:top])
+    by_provenance = by_generator = None
+    if "provenance" in table.column_names:
+        by_provenance = _counts(table.column("provenance"))
+        by_generator = _counts(table.column("generator")) if "generator" in table.column_names else {}
+        by_generator.pop(None, None)
+    return ReportSummary(table.num_rows, counts.get("synthetic", 0), counts.get("real", 0), counts.get("error", 0),
+                         meta, flagged.to_pylist(), counts.get("unknown", 0), by_provenance, by_generator)
+
+
+def _counts(column) -> dict:
+    vc = pc.value_counts(column)
+    pairs = zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())
+    return dict(sorted(pairs, key=lambda kv: (-kv[1], str(kv[0]))))
+
+
+def verdict_counts(table: pa.Table) -> dict[str, int]:
+    """{verdict: rows} of a report table."""
+    vc = pc.value_counts(table.column("verdict"))
+    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
+
+
+
+def row_line(row: dict) -> str:
+    """``score  verdict  path`` (or ``-  error  path: message``), aligned for reading."""
+    declared = row.get("provenance")
+    note = ""
+    if declared not in (None, "none"):
+        note = f"  [{declared}" + (f": {row['generator']}" if row.get("generator") else "") + \
+               (f", c2pa {row['c2pa']}" if row.get("c2pa") else "") + "]"
+    elif row.get("c2pa"):
+        note = f"  [c2pa {row['c2pa']}]"
+    score = f"{row['score']:6.4f}" if row.get("score") is not None else f"{'-':>6}"
+    problem = f": {row['error']}" if row.get("error") else ""
+    return f"{score}  {row['verdict']:<9}  {row['path']}{problem}{note}"

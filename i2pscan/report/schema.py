@@ -1,0 +1,92 @@
+"""The scan report's schema (DESIGN §3): its columns, how a path is stored, the metadata key, and
+how a table written by an older i2pscan is brought to today's schema."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from i2pscan.errors import I2PError, short_path
+
+SCHEMA = pa.schema([
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("path_raw", pa.binary()),
+    pa.field("size_bytes", pa.int64()),
+    pa.field("mtime", pa.timestamp("us", tz="UTC")),
+    pa.field("format", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("score", pa.float32()),
+    pa.field("logit", pa.float32()),
+    pa.field("verdict", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("sha256", pa.string()),
+    # provenance evidence (provenance.py); reports written before these columns existed lack them
+    pa.field("provenance", pa.string()),
+    pa.field("generator", pa.string()),
+    pa.field("c2pa", pa.string()),
+    pa.field("provenance_detail", pa.string()),
+])
+PROVENANCE_COLUMNS = ("provenance", "generator", "c2pa", "provenance_detail")
+COLUMNS = SCHEMA.names
+META_KEY = b"i2pscan"
+
+
+def path_columns(path: str) -> tuple[str, bytes | None]:
+    """(``path`` as text, ``path_raw``): a name that is not valid UTF-8 keeps its exact bytes in
+    ``path_raw`` and shows them backslash-escaped in ``path``."""
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), raw
+
+
+def row_key(row: dict) -> str:
+    """The identity of a row's file, as discovery spells it (surrogate-escaped str)."""
+    raw = row.get("path_raw")
+    return os.fsdecode(raw) if raw is not None else row["path"]
+
+
+def mtime_of(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A report table in today's schema: columns an older i2pscan did not write are added as nulls."""
+    for name in SCHEMA.names:
+        if name not in table.column_names:
+            table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    return table.select(SCHEMA.names).cast(SCHEMA)
+
+
+def read_meta(path: str) -> dict:
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise I2PError(f"cannot read {short_path(path)}: {exc}") from exc
+    return json.loads(raw) if raw else {}
+
+
+
+def row_json(row: dict) -> str:
+    """One JSON object per image; raw path bytes, when present, as base64."""
+    out = {k: row.get(k) for k in COLUMNS if k != "path_raw"}
+    if out["mtime"] is not None:
+        out["mtime"] = out["mtime"].isoformat()
+    if isinstance(out.get("provenance_detail"), str):  # an object in the JSON line, not a string in a string
+        out["provenance_detail"] = json.loads(out["provenance_detail"])
+    for k in ("score", "logit"):
+        if out[k] is not None:
+            out[k] = None if math.isnan(out[k]) else round(float(out[k]), 6)
+    if row.get("path_raw") is not None:
+        out["path_raw_b64"] = base64.b64encode(row["path_raw"]).decode()
+    return json.dumps(out, ensure_ascii=False)
+
