@@ -38,7 +38,7 @@ from i2pscan.train.samples import load_labelled
 from i2pscan.model.detector import Detector
 from i2pscan.evaluate import evaluate
 from i2pscan.train.finetune import FinetuneConfig, finetune
-from i2pscan.scan import ScanOptions
+from i2pscan.scan.options import ScanOptions
 from i2pscan.train.sensitivity import STRATEGIES
 
 

@@ -69,13 +69,13 @@ def variant_arithmetic(variant: str):
 
 
 def images_per_second(backbone, head, images, batch_size, repeats=2):
-    inference.logits(backbone, head, "cls", images[:batch_size])  # warm-up
+    inference.logits(inference.Model(backbone, head), images[:batch_size])  # warm-up
     if backbone.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         for i in range(0, len(images), batch_size):
-            inference.logits(backbone, head, "cls", images[i:i + batch_size])
+            inference.logits(inference.Model(backbone, head), images[i:i + batch_size])
     if backbone.device.type == "cuda":
         torch.cuda.synchronize()
     return repeats * len(images) / (time.perf_counter() - start)
@@ -133,10 +133,10 @@ def main():
         head = DetectorHead(HeadConfig.for_layers([6, 12], [1 / 24] * 24, backbone.width, 256)).to(device)
         with variant_arithmetic(variant):
             set_scale(0.0)
-            zero = inference.logits(backbone, head, "cls", probe).cpu()
+            zero = inference.logits(inference.Model(backbone, head), probe).cpu()
             for scale in scales:
                 set_scale(scale)
-                logits[variant, scale] = inference.logits(backbone, head, "cls", probe).cpu()
+                logits[variant, scale] = inference.logits(inference.Model(backbone, head), probe).cpu()
                 effects[variant, scale] = logits[variant, scale] - zero
             speed[variant] = images_per_second(backbone, head, images, args.batch_size)
         del backbone

@@ -32,7 +32,8 @@ from i2pscan import console
 from i2pscan.provenance.containers import read_headers
 from i2pscan.provenance.evidence import EvidenceReader
 from i2pscan.model.device import resolve_device
-from i2pscan.scan import ScanOptions, scan
+from i2pscan.scan.options import ScanOptions
+from i2pscan.scan.session import run_scan
 
 HERE = Path(__file__).resolve().parent
 
@@ -94,7 +95,7 @@ def main() -> None:
     md = ScanOptions(metadata_only=True, workers=args.workers, batch_size=16)
     rows = []
     for label, files in (("provenance/", provenance_files), ("robustness/", robustness_files), ("both", both)):
-        rate = best_rate(lambda: scan(None, files, md), len(files), args.repeat)
+        rate = best_rate(lambda: run_scan(files, None, None, md), len(files), args.repeat)
         rows.append([f"--metadata-only, {label}", len(files), rate])
     print_table("scan --metadata-only (files/s, end to end: read, header, evidence, rows)",
                 ["corpus", "files", "files/s"], rows)
@@ -115,13 +116,13 @@ def main() -> None:
     tiny = detector_for("i2p-tiny", "default", 6, device)
     base = ScanOptions(workers=args.workers, batch_size=16, read_provenance=False)
     full = ScanOptions(workers=args.workers, batch_size=16)
-    scan(tiny, robustness_files[:8], full)  # warm-up
+    run_scan(robustness_files[:8], None, tiny, full)  # warm-up
     timings = {"without provenance": [], "with provenance": []}
     cpu = {"without provenance": [], "with provenance": []}
     for _ in range(args.model_repeat):  # interleaved, so that a disturbance hits both alike
         for label, options in (("without provenance", base), ("with provenance", full)):
             started, started_cpu = time.perf_counter(), time.process_time()
-            scan(tiny, robustness_files, options)
+            run_scan(robustness_files, None, tiny, options)
             timings[label].append(time.perf_counter() - started)
             cpu[label].append(time.process_time() - started_cpu)
     n = len(robustness_files)

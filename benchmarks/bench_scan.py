@@ -36,7 +36,8 @@ from i2pscan.io.work import FileWork
 from i2pscan.io.loader import ImageFiles, loader
 from i2pscan.model.detector import Detector
 from i2pscan.model.head import DetectorHead, HeadConfig
-from i2pscan.scan import ScanOptions, scan
+from i2pscan.scan.options import ScanOptions
+from i2pscan.scan.session import run_scan
 
 SIZES = {"2 MP": (1632, 1224), "6 MP": (3000, 2000), "12 MP": (4000, 3000)}
 
@@ -81,9 +82,9 @@ def detector_for(name: str, pretrained, last_block: int, device) -> Detector:
 
 
 def scan_rate(detector: Detector, paths: list[str], options: ScanOptions) -> float:
-    scan(detector, paths[:2], options)  # warm-up: workers, allocator, kernels
+    run_scan(paths[:2], None, detector, options)  # warm-up: workers, allocator, kernels
     started = time.perf_counter()
-    summary = scan(detector, paths, options)
+    summary = run_scan(paths, None, detector, options).summary
     assert summary.errors == 0
     return len(paths) / (time.perf_counter() - started)
 

@@ -44,17 +44,18 @@ def _sample_options(f):
 
 def _scoring_options(f):
     """What scan and evaluate share: the detector, its weights, threshold and crops."""
-    f = click.option("--combine", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
-                     help="How the logits of several crops are combined.")(f)
-    f = click.option("--crops", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Crops per image at native resolution: centre, then corners, then a grid.")(f)
+    f = click.option("--combine", type=click.Choice(["mean", "max"]), default=None,
+                     help="How the logits of several crops are combined [default: mean].")(f)
+    f = click.option("--crops", type=click.IntRange(min=1), default=None,
+                     help="Crops per image at native resolution: centre, then corners, then a grid [default: 1].")(f)
     f = click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
                      help="Flag at this calibrated probability instead of the detector's threshold.")(f)
     f = click.option("--pretrained", default=None, metavar="TAG|PATH",
                      help="Backbone weights, when the detector's recorded source is not available here.")(f)
-    f = click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+    f = click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None,
                      help="The backbone's arithmetic on CUDA (a CPU always runs fp32). auto: fp32 for the published "
-                          "detectors (their authors' scores), bf16 for I2P detectors (what finetune validated).")(f)
+                          "detectors (their authors' scores), bf16 for I2P detectors (what finetune validated) "
+                          "[default: auto].")(f)
     return f
 
 
@@ -339,9 +340,9 @@ def finetune(data, calibration_file, out, pretrained, strategy, rho, q, epochs, 
 @click.option("--metadata-only", is_flag=True,
               help="No model: verdicts from each file's provenance metadata alone (synthetic, real for a "
                    "validating C2PA capture, unknown otherwise); no detector, backbone or weights are loaded.")
-@click.option("--evidence", type=click.Choice(["all", "model"]), default="all", show_default=True,
+@click.option("--evidence", type=click.Choice(["all", "model"]), default=None,
               help="all: metadata declaring AI (C2PA, IPTC, generator parameters) flags a file whatever its "
-                   "score; model: verdicts from the score alone (the evidence stays in the report).")
+                   "score; model: verdicts from the score alone (the evidence stays in the report) [default: all].")
 @click.option("--c2pa-trust", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="PEM",
               help="C2PA trust anchors (a PEM bundle, e.g. the C2PA trust list): signatures under them read "
                    "'trusted' instead of 'valid'.")
@@ -366,103 +367,54 @@ def scan(paths, detector_file, output, resume, overwrite, fmt, flagged_only, nul
     Quarantine what is flagged:
       i2pscan scan photos/ -d detector.safetensors --flagged-only -0 | xargs -0 mv -t quarantine/
     """
-    from i2pscan import scan as scan_mod
-    from i2pscan.io.discover import DiscoverOptions, discover
-    from i2pscan.model.device import default_batch_size, resolve_device
-    from i2pscan.io.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
-    from i2pscan.io.pool import default_workers
-    from i2pscan.model.detector import Detector
-    from i2pscan.provenance.evidence import METADATA_EXTENSIONS
-    from i2pscan.provenance.evidence import EvidenceReader
-    from i2pscan.report.writer import DatasetWriter, is_dataset_path, ReportWriter
-    from i2pscan.report.read import verdict_counts
+    from i2pscan import scan as run_scan
+    from i2pscan.scan.session import ScanStopped
 
-    if resume and not output:
-        raise click.UsageError("--resume needs -o REPORT.parquet")
     if null and not flagged_only:
         raise click.UsageError("-0 goes with --flagged-only")
-    if metadata_only and evidence == "model":
-        raise click.UsageError("--metadata-only and --evidence model contradict each other")
-    if metadata_only:
-        model_only = [name for name, value in (("--threshold", threshold is not None), ("--crops", crops != 1),
-                                               ("--combine", combine != "mean"), ("--pretrained", pretrained),
-                                               ("--precision", precision != "auto"),
-                                               ("--max-pixels", max_pixels)) if value]
-        if model_only:
-            raise click.UsageError(f"{model_only[0]} needs a model; --metadata-only runs none")
-    if metadata_only and ray_address:
-        raise click.UsageError("--metadata-only runs no model; scan it without --ray")
-    reader = EvidenceReader.from_trust_file(c2pa_trust)
-    where = resolve_device(device)
-    exts = tuple(e.strip() for x in extensions for e in x.split(",") if e.strip()) or (
-        IMAGE_EXTENSIONS + tuple(e for e in METADATA_EXTENSIONS if e not in IMAGE_EXTENSIONS) if metadata_only
-        else IMAGE_EXTENSIONS)
-    files = discover(paths, DiscoverOptions(exts, hidden, follow_symlinks, tuple(exclude)),
-                              stdin=sys.stdin.buffer)
-    options = scan_mod.ScanOptions(crops=crops, combine=combine, threshold=threshold, want_hash=want_hash,
-                                   batch_size=batch_size or default_batch_size(where),
-                                   workers=default_workers() if workers is None else workers,
-                                   max_pixels=max_pixels or DEFAULT_MAX_PIXELS, evidence=evidence,
-                                   c2pa_trust=os.path.abspath(c2pa_trust) if c2pa_trust else None,
-                                   metadata_only=metadata_only)
-    detector = None if metadata_only else Detector.load(_default_detector(detector_file), device=where,
-                                                        pretrained=pretrained, precision=precision)
-    writer = None
-    if output:
-        writer_class = DatasetWriter if is_dataset_path(output) else ReportWriter
-        writer = writer_class(output, scan_mod.report_metadata(detector, options, paths, on_ray=bool(ray_address)),
-                              resume=resume,
-                              overwrite=overwrite, shard_rows=flush_rows)
-    if not files:
-        _log(f"no image files found (extensions: {' '.join(exts)}; --ext, --hidden change what is picked up)")
-    printer = _RowPrinter(fmt, flagged_only, null, stop_when_closed=writer is None)
-    try:
-        if ray_address:
-            from i2pscan.distributed import scan_on
+    if ray_address == "local":
+        from i2pscan.scan.ray import LOOPBACK_ENV
 
-            summary = scan_on(ray_address, detector, files, options=options, writer=writer, on_row=printer,
-                              total=len(files), pretrained=pretrained, evidence=reader)
-        else:
-            summary = scan_mod.scan(detector, files, options, writer, on_row=printer, evidence=reader)
-        table = writer.close({p: i for i, p in enumerate(files)}, {"finished": scan_mod.now()}) if writer else None
-    except _StdoutClosed:  # `i2pscan scan ... | head`: the code says what the reader was given
-        _exit(_scan_exit_code(printer.flagged, printer.errors))
-    except BaseException as exc:
-        if writer is not None:  # whatever stopped the scan, keep what was scored and say how to finish
-            _keep_for_resume(writer, exc)
+        os.environ.setdefault(LOOPBACK_ENV, "0")  # a private cluster listens on 127.0.0.1 only
+    printer = _RowPrinter(fmt, flagged_only, null, stop_when_closed=output is None)
+    exts = tuple(e.strip() for x in extensions for e in x.split(",") if e.strip()) or None
+    try:
+        outcome = run_scan(paths, output, None if metadata_only else detector_file, resume=resume, overwrite=overwrite,
+                           metadata_only=metadata_only, on_row=printer, ray=ray_address, device=device,
+                           pretrained=pretrained, precision=precision, extensions=exts, hidden=hidden,
+                           follow_symlinks=follow_symlinks, exclude=exclude, stdin=sys.stdin.buffer,
+                           flush_rows=flush_rows, crops=crops, combine=combine, threshold=threshold,
+                           want_hash=want_hash, max_pixels=max_pixels, evidence=evidence,
+                           c2pa_trust=c2pa_trust,
+                           batch_size=batch_size, workers=workers)
+    except ScanStopped as exc:
+        if not isinstance(exc.cause, Exception):  # an interruption: say what is kept, exit as interrupted
+            click.echo(str(exc), err=True)
+            raise exc.cause from None
         raise
-    flagged, errors = summary.flagged, summary.errors
-    if table is not None:  # a resumed scan answers for the whole report, earlier runs included
-        counts = verdict_counts(table)
-        flagged, errors = counts.get("synthetic", 0), counts.get("error", 0)
-    _log(summary.describe() + (f"; report: {short_path(output)}" if output else ""))
-    _exit(_scan_exit_code(flagged, errors))
+    if outcome.stopped:  # `i2pscan scan ... | head`: the code says what the reader was given
+        _exit(_scan_exit_code(printer.flagged, printer.errors))
+    _log(_describe(outcome.summary) + (f"; report: {short_path(output)}" if output else ""))
+    _exit(_scan_exit_code(outcome.flagged, outcome.errors))
+
+
+def _describe(summary) -> str:
+    """The one-line summary printed after a scan."""
+    why = ("by their metadata" if summary.threshold is None
+           else f"(threshold {summary.threshold:.4f}" + (f"; {summary.by_metadata} by their metadata)"
+                                                         if summary.by_metadata else ")"))
+    text = (f"{summary.files} file(s) scanned in {summary.seconds:.1f} s ({summary.images_per_second:.1f}/s): "
+            f"{summary.flagged} flagged as synthetic {why}, {summary.errors} unreadable")
+    return text + (f"; {summary.skipped_done} already in the report" if summary.skipped_done else "")
 
 
 def _scan_exit_code(flagged: int, errors: int) -> int:
     return EXIT_FLAGGED if flagged else EXIT_UNREADABLE if errors else EXIT_CLEAN
 
 
-def _keep_for_resume(writer, exc: BaseException) -> None:
-    """Keep the scored rows of a stopped scan; when there are any, the error (or, for an
-    interruption, a line of its own, printed even with --quiet) says that --resume finishes it."""
-    kept = writer.abandon()
-    if not kept:
-        return
-    hint = f"{kept} scored row(s) are kept in {short_path(writer.parts)}: run the same command with --resume to finish"
-    if isinstance(exc, I2PError):
-        exc.args = (f"{exc}; {hint}",)
-    else:
-        click.echo(f"stopped ({type(exc).__name__}); {hint}", err=True)
-
-
 def _exit(code: int) -> None:
     """End the command with an exit code (works under click's runner as well as from the shell)."""
     click.get_current_context().exit(code)
-
-
-class _StdoutClosed(Exception):
-    pass
 
 
 class _RowPrinter:
@@ -478,8 +430,8 @@ class _RowPrinter:
         self.flagged = self.errors = 0
 
     def __call__(self, row: dict) -> None:
-        from i2pscan.report.schema import row_json
         from i2pscan.report.read import row_line
+        from i2pscan.scan.rows import row_json
 
         if self.closed:
             return
@@ -504,7 +456,9 @@ class _RowPrinter:
                 os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush stays quiet
                 os.close(devnull)
                 if self.stop_when_closed:
-                    raise _StdoutClosed() from None
+                    from i2pscan.scan.session import StopScan
+
+                    raise StopScan() from None
                 return
         self.flagged += row["verdict"] == "synthetic"
         self.errors += row["verdict"] == "error"
@@ -535,15 +489,9 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops
     detector's threshold and at 0.5, AP, AUC, best-threshold accuracy, TPR at 1% and 5% FPR, and
     the unweighted mean over subsets.
     """
-    from i2pscan.model.device import default_batch_size, resolve_device
     from i2pscan.io.pixels import parse_perturbation
-    from i2pscan.io.pool import default_workers
-    from i2pscan.train.samples import load_labelled
-    from i2pscan.model.detector import Detector
-    from i2pscan.evaluate import CLEAN, combine as combine_results, evaluate_detectors, plot, print_result, write_result
-    from i2pscan.model.published import resolve
+    from i2pscan.evaluate import CLEAN, plot, print_result, write_result
     from i2pscan.io.files import check_writable
-    from i2pscan.scan import ScanOptions
 
     if out and not out.lower().endswith((".parquet", ".csv", ".md")):
         raise click.UsageError("--out must end in .parquet, .csv or .md")
@@ -553,18 +501,13 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, threshold, crops
     if plot_dir:
         os.makedirs(plot_dir, exist_ok=True)
         check_writable(os.path.join(plot_dir, "roc.png"))
-    where = resolve_device(device)
-    sample = load_labelled(data, max_per_class=max_per_class, seed=seed, subsets=subset, split=split)
-    specs = list(dict.fromkeys(detector_file)) or [_default_detector(None)]
-    for spec in specs:
-        resolve(spec)  # a misspelt second detector stops before the first one's evaluation
-    options = ScanOptions(crops=crops, combine=combine, threshold=threshold,
-                          batch_size=batch_size or default_batch_size(where),
-                          workers=default_workers() if workers is None else workers)
-    results = evaluate_detectors(specs, lambda spec: Detector.load(spec, device=where, pretrained=pretrained,
-                                                                   precision=precision),
-                                 sample, options, perturbs)
-    result = combine_results(results)
+    from i2pscan import evaluate as run_evaluate
+
+    result = run_evaluate(data, list(detector_file) or [_default_detector(None)], perturbations=perturbs, device=device,
+                          pretrained=pretrained, precision=precision or "auto", max_per_class=max_per_class,
+                          subsets=subset, split=split, seed=seed, crops=crops, combine=combine, threshold=threshold,
+                          batch_size=batch_size, workers=workers)
+    results = result.by_detector or [(None, result)]
     print_result(result)
     if out:
         write_result(result, out)

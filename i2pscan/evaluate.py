@@ -14,16 +14,20 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from i2pscan import console
-from i2pscan.train.samples import LabelledSample
-from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError
-from i2pscan.provenance.evidence import AI
-from i2pscan.report.schema import row_key
-from i2pscan.scan import ScanOptions, scan, threshold_logit
+
+if TYPE_CHECKING:
+    from i2pscan.model.detector import Detector
+    from i2pscan.scan.options import ScanOptions
+    from i2pscan.train.samples import LabelledSample
+
+# i2pscan/__init__.py imports this module at start-up (``i2pscan.evaluate`` is this module and the
+# API function): its module-level imports stay light; the rest is imported where it is used.
 
 METRICS = ("acc_real", "acc_fake", "acc", "acc_real_05", "acc_fake_05", "acc_05", "ap", "auc", "oracle_acc",
            "tpr_at_fpr_1", "tpr_at_fpr_5")
@@ -48,6 +52,7 @@ class EvalResult:
     rows: list[dict]  # one per (perturbation, subset), then "overall" and "mean" per perturbation
     scores: list[Scores]
     threshold_logit: float
+    by_detector: list[tuple[str, "EvalResult"]] = field(default_factory=list)  # several detectors: each one's
 
 
 def metrics(labels: np.ndarray, logits: np.ndarray, cut: float) -> dict:
@@ -62,6 +67,8 @@ def metrics(labels: np.ndarray, logits: np.ndarray, cut: float) -> dict:
     out["acc"] = (out["acc_real"] + out["acc_fake"]) / 2
     out["acc_05"] = (out["acc_real_05"] + out["acc_fake_05"]) / 2
     if len(real) and len(fake):
+        from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
         out["ap"] = float(average_precision_score(labels, logits))
         out["auc"] = float(roc_auc_score(labels, logits))
         fpr, tpr, thresholds = roc_curve(labels, logits, drop_intermediate=False)
@@ -77,10 +84,16 @@ def _mean(x: np.ndarray) -> float:
     return float(np.mean(x)) if len(x) else math.nan
 
 
-def evaluate(detector: Detector, sample: LabelledSample, options: ScanOptions = ScanOptions(),
+def evaluate(detector: Detector, sample: LabelledSample, options: ScanOptions | None = None,
              perturbations: tuple[str, ...] = (CLEAN,)) -> EvalResult:
     """Score ``sample`` once per perturbation (``none`` is clean) and compute the metrics."""
-    cut = threshold_logit(detector, options.threshold, options.crops, options.combine)
+    from i2pscan.provenance.evidence import AI
+    from i2pscan.report.schema import row_key
+    from i2pscan.scan.options import ScanOptions
+    from i2pscan.scan.session import run_scan
+
+    options = options or ScanOptions()
+    cut = detector.cut(options.crops, options.combine, options.threshold).logit
     subset_of = {it.path: it.subset for it in sample.items}
     label_of = {it.path: it.label for it in sample.items}
     rows, all_scores = [], []
@@ -88,7 +101,7 @@ def evaluate(detector: Detector, sample: LabelledSample, options: ScanOptions = 
         collected: list[dict] = []
         # metrics measure the model: verdicts from scores alone; the evidence is counted beside them
         opts = replace(options, perturbation=None if perturbation == CLEAN else perturbation, evidence="model")
-        scan(detector, sample.paths, opts, on_row=collected.append)
+        run_scan(sample.paths, None, detector, opts, on_row=collected.append)
         ok = [r for r in collected if r["verdict"] != "error"]
         errors: dict[str, int] = {}
         for r in collected:
@@ -107,7 +120,7 @@ def evaluate(detector: Detector, sample: LabelledSample, options: ScanOptions = 
     return EvalResult(rows, all_scores, cut)
 
 
-def evaluate_detectors(specs, load, sample: LabelledSample, options: ScanOptions = ScanOptions(),
+def evaluate_detectors(specs, load, sample: LabelledSample, options: ScanOptions | None = None,
                        perturbations: tuple[str, ...] = (CLEAN,)) -> list[tuple[str, EvalResult]]:
     """Evaluate several detectors (names or files) on one sample, one detector in memory at a
     time: ``load(spec)`` builds each. Returns (detector name, result) pairs in the given order."""
@@ -130,7 +143,7 @@ def combine(results: list[tuple[str, EvalResult]]) -> EvalResult:
             order.setdefault((row["perturbation"], row["subset"]), len(order))
     rows = [{"detector": name, **row} for name, r in results for row in r.rows]
     rows.sort(key=lambda row: order[(row["perturbation"], row["subset"])])  # stable: detectors keep their order
-    return EvalResult(rows, [s for _, r in results for s in r.scores], results[0][1].threshold_logit)
+    return EvalResult(rows, [s for _, r in results for s in r.scores], results[0][1].threshold_logit, list(results))
 
 
 def _rows(s: Scores, cut: float) -> list[dict]:
@@ -228,6 +241,8 @@ def _md(v) -> str:
 def plot(result: EvalResult, folder: str) -> list[str]:
     """ROC curves and score histograms (real vs fake) per subset, as PNGs in ``folder``."""
     from i2pscan.plots import pyplot
+
+    from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = pyplot()
     os.makedirs(folder, exist_ok=True)

@@ -21,7 +21,8 @@ from i2pscan.train.calibrate import CalibrateConfig, calibrate
 from i2pscan.model.detector import Detector
 from i2pscan.train.finetune import FinetuneConfig, finetune
 from i2pscan.train.samples import load_labelled
-from i2pscan.scan import ScanOptions, scan
+from i2pscan.scan.options import ScanOptions
+from i2pscan.scan.session import run_scan
 from i2pscan.model.sparse import SparseLinear
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -44,7 +45,7 @@ def trained_on_cuda(tmp_path_factory, toy_dir):
 
 def _scan_logits(detector, paths, crops=1, combine="mean", batch_size=BATCH):
     rows = []
-    scan(detector, paths, ScanOptions(crops=crops, combine=combine, batch_size=batch_size), on_row=rows.append)
+    run_scan(paths, None, detector, ScanOptions(crops=crops, combine=combine, batch_size=batch_size), on_row=rows.append)
     assert [r["path"] for r in rows] == list(paths) and all(r["error"] is None for r in rows)
     return np.array([r["logit"] for r in rows], np.float32)
 

@@ -55,9 +55,10 @@ def test_ray_scan_gives_the_local_scan_rows_and_exit_code(tmp_path, detector_fil
 def test_ray_scan_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file, ray_cluster):
     from i2pscan.io.preprocess import CropTransform
     from i2pscan.model.detector import Detector
-    from i2pscan.distributed import scan
     from i2pscan.io.work import FileWork
-    from i2pscan.scan import ScanOptions
+    from i2pscan.scan.options import ScanOptions
+    from i2pscan.scan.ray import RayExecutor
+    from i2pscan.scan.session import run_scan
 
     paths = [str(noise_image(tmp_path / f"{i:02d}.png", seed=i)) for i in range(12)]
     detector = Detector.load(detector_file)
@@ -76,7 +77,8 @@ def test_ray_scan_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file
 
     work = FileWork(CropTransform(detector.preprocess, 1), evidence=Misbehaving())
     rows = []
-    scan(detector, paths, ScanOptions(file_timeout_s=2.0), on_row=rows.append, block_files=4, work=work)
+    run_scan(paths, None, detector, ScanOptions(file_timeout_s=2.0), on_row=rows.append, work=work,
+             executor=lambda *args: RayExecutor("auto", *args, block_files=4))
     assert [r["path"] for r in rows] == paths
     assert {i: r["error"] for i, r in enumerate(rows) if r["verdict"] == "error"} == {
         5: "the decoder crashed on this file (its process exited with code 9)",
@@ -85,13 +87,14 @@ def test_ray_scan_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file
 
 def test_ray_workers_killed_mid_scan_lose_and_duplicate_nothing(tmp_path, detector_file, ray_cluster):
     from i2pscan.model.detector import Detector
-    from i2pscan.distributed import scan
-    from i2pscan.scan import ScanOptions, scan as local_scan
+    from i2pscan.scan.options import ScanOptions
+    from i2pscan.scan.ray import RayExecutor
+    from i2pscan.scan.session import run_scan
 
     paths = [str(noise_image(tmp_path / f"{i:03d}.png", seed=i)) for i in range(96)]
     detector = Detector.load(detector_file)
     expected = []
-    local_scan(detector, paths, ScanOptions(workers=0, crops=4), on_row=expected.append)
+    run_scan(paths, None, detector, ScanOptions(workers=0, crops=4), on_row=expected.append)
     rows, killed = [], []
 
     def on_row(row):
@@ -102,7 +105,8 @@ def test_ray_workers_killed_mid_scan_lose_and_duplicate_nothing(tmp_path, detect
                     os.kill(pid, signal.SIGKILL)
                     killed.append(title)
 
-    scan(detector, paths, ScanOptions(crops=4), on_row=on_row, block_files=8)
+    run_scan(paths, None, detector, ScanOptions(crops=4), on_row=on_row,
+             executor=lambda *args: RayExecutor("auto", *args, block_files=8))
     assert "_Scorer" in killed
     _same_rows(rows, expected)
 

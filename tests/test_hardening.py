@@ -70,7 +70,9 @@ def test_unexpected_exceptions_exit_2_in_one_line(tmp_path, run_cli, monkeypatch
 
 def test_non_finite_scores_are_error_rows(detector_file, tmp_path, run_cli, monkeypatch):
     _img(tmp_path / "in" / "a.png")
-    monkeypatch.setattr(Detector, "logits", lambda self, pixels: torch.full((len(pixels),), float("nan")))
+    from i2pscan.model import inference
+
+    monkeypatch.setattr(inference, "logits", lambda model, pixels: torch.full((len(pixels),), float("nan")))
     # a detector that is non-finite even on a neutral image is refused at load (test_detector_file);
     # this one is taken to fail only on some images
     monkeypatch.setattr(Detector, "_check_neutral", lambda self: None)

@@ -19,7 +19,8 @@ from i2pscan.errors import I2PError
 from i2pscan.train.finetune import FinetuneConfig, finetune
 from i2pscan.train.thresholds import fit_temperature
 from i2pscan.train.samples import FileSet, load_labelled
-from i2pscan.scan import ScanOptions, report_metadata, scan
+from i2pscan.scan.options import ScanOptions
+from i2pscan.scan.session import report_metadata, run_scan
 
 LIGHT = Augment(blur_p=0.1, jpeg_p=0.1, jpeg_quality=(80, 100), blur_sigma=(0.0, 1.0))
 BATCH = 16
@@ -53,7 +54,7 @@ def trained(tmp_path_factory, cal, sample):
 
 def _scan_logits(detector, paths, crops, combine, batch_size=BATCH):
     rows = []
-    scan(detector, paths, ScanOptions(crops=crops, combine=combine, batch_size=batch_size), on_row=rows.append)
+    run_scan(paths, None, detector, ScanOptions(crops=crops, combine=combine, batch_size=batch_size), on_row=rows.append)
     assert [r["path"] for r in rows] == list(paths)
     return np.array([r["logit"] for r in rows], np.float32), np.array([r["verdict"] for r in rows])
 
@@ -106,9 +107,9 @@ def test_scan_warns_in_one_line_for_a_policy_without_a_threshold(trained, capsys
     paths = trained.validation["paths"][:2]
     console.set_quiet(False)
     try:
-        scan(detector, paths, ScanOptions(crops=4, combine="max"))
+        run_scan(paths, None, detector, ScanOptions(crops=4, combine="max"))
         assert "warning" not in capsys.readouterr().err
-        scan(detector, paths, ScanOptions(crops=9, combine="max"))
+        run_scan(paths, None, detector, ScanOptions(crops=9, combine="max"))
     finally:
         console.set_quiet(True)
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]

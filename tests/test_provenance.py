@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image, PngImagePlugin
 
 from i2pscan.provenance.evidence import EvidenceReader
@@ -434,7 +435,7 @@ def test_evaluate_counts_ai_metadata_and_measures_the_model_on_the_rest(tmp_path
     from i2pscan.model.detector import Detector
     from i2pscan.evaluate import evaluate, metrics
     from i2pscan.train.samples import load_labelled
-    from i2pscan.scan import ScanOptions
+    from i2pscan.scan.options import ScanOptions
 
     rng = np.random.default_rng(1)
     truth = []  # (label, logit, declares AI)
@@ -450,11 +451,15 @@ def test_evaluate_counts_ai_metadata_and_measures_the_model_on_the_rest(tmp_path
                                                                           pnginfo=info)
             truth.append((label, (level - 128) / 16.0, declared))
 
-    def logits(self, pixels):  # the grey level is the logit, as in test_evaluate
-        mean, std = self.preprocess.mean[0], self.preprocess.std[0]
-        return (((pixels[:, 0].mean(dim=(1, 2)) * std + mean) * 255).round() - 128) / 16.0
+    from i2pscan.model import inference
 
-    monkeypatch.setattr(Detector, "logits", logits)
+    probe = Detector.load(detector_file)
+    mean, std = probe.preprocess.mean[0], probe.preprocess.std[0]
+
+    def logits(model, pixels):  # the grey level is the logit, as in test_evaluate
+        return (((torch.as_tensor(pixels)[:, 0].mean(dim=(1, 2)) * std + mean) * 255).round() - 128) / 16.0
+
+    monkeypatch.setattr(inference, "logits", logits)
     detector = Detector.load(detector_file)
     result = evaluate(detector, load_labelled(tmp_path), ScanOptions(workers=0))
     row = result.rows[0]

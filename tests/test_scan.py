@@ -177,13 +177,14 @@ def test_bad_files_become_error_rows(tmp_path, detector_file, run_cli, chdir):
     write_corrupt_files(tmp_path / "in")
     noise_image(tmp_path / "in" / "ok.png")
     vanished = noise_image(tmp_path / "in" / "gone.png")  # vanishes between discovery and decoding
-    from i2pscan.scan import ScanOptions, scan
+    from i2pscan.scan.options import ScanOptions
+    from i2pscan.scan.session import run_scan
     from i2pscan.model.detector import Detector
 
     paths = discover(["in"])
     vanished.unlink()
     rows = []
-    summary = scan(Detector.load(detector_file), paths, ScanOptions(workers=0), on_row=rows.append)
+    summary = run_scan(paths, None, Detector.load(detector_file), ScanOptions(workers=0), on_row=rows.append).summary
     by_name = {os.path.basename(r["path"]): r for r in rows}
     assert len(rows) == len(paths) == 5 and summary.errors == 4
     assert by_name["gone.png"]["error"].startswith("file not found")

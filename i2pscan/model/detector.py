@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from i2pscan.errors import I2PError
-from i2pscan.io.decode import decode
 from i2pscan.io.preprocess import CropTransform, Preprocess
 from i2pscan.model import inference, published
 from i2pscan.model.backbone import Backbone, load_backbone
 from i2pscan.model.detector_file import DetectorFile, check_delta, read_detector
-from i2pscan.model.device import autocast, check_precision
+from i2pscan.model.device import check_precision
+from i2pscan.model.policy import DEFAULT_POLICY, policy_key
 from i2pscan.model.head import DetectorHead, HeadConfig
 from i2pscan.model.sparse import attach
 from i2pscan.model.weights import recorded_weights
@@ -61,6 +61,8 @@ class Detector:
         self.path = path
         self.architecture = meta.get("architecture", "i2p")
         self.precision = self._default_precision() if check_precision(precision) == "auto" else precision
+        self.pretrained: str | None = None  # the weights given at load, when the recorded ones were not used
+        self.model = inference.Model(backbone, self.head, self.architecture, meta.get("view", "cls"), self.precision)
 
     def _default_precision(self) -> str:
         """The arithmetic a detector's numbers were made in: a published detector's parity with its
@@ -125,6 +127,7 @@ class Detector:
         else:
             backbone, head = _build_published(file, device, pretrained)
         detector = cls(backbone, head, file.meta, file.sha256, file.path, precision)
+        detector.pretrained = pretrained
         detector._check_neutral()
         return detector
 
@@ -137,30 +140,22 @@ class Detector:
             raise I2PError(f"{self.path}: gives no finite score for a neutral (mean-colour) image; its weights "
                            f"are broken")
 
-    @torch.no_grad()
-    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Raw head logits of preprocessed crops [B, 3, S, S] (uncalibrated). An I2P detector goes
-        through ``inference.logits``, the function its validation used."""
-        if self.architecture == "i2p":
-            return inference.logits(self.backbone, self.head, self.meta["view"], pixels, self.precision)
-        pixels = torch.as_tensor(pixels).to(self.device, non_blocking=True)
-        with autocast(self.device, self.precision):
-            features = (self.backbone.ln2_class_tokens(pixels) if self.architecture == "rine"
-                        else self.backbone.embed(pixels))
-        with torch.autocast(self.device.type, enabled=False):  # heads run in fp32, as I2P's do
-            return self.head(features.float()).float()
+    def logits(self, pixels) -> torch.Tensor:
+        """Raw head logits of preprocessed crops [B, 3, S, S] (uncalibrated): ``inference.logits``,
+        the function its validation used."""
+        return inference.logits(self.model, pixels)
 
     def probabilities(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Calibrated probability of being synthetic: sigmoid(logit / temperature)."""
-        return torch.sigmoid(logits / (self.temperature if temperature is None else temperature))
+        return inference.probabilities(logits, self.temperature if temperature is None else temperature)
 
     def cut(self, crops: int = 1, combine: str = "mean", threshold: float | None = None) -> Cut:
         """The threshold and temperature for a crop policy: those fitted for it at finetune time,
         else the centre-crop ones (``fitted`` False: the caller warns). ``threshold``: a probability
         given by the user, mapped through the policy's temperature."""
-        key = inference.policy_key(crops, combine)
+        key = policy_key(crops, combine)
         fitted = self.meta.get("thresholds", {}).get(key)
-        if fitted is None and key == inference.DEFAULT_POLICY:
+        if fitted is None and key == DEFAULT_POLICY:
             fitted = {"threshold": self.threshold, "threshold_logit": self.threshold_logit,
                       "temperature": self.temperature}
         record = fitted or {"threshold": self.threshold, "threshold_logit": self.threshold_logit,
@@ -173,21 +168,25 @@ class Detector:
                    "detector")
 
     def score(self, images: torch.Tensor | Sequence) -> np.ndarray:
-        """Calibrated probabilities (float32) for a batch of preprocessed crops, or for a list of
-        PIL images or file paths (centre crop; NaN for a file that cannot be decoded)."""
+        """Calibrated probabilities (float32, centre crop) for a batch of preprocessed crops, or for
+        a list of file paths (decoded as a scan decodes them; NaN for a file that cannot be decoded)
+        or PIL images."""
         if isinstance(images, torch.Tensor):
             return self.probabilities(self.logits(images)).cpu().numpy().astype(np.float32)
-        transform = CropTransform(self.preprocess, 1)
         out = np.full(len(images), np.nan, np.float32)
-        crops, where = [], []
-        for i, image in enumerate(images):
-            if isinstance(image, (str, os.PathLike)):
-                image = decode(os.fspath(image), rgb=self.preprocess.rgb_mode).image
-            if image is not None:
-                crops.append(transform(image.convert("RGB"), i))
-                where.append(i)
-        if crops:
-            out[where] = self.score(torch.cat(crops))
+        paths = [(i, os.fspath(p)) for i, p in enumerate(images) if isinstance(p, (str, os.PathLike))]
+        if paths:
+            try:
+                z, kept = inference.file_logits(self.model, [p for _, p in paths], self.preprocess, description="score")
+            except I2PError:  # none decodes
+                z, kept = {}, []
+            if kept:
+                out[[paths[k][0] for k in kept]] = self.probabilities(torch.from_numpy(z[DEFAULT_POLICY])).numpy()
+        pictures = [(i, im) for i, im in enumerate(images) if not isinstance(im, (str, os.PathLike))]
+        if pictures:
+            transform = CropTransform(self.preprocess, 1)
+            crops = torch.cat([transform(im.convert("RGB"), i) for i, im in pictures])
+            out[[i for i, _ in pictures]] = self.score(crops)
         return out
 
 

@@ -1,15 +1,16 @@
-"""The one numeric path from images to logits: finetune validation, evaluate and scan all use it.
+"""The only place a logit is computed, for every architecture (i2p, rine, univfd): finetune's
+validation, evaluate, local scans and Ray scans all come through here.
 
 Temperature and threshold are fitted on validation logits, so those logits must be the ones a scan
-will produce: the same crops, the same way of combining them, the same delta arithmetic (the
-delta is a separate float32 term, ``i2pscan.sparse.attach``), the same autocast policy (backbone
-in bf16 on CUDA, fp32 elsewhere; the head always in fp32).
-
-A crop policy is ``N:mean`` or ``N:max``: score N crops of each image and combine their logits.
+will produce: the same decoding (the scan's decode pool), the same crops, the same way of
+combining them, the same delta arithmetic (a separate float32 term, ``sparse.attach``), the same
+autocast policy (the backbone in the model's precision on CUDA, fp32 elsewhere; heads always in
+fp32).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -17,61 +18,86 @@ import torch
 from torch.nn.utils import parametrize
 
 from i2pscan import console
-from i2pscan.io.preprocess import CropTransform, Preprocess
 from i2pscan.errors import I2PError
+from i2pscan.io.pool import scan_batches
+from i2pscan.io.preprocess import CropTransform, Preprocess
+from i2pscan.io.work import FileWork
+from i2pscan.model.backbone import Backbone
 from i2pscan.model.device import autocast
-from i2pscan.io.loader import ImageFiles, loader
+from i2pscan.model.policy import DEFAULT_POLICY, parse_policy
 
-COMBINE = ("mean", "max")
-DEFAULT_POLICY = "1:mean"
-
-
-def policy_key(crops: int, combine: str) -> str:
-    """``1:mean``, ``9:max``, ...; one crop is the same under either combination."""
-    return f"{crops}:{'mean' if crops == 1 else combine}"
+ARCHITECTURES = ("i2p", "rine", "univfd")
 
 
-def parse_policy(text: str) -> tuple[int, str]:
-    """``"9:max"`` -> (9, "max"); raises I2PError for anything else."""
-    crops, sep, combine = str(text).strip().partition(":")
-    if not sep or not crops.isdigit() or int(crops) < 1 or combine not in COMBINE:
-        raise I2PError(f"crop policy {text!r} is not N:mean or N:max (N crops per image, e.g. 9:max)")
-    return int(crops), combine
+@dataclass(frozen=True)
+class Model:
+    """What turns crops into logits: a backbone, a head, and how the head reads the backbone.
 
+    ``architecture`` ``i2p``: the head reads the class tokens (``view``) of its critical layers;
+    ``rine``: RINE's head reads every block's ``ln_2`` class token; ``univfd``: UnivFD's linear
+    probe reads the projected CLIP embedding. ``precision``: the backbone's arithmetic on CUDA
+    (``bf16`` or ``fp32``; a CPU always computes in fp32).
+    """
 
-def normalise_policies(policies: Sequence[str]) -> tuple[str, ...]:
-    """Sorted, unique policy keys, always with the centre crop ``1:mean``."""
-    keys = {policy_key(*parse_policy(p)) for p in policies} | {DEFAULT_POLICY}
-    return tuple(sorted(keys, key=lambda k: (int(k.split(":")[0]), k)))
+    backbone: Backbone
+    head: torch.nn.Module
+    architecture: str = "i2p"
+    view: str = "cls"
+    precision: str = "bf16"
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
 
 
 @torch.no_grad()
-def logits(backbone, head, view: str, pixels: torch.Tensor, precision: str = "bf16") -> torch.Tensor:
-    """Head logits (float32, on the backbone's device) of preprocessed crops [B, 3, S, S];
-    ``precision`` is the backbone's on CUDA (``features.autocast``)."""
-    device = backbone.device
-    pixels = torch.as_tensor(pixels)
-    with parametrize.cached(), autocast(device, precision):
-        taps = backbone.taps(pixels.to(device, non_blocking=True), list(head.config.layers), view)
-    with torch.autocast(device.type, enabled=False):
-        out, _ = head({b: t.float() for b, t in taps.items()})
+def logits(model: Model, pixels) -> torch.Tensor:
+    """Head logits (float32, on the model's device) of preprocessed crops [B, 3, S, S] (an array
+    or a tensor): uncalibrated, one per crop."""
+    device = model.device
+    pixels = torch.as_tensor(pixels).to(device, non_blocking=True)
+    with parametrize.cached(), autocast(device, model.precision):
+        if model.architecture == "i2p":
+            taps = model.backbone.taps(pixels, list(model.head.config.layers), model.view)
+        elif model.architecture == "rine":
+            taps = model.backbone.ln2_class_tokens(pixels)
+        elif model.architecture == "univfd":
+            taps = model.backbone.embed(pixels)
+        else:
+            raise ValueError(f"unknown architecture {model.architecture!r}")
+    with torch.autocast(device.type, enabled=False):  # heads run in fp32
+        if model.architecture == "i2p":
+            out, _ = model.head({b: t.float() for b, t in taps.items()})
+        else:
+            out = model.head(taps.float())
     return out.float()
 
 
 def combine(crop_logits: torch.Tensor, crops: int, how: str) -> torch.Tensor:
-    """[n * crops] logits, image-major -> [n]."""
+    """[n * crops] logits, image-major -> [n]: the mean or the max of each image's crops."""
     per_image = crop_logits.view(-1, crops)
     return per_image.mean(dim=1) if how == "mean" else per_image.max(dim=1).values
 
 
+def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Calibrated probability of being synthetic: sigmoid(logit / temperature)."""
+    return torch.sigmoid(logits / temperature)
+
+
+def score_batch(model: Model, pixels, crops: int, how: str, temperature: float) -> tuple[list[float], list[float]]:
+    """(combined logit, calibrated score) of each image whose ``crops`` crops are in ``pixels``."""
+    combined = combine(logits(model, pixels), crops, how)
+    return combined.cpu().tolist(), probabilities(combined, temperature).cpu().tolist()
+
+
 @torch.no_grad()
-def sample_logits(backbone, head, view: str, paths: Sequence[str], policies: Sequence[str] = (DEFAULT_POLICY,),
-                  batch_size: int = 32, workers: int = 0, description: str = "validate"
-                  ) -> tuple[dict[str, np.ndarray], list[int]]:
-    """({policy: combined logits of the decodable files}, their positions in ``paths``): one
-    decoding pass per crop count. Raises I2PError when no file decodes."""
-    head.eval()
-    preprocess = Preprocess.from_dict(backbone.preprocessing())
+def file_logits(model: Model, paths: Sequence[str], preprocess: Preprocess,
+                policies: Sequence[str] = (DEFAULT_POLICY,), batch_size: int = 32, workers: int = 0,
+                description: str = "validate") -> tuple[dict[str, np.ndarray], list[int]]:
+    """({policy: combined logits of the decodable files}, their positions in ``paths``), decoded
+    by the scan's own decode pool: one decoding pass per crop count. Raises I2PError when no file
+    decodes."""
+    model.head.eval()
     by_crops: dict[int, list[str]] = {}
     for key in policies:
         crops, _ = parse_policy(key)
@@ -81,12 +107,12 @@ def sample_logits(backbone, head, view: str, paths: Sequence[str], policies: Seq
     for crops, keys in sorted(by_crops.items()):
         chunks: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         positions: list[int] = []
-        dataset = ImageFiles(paths, CropTransform(preprocess, crops))
+        work = FileWork(CropTransform(preprocess, crops))
         label = description if crops == 1 else f"{description} ({crops} crops)"
         with console.progress(len(paths), label) as bar:
-            for batch in loader(dataset, batch_size, workers, pin_memory=backbone.device.type == "cuda"):
+            for batch in scan_batches(paths, work, batch_size, workers, pin_memory=model.device.type == "cuda"):
                 if batch.pixels is not None:
-                    z = logits(backbone, head, view, batch.pixels).cpu()
+                    z = logits(model, batch.pixels).cpu()
                     for k in keys:
                         chunks[k].append(combine(z, crops, parse_policy(k)[1]))
                     positions.extend(batch.items[i].index for i in batch.ok)

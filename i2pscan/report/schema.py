@@ -3,9 +3,7 @@ how a table written by an older i2pscan is brought to today's schema."""
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 import os
 from datetime import datetime, timezone
 
@@ -73,20 +71,3 @@ def read_meta(path: str) -> dict:
     except (OSError, pa.ArrowInvalid) as exc:
         raise I2PError(f"cannot read {short_path(path)}: {exc}") from exc
     return json.loads(raw) if raw else {}
-
-
-
-def row_json(row: dict) -> str:
-    """One JSON object per image; raw path bytes, when present, as base64."""
-    out = {k: row.get(k) for k in COLUMNS if k != "path_raw"}
-    if out["mtime"] is not None:
-        out["mtime"] = out["mtime"].isoformat()
-    if isinstance(out.get("provenance_detail"), str):  # an object in the JSON line, not a string in a string
-        out["provenance_detail"] = json.loads(out["provenance_detail"])
-    for k in ("score", "logit"):
-        if out[k] is not None:
-            out[k] = None if math.isnan(out[k]) else round(float(out[k]), 6)
-    if row.get("path_raw") is not None:
-        out["path_raw_b64"] = base64.b64encode(row["path_raw"]).decode()
-    return json.dumps(out, ensure_ascii=False)
-

@@ -379,3 +379,11 @@ class DatasetWriter(ReportWriter):
         self._release()
         return table
 
+
+
+def open_writer(output: str, meta: dict, resume: bool = False, overwrite: bool = False,
+                shard_rows: int = 2048) -> ReportWriter:
+    """The writer ``output`` calls for: a dataset folder of part files for ``DIR/`` (a name ending
+    in a path separator), else one report file. Takes the report's lock; raises I2PError."""
+    writer_class = DatasetWriter if is_dataset_path(output) else ReportWriter
+    return writer_class(output, meta, resume=resume, overwrite=overwrite, shard_rows=shard_rows)

@@ -26,7 +26,7 @@ from i2pscan.io.preprocess import CropTransform, Preprocess
 from i2pscan.model.backbone import Backbone
 from i2pscan.model.detector_file import Delta, write_detector
 from i2pscan.model.head import DetectorHead, HeadConfig
-from i2pscan.model.inference import DEFAULT_POLICY, normalise_policies
+from i2pscan.model.policy import DEFAULT_POLICY, normalise_policies
 from i2pscan.model.sparse import DenseDelta, SparseDelta, attach
 from i2pscan.train.augment import Augment
 from i2pscan.train.calibrate import Calibration

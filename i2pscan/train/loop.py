@@ -19,7 +19,8 @@ from i2pscan.io.preprocess import Preprocess
 from i2pscan.model.backbone import Backbone
 from i2pscan.model.device import autocast
 from i2pscan.model.head import DetectorHead
-from i2pscan.model.inference import DEFAULT_POLICY, sample_logits
+from i2pscan.model.inference import Model, file_logits
+from i2pscan.model.policy import DEFAULT_POLICY
 from i2pscan.model.sparse import SparseDelta
 from i2pscan.train.augment import TrainTransform
 from i2pscan.train.features import extract
@@ -118,9 +119,11 @@ class Trainer:
 @torch.no_grad()
 def predict(backbone, head, sample: LabelledSample, view: str, batch_size: int, workers: int,
             description: str = "validate", policy: str = DEFAULT_POLICY) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (as a scan with ``policy`` computes them: ``inference.sample_logits``) and labels of
+    """Logits (as a scan with ``policy`` computes them: ``inference.file_logits``) and labels of
     the images in ``sample`` that decode."""
-    logits, kept = sample_logits(backbone, head, view, sample.paths, (policy,), batch_size, workers, description)
+    preprocess = Preprocess.from_dict(backbone.preprocessing())
+    logits, kept = file_logits(Model(backbone, head, "i2p", view), sample.paths, preprocess, (policy,), batch_size, workers,
+                               description)
     return logits[policy], sample.labels[kept]
 
 

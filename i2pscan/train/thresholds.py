@@ -8,7 +8,8 @@ import math
 import numpy as np
 from scipy import optimize
 
-from i2pscan.model.inference import sample_logits
+from i2pscan.io.preprocess import Preprocess
+from i2pscan.model.inference import Model, file_logits
 from i2pscan.train.samples import LabelledSample
 
 
@@ -49,8 +50,9 @@ def fit_thresholds(backbone, head, val: LabelledSample, view: str, config
     fitted on the validation logits a scan with that policy computes (the detector as it will be
     saved). Returns ({policy: {threshold, threshold_logit, temperature, val_fpr, val_real}},
     {policy: logits}, positions in ``val`` of the images that decoded)."""
-    logits, kept = sample_logits(backbone, head, view, val.paths, config.crop_policies, config.batch_size,
-                                 config.workers, description="thresholds")
+    preprocess = Preprocess.from_dict(backbone.preprocessing())
+    logits, kept = file_logits(Model(backbone, head, "i2p", view), val.paths, preprocess, config.crop_policies,
+                               config.batch_size, config.workers, description="thresholds")
     labels = val.labels[kept]
     out = {}
     for policy, z in logits.items():

@@ -1,4 +1,4 @@
-"""The same scan on a Ray cluster: the only module that imports ray.
+"""The Ray executor: the same scan on a Ray cluster. The only module that imports ray.
 
 Ray Core, two stages, with back-pressure between them:
 
@@ -9,9 +9,9 @@ Ray Core, two stages, with back-pressure between them:
 * **scorer actors** hold the detector (one GPU each where the cluster has GPUs, else one CPU) and
   turn a decoded block into report rows, exactly as a local scan builds them.
 
-The driver streams the file list in blocks, keeps a bounded number of blocks in flight, and
-emits rows in input order to the same report writer and row callback as a local scan: the same
-rows, exit codes, resume and Parquet report. A Ray worker process killed mid-scan costs nothing:
+The driver streams the file list in blocks, keeps a bounded number of blocks in flight, and hands
+the rows back in input order to the scan session, which counts, writes and resumes them exactly
+as for a local scan: the same rows, exit codes, resume and Parquet report. A Ray worker process killed mid-scan costs nothing:
 Ray re-runs its decode task, or restarts the scorer actor and re-runs the block; a block's rows
 reach the writer once, when its result first arrives at the driver.
 """
@@ -21,19 +21,17 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
-import time
 import warnings
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
-from i2pscan import console
-from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError, one_line
 from i2pscan.io.pool import DecodePool, collate
 from i2pscan.io.work import FileWork, Item
-from i2pscan.report.writer import ReportWriter
-from i2pscan.provenance.evidence import EvidenceReader
-from i2pscan.scan import (ScanOptions, ScanSummary, _batch_logits, _row, choose_cut, count_row, file_work, warn_if_unfitted)
+from i2pscan.model.detector import Cut, Detector
+from i2pscan.scan.options import ScanOptions
+from i2pscan.scan.rows import Row
+from i2pscan.scan.session import batch_rows
 
 ray = None  # imported on first use: an optional extra (pip install 'i2pscan[ray]')
 
@@ -113,18 +111,16 @@ class _Scorer:
             fh.write(detector_bytes)
         self.detector = Detector.load(path, device="cuda" if gpu else "cpu", pretrained=pretrained, precision=precision)
         self.options = options
-        self.cut = choose_cut(self.detector, options)
+        self.cut = self.detector.cut(options.crops, options.combine, options.threshold)
 
-    def score(self, paths: list[str], items: list[Item]) -> list[dict]:
+    def score(self, paths: list[str], items: list[Item]) -> list[Row]:
         batch_size = self.options.batch_size
         rows = []
         for start in range(0, len(items), batch_size):
             batch = collate(items[start:start + batch_size])
             if self.detector.device.type == "cuda":
                 batch.pin_memory()
-            logits = _batch_logits(self.detector, batch, self.options, self.cut.temperature)
-            rows += [_row(paths[start + pos], item, logits.get(pos), self.cut.logit, self.options.evidence)
-                     for pos, item in enumerate(batch.items)]
+            rows += batch_rows(self.detector, batch, paths, self.options, self.cut)
         return rows
 
     def pid(self) -> int:
@@ -137,91 +133,70 @@ def _blocks(paths: Iterable[str], size: int) -> Iterator[list[str]]:
         yield block
 
 
-def scan_on(address: str, detector: Detector, paths: Iterable[str], **kwargs) -> ScanSummary:
-    """:func:`scan` on the cluster at ``address`` (see :func:`connect`)."""
-    with connect(address):
-        return scan(detector, paths, **kwargs)
+class RayExecutor:
+    """Decode tasks and scorer actors on the Ray cluster at ``address`` (see :func:`connect`).
 
-
-def scan(detector: Detector, paths: Iterable[str], options: ScanOptions = ScanOptions(),
-         writer: ReportWriter | None = None, on_row: Callable[[dict], None] | None = None,
-         total: int | None = None, block_files: int = DEFAULT_BLOCK_FILES,
-         scorers: int | None = None, pretrained: str | None = None, evidence: EvidenceReader | None = None,
-         work: FileWork | None = None) -> ScanSummary:
-    """:func:`i2pscan.scan.scan` on the Ray cluster this process is attached to (see
-    :func:`connect`): the same rows, in input order, to ``writer`` and ``on_row``.
-
-    ``paths`` may be a lazy iterable (read once, ``block_files`` at a time); ``total``, when known,
-    sizes the progress bar. ``scorers``: model actors (default: one per GPU of the cluster, or one
-    per 8 CPUs on a CPU-only cluster). The detector file's bytes travel to the scorers through the
-    object store, so nodes need i2pscan and the backbone weights, not the file. ``work``: the
-    per-file work of the decode tasks (default: the crops ``options`` and the detector ask for,
-    with provenance read by ``evidence``, or a reader built from ``options.c2pa_trust``).
+    ``scorers``: model actors (default: one per GPU of the cluster, or one per 8 CPUs on a
+    CPU-only cluster). The detector file's bytes travel to the scorers through the object store,
+    so nodes need i2pscan and the backbone weights, not the file. ``pretrained``: the backbone's
+    weights on the nodes when the detector's recorded source is not there.
     """
-    _need_ray()
-    if not ray.is_initialized():
-        raise I2PError("not attached to a Ray cluster (use distributed.connect)")
-    done = writer.done if writer is not None else set()
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-    n_scorers = scorers or (gpus if gpus else max(1, cpus // 8))
-    with open(detector.path, "rb") as fh:
-        detector_ref = ray.put(fh.read())
-    scorer_class = ray.remote(max_restarts=-1, max_task_retries=-1)(_Scorer)
-    actors = [scorer_class.options(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1).remote(
-        [detector_ref], os.path.basename(detector.path), pretrained, options, bool(gpus), detector.precision)
-        for _ in range(n_scorers)]
-    decode_task = ray.remote(num_cpus=1, max_retries=3)(_decode_block)
-    work = work or file_work(detector, options, evidence or EvidenceReader.from_trust_file(options.c2pa_trust))
-    work_ref = ray.put(work)
-    max_in_flight = max(4, 2 * cpus)
-    chosen = choose_cut(detector, options)
-    warn_if_unfitted(chosen)
-    summary = ScanSummary(threshold=chosen.threshold)
-    cut = chosen.logit
-    skipped = [0]
 
-    def todo() -> Iterator[str]:
-        for p in paths:
-            if p in done:
-                skipped[0] += 1
-            else:
-                yield p
+    def __init__(self, address: str, detector: Detector, options: ScanOptions, work: FileWork, cut: Cut,
+                 block_files: int = DEFAULT_BLOCK_FILES, scorers: int | None = None, pretrained: str | None = None):
+        self.address, self.detector, self.options, self.work, self.cut = address, detector, options, work, cut
+        self.block_files, self.scorers = block_files, scorers
+        self.pretrained = pretrained if pretrained is not None else detector.pretrained
+        self._connection = None
 
-    cwd = os.getcwd()
-    in_flight: dict = {}  # ObjectRef of a block's rows -> block number
-    finished: dict[int, list[dict]] = {}
-    next_emit = 0
-    started = time.monotonic()
-    with console.progress(total, "scan") as bar:
+    def __enter__(self) -> RayExecutor:
+        self._connection = connect(self.address)
+        self._connection.__enter__()
+        return self
 
-        def collect(block_until_one: bool) -> None:
+    def __exit__(self, *exc) -> None:
+        self._connection.__exit__(*exc)
+
+    def rows(self, paths: Iterable[str]) -> Iterator[list[Row]]:
+        """Rows of ``paths`` (read once, ``block_files`` at a time), one list per block, in order."""
+        detector, options = self.detector, self.options
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        n_scorers = self.scorers or (gpus if gpus else max(1, cpus // 8))
+        with open(detector.path, "rb") as fh:
+            detector_ref = ray.put(fh.read())
+        scorer_class = ray.remote(max_restarts=-1, max_task_retries=-1)(_Scorer)
+        actors = [scorer_class.options(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1).remote(
+            [detector_ref], os.path.basename(detector.path), self.pretrained, options, bool(gpus), detector.precision)
+            for _ in range(n_scorers)]
+        decode_task = ray.remote(num_cpus=1, max_retries=3)(_decode_block)
+        work_ref = ray.put(self.work)
+        max_in_flight = max(4, 2 * cpus)
+        cwd = os.getcwd()
+        in_flight: dict = {}  # ObjectRef of a block's rows -> block number
+        finished: dict[int, list[Row]] = {}
+        next_emit = 0
+
+        def collect() -> Iterator[list[Row]]:
             nonlocal next_emit
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=None if block_until_one else 0)
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=None)
             for ref in ready:
                 finished[in_flight.pop(ref)] = ray.get(ref)
             while next_emit in finished:
-                rows = finished.pop(next_emit)
                 next_emit += 1
-                for row in rows:
-                    count_row(summary, row, cut)
-                    if writer is not None:
-                        writer.add(row)
-                    if on_row is not None:
-                        on_row(row)
-                bar.advance(len(rows), postfix=f"{summary.flagged} flagged, {summary.errors} errors")
+                yield finished.pop(next_emit - 1)
 
         try:
-            for number, block in enumerate(_blocks(todo(), block_files)):
+            for number, block in enumerate(_blocks(paths, self.block_files)):
                 while len(in_flight) >= max_in_flight:
-                    collect(True)
+                    yield from collect()
                 # workers do not share the driver's working directory: they get absolute paths
                 # (on a cluster, PATHS must name the same files on every node: a shared file system)
                 where = [os.path.join(cwd, p) for p in block]
                 decoded = decode_task.remote(where, work_ref, options.file_timeout_s)
                 in_flight[actors[number % n_scorers].score.remote(block, decoded)] = number
             while in_flight:
-                collect(True)
+                yield from collect()
         finally:
             for ref in in_flight:
                 try:
@@ -230,6 +205,3 @@ def scan(detector: Detector, paths: Iterable[str], options: ScanOptions = ScanOp
                     pass
             for actor in actors:
                 ray.kill(actor, no_restart=True)
-    summary.skipped_done = skipped[0]
-    summary.seconds = time.monotonic() - started
-    return summary

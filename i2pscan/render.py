@@ -1,0 +1,365 @@
+"""Every text view of i2pscan, and the only module that imports rich. The library returns data; the
+CLI hands it here to be shown.
+
+Two consoles, as rich-cli does it: ``stdout`` for results a command was asked for (tables of
+``info``, ``report``, ``evaluate``), ``stderr`` for logs, progress and summaries. Progress bars are
+drawn only when stderr is a terminal; otherwise a plain line is logged every few seconds so that a
+job's log file shows it is alive. ``showing(quiet)`` routes the library's log records and
+progress here for the duration of a command.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from i2pscan import progress
+
+
+def _console(stderr: bool) -> Console:
+    # A terminal gets rich's own width; a pipe or file gets wide lines rather than wrapped cells.
+    width = None if os.environ.get("COLUMNS") else 200
+    console = Console(stderr=stderr, highlight=False, soft_wrap=not stderr)
+    if not console.is_terminal and width:
+        console = Console(stderr=stderr, highlight=False, soft_wrap=not stderr, width=width)
+    return console
+
+
+stdout = _console(stderr=False)
+stderr = _console(stderr=True)
+
+
+# -- logs and progress -------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    """A line on stderr (the CLI's own lines; the library logs through ``logging``)."""
+    stderr.print(message, markup=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    stderr.print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)
+
+
+class _LogHandler(logging.Handler):
+    """The ``i2pscan`` logger's records on stderr: warnings as ``warning: ...``, the rest plain."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        (warn if record.levelno >= logging.WARNING else log)(record.getMessage())
+
+
+@contextmanager
+def showing(quiet: bool = False) -> Iterator[None]:
+    """Show the library's log lines and progress on stderr inside the block; ``quiet``: neither
+    (errors are the CLI's to print)."""
+    logger = logging.getLogger("i2pscan")
+    handler = _LogHandler(level=logging.ERROR if quiet else logging.INFO)
+    previous = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        with progress.showing(None if quiet else progress_sink):
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous[0])
+        logger.propagate = previous[1]
+
+
+class _Ticker:
+    def __init__(self, update):
+        self._update = update
+        self.postfix = ""
+
+    def advance(self, n: int = 1, postfix: str | None = None) -> None:
+        if postfix is not None:
+            self.postfix = postfix
+        self._update(n, self.postfix)
+
+
+@contextmanager
+def progress_sink(total: int | None, description: str, every_s: float = 10.0) -> Iterator[_Ticker]:
+    """A progress bar on a terminal, a line every ``every_s`` seconds elsewhere."""
+    if stderr.is_terminal:
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), TextColumn("{task.fields[postfix]}")]
+        with Progress(*columns, console=stderr, transient=False) as bar:
+            task = bar.add_task(description, total=total, postfix="")
+            yield _Ticker(lambda n, p: bar.update(task, advance=n, postfix=p))
+        return
+    state = {"done": 0, "last": time.monotonic()}
+
+    def update(n: int, postfix: str) -> None:
+        state["done"] += n
+        now = time.monotonic()
+        if now - state["last"] >= every_s:
+            state["last"] = now
+            of = f"/{total}" if total else ""
+            log(f"{description}: {state['done']}{of} {postfix}".rstrip())
+
+    yield _Ticker(update)
+
+
+# -- generic views -----------------------------------------------------------------------------
+
+
+def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]], to_stdout: bool = False) -> None:
+    """Rows as an aligned table; numeric columns right-aligned; no header row when every column
+    is unnamed (a key-value table)."""
+    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False,
+              show_header=any(columns))
+    for i, name in enumerate(columns):
+        numeric = bool(rows) and all(_is_number(r[i]) for r in rows)
+        t.add_column(name, justify="right" if numeric else "left", overflow="fold")
+    for row in rows:
+        t.add_row(*[_fmt(v) for v in row])
+    (stdout if to_stdout else stderr).print(t)
+
+
+def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], marks: Sequence[str] = (),
+              width: int = 40, to_stdout: bool = False) -> None:
+    """A horizontal bar per label; ``marks`` adds a note after each bar (e.g. "critical")."""
+    console = stdout if to_stdout else stderr
+    top = max(values) if values and max(values) > 0 else 1.0
+    console.print(title, style="bold", markup=False)
+    pad = max(len(lab) for lab in labels) if labels else 0
+    for i, (label, value) in enumerate(zip(labels, values)):
+        n = int(round(width * value / top))
+        note = marks[i] if i < len(marks) else ""
+        console.print(f"  {label:>{pad}} {'█' * n}{' ' * (width - n)} {value:6.3f} {note}".rstrip(), markup=False)
+
+
+def _is_number(v: object) -> bool:
+    if v is None or isinstance(v, (int, float)):
+        return True
+    try:
+        float(str(v).replace(",", ""))
+        return True
+    except ValueError:
+        return False
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+# -- calibrate and finetune --------------------------------------------------------------------
+
+
+def calibration(cal) -> None:
+    """The per-layer table, the importance chart and the critical layers, on stderr."""
+    rows = [[i + 1, float(cal.scores.auc[i]), float(cal.scores.accuracy[i]), float(cal.scores.fisher[i]),
+             float(cal.importance[i]), "critical" if i + 1 in cal.critical else ""] for i in range(cal.num_blocks)]
+    table(f"Layer importance ({cal.backbone['name']}, view {cal.view})",
+          ["block", "AUC", "accuracy", "Fisher", "importance", ""], rows)
+    bar_chart("importance per block", [str(i + 1) for i in range(cal.num_blocks)], [float(w) for w in cal.importance],
+              marks=["◀ S" if i + 1 in cal.critical else "" for i in range(cal.num_blocks)])
+    counts = cal.sample.get("counts", {})
+    later = (f"blocks {cal.last_block + 1}..{cal.num_blocks} will not run at scan time"
+             if cal.last_block < cal.num_blocks else "all blocks needed")
+    log(f"critical layers S = {cal.critical}; L* = {cal.last_block} ({later})")
+    log(f"sample: {counts.get('real', 0)} real, {counts.get('fake', 0)} fake, "
+        f"{len(cal.sample.get('skipped', []))} skipped")
+
+
+def mask(m) -> None:
+    """How many weights a mask tunes, per block, on stderr."""
+    rows = [[b, t, e, t / e if e else 0.0] for b, (t, e) in m.per_block().items()]
+    rows.append(["total", m.trainable, m.eligible, m.trainable / m.eligible if m.eligible else 0.0])
+    table(f"tuned weights: {m.strategy}, rho {m.rho}, q {m.q}", ["block", "trainable", "eligible", "fraction"], rows)
+
+
+# -- info and detectors ------------------------------------------------------------------------
+
+
+def info(path: str, kind: str, meta: dict, as_json: bool = False) -> None:
+    """What a detector or calibration file holds and how it was made, on stdout."""
+    if as_json:
+        import json
+
+        stdout.print_json(json.dumps({"kind": kind, **meta}))
+        return
+    rows = [["file", path], ["kind", kind], ["size", f"{os.path.getsize(path):,} bytes"]] + _common_rows(meta)
+    if kind == "detector" and meta.get("architecture", "i2p") != "i2p":
+        rows += _published_rows(meta)
+    else:
+        rows += _detector_rows(meta) if kind == "detector" else _calibration_rows(meta)
+    table(None, ["", ""], rows, to_stdout=True)
+    if kind == "calibration":
+        layer_rows = [[r["block"], r["auc"], r["accuracy"], r["fisher"], r["importance"],
+                       "critical" if r["block"] in meta["critical_layers"] else ""] for r in meta["per_layer"]]
+        table("per layer", ["block", "AUC", "accuracy", "Fisher", "importance", ""], layer_rows, to_stdout=True)
+
+
+def detectors(shipped: list[tuple[str, dict]], default: str) -> None:
+    """The shipped detectors (name, what, licence, backbone), on stdout."""
+    rows = []
+    for name, meta in shipped:
+        card, bb = meta["published"], meta["backbone"]
+        rows.append([name + (" (default)" if name == default else ""), card.get("title", ""), card["licence"],
+                     f"{bb['name']} {bb['pretrained']}"])
+    table(None, ["name", "detector", "licence", "backbone"], rows, to_stdout=True)
+
+
+def _common_rows(meta: dict) -> list[list]:
+    bb, pp = meta["backbone"], meta["preprocessing"]
+    crop = ("centre crop (torchvision rounding, black padding)" if pp.get("crop_mode") == "torchvision" else "crop")
+    return [
+        ["made by", f"i2pscan {meta.get('i2pscan_version', '?')} on {meta.get('created', '?')}"],
+        ["backbone", f"{bb['name']} ({bb.get('pretrained')}), {bb['num_blocks']} blocks, width {bb['width']}"
+                     f"{', QuickGELU' if bb.get('model_config', {}).get('quick_gelu') else ''}"],
+        ["backbone sha256", bb["sha256"] or f"none recorded: a published detector runs open_clip {bb['name']} "
+                                              f"{bb.get('pretrained')} as its authors did, whose weights could not be "
+                                              "hashed where it was converted; they are not checked at load"],
+        ["preprocessing", f"{crop} {pp['crop_size']} px without resizing, mean {_vec(pp['mean'])}, std {_vec(pp['std'])}"],
+    ]
+
+
+def _published_rows(meta: dict) -> list[list]:
+    card, config = meta["published"], meta["head"]["config"]
+    arch = (f"RINE: ln_2 class tokens of all {config.get('blocks')} blocks, proj1, softmax(alpha) over blocks, proj2, head"
+            if meta["architecture"] == "rine" else "UnivFD: one linear layer on the projected CLIP image embedding")
+    return [
+        ["detector", f"{card['name']}: {card.get('title', '')}"],
+        ["architecture", arch],
+        ["paper", card["paper"]],
+        ["source", card["source"]],
+        ["licence", f"{card['licence']} (THIRD_PARTY_NOTICES)"],
+        ["training data", card["training_data"]],
+        ["reported accuracy", card["reported"]],
+        ["original file", f"{card.get('original_file', '?')}, sha256 {card['original_sha256']}"],
+        ["threshold", f"{meta['threshold']:.4f} (the authors': sigmoid(logit) > 0.5), temperature {meta['temperature']:g}"],
+    ]
+
+
+def _calibration_rows(meta: dict) -> list[list]:
+    sample = meta["sample"]
+    counts = sample["counts"]
+    return [
+        ["critical layers S", str(meta["critical_layers"])],
+        ["L*", str(meta["last_block"])],
+        ["view", meta["view"]],
+        ["sample", f"{counts['real']} real, {counts['fake']} fake in {len(counts['subsets'])} subset(s); "
+                   f"{len(sample['skipped'])} skipped"],
+        ["sample fingerprint", sample["fingerprint"]],
+    ]
+
+
+def _detector_rows(meta: dict) -> list[list]:
+    head, train, m = meta["head"], meta["training"], meta["mask"]
+    counts, val = train["counts"], train.get("validation", {})
+    rows = [
+        ["critical layers S", str(head["layers"])],
+        ["L* (last block run)", str(meta["last_block"])],
+        ["layer weights", ", ".join(f"{b}: {w:.3f}" for b, w in zip(head["layers"], head["gate"]))],
+        ["mask", f"{m['strategy']}, rho {m['rho']}, q {m['q']}: {m['trainable']:,} of {m['eligible']:,} eligible "
+                 f"backbone weights tuned"],
+        ["threshold", f"{meta['threshold']:.4f} (at most {meta['target_fpr']:.1%} of validation real images flagged)"],
+        ["temperature", f"{meta['temperature']:.4f}"],
+        ["training data", f"{counts['train']['real']} real + {counts['train']['fake']} fake; validation "
+                          f"{counts['val']['real']} real + {counts['val']['fake']} fake"],
+        ["training fingerprint", train["fingerprint"]],
+        ["best epoch", f"{train['best_epoch']} of {train['epochs']}"],
+    ]
+    if val:
+        rows.append(["validation", ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))])
+    return rows
+
+
+def _vec(values) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+# -- scans and reports -------------------------------------------------------------------------
+
+
+def scan_line(row: dict) -> str:
+    """``score  verdict  path`` (or ``-  error  path: message``), aligned for reading."""
+    declared = row.get("provenance")
+    note = ""
+    if declared not in (None, "none"):
+        note = f"  [{declared}" + (f": {row['generator']}" if row.get("generator") else "") + \
+               (f", c2pa {row['c2pa']}" if row.get("c2pa") else "") + "]"
+    elif row.get("c2pa"):
+        note = f"  [c2pa {row['c2pa']}]"
+    score = f"{row['score']:6.4f}" if row.get("score") is not None else f"{'-':>6}"
+    problem = f": {row['error']}" if row.get("error") else ""
+    return f"{score}  {row['verdict']:<9}  {row['path']}{problem}{note}"
+
+
+def scan_summary(summary, report: str | None = None) -> str:
+    """The one-line summary of a scan run."""
+    from i2pscan.errors import short_path
+
+    why = ("by their metadata" if summary.threshold is None
+           else f"(threshold {summary.threshold:.4f}" + (f"; {summary.by_metadata} by their metadata)"
+                                                         if summary.by_metadata else ")"))
+    text = (f"{summary.files} file(s) scanned in {summary.seconds:.1f} s ({summary.images_per_second:.1f}/s): "
+            f"{summary.flagged} flagged as synthetic {why}, {summary.errors} unreadable")
+    if summary.skipped_done:
+        text += f"; {summary.skipped_done} already in the report"
+    return text + (f"; report: {short_path(report)}" if report else "")
+
+
+def report_summary(path: str, s) -> None:
+    """Counts, the detector, and the top flagged files of a report, on stdout."""
+    meta = s.meta
+    det = meta.get("detector", {})
+    detector = ("none (--metadata-only)" if meta.get("options", {}).get("metadata_only") else
+                f"{meta.get('detector_path', '?')} ({str(meta.get('detector_id', '?'))[:12]}…), "
+                f"{det.get('backbone', {}).get('name', '?')}")
+    rows = [["report", path], ["files", s.files], ["flagged as synthetic", s.synthetic], ["real", s.real],
+            ["unreadable", s.errors], ["detector", detector],
+            ["scanned", f"{meta.get('started', '?')} to {meta.get('finished', '?')} with i2pscan "
+                        f"{meta.get('i2pscan_version', '?')}"]]
+    if s.unknown:
+        rows.insert(4, ["unknown (metadata only)", s.unknown])
+    table(None, ["", ""], rows, to_stdout=True)
+    if s.by_provenance is not None:
+        table("by provenance", ["provenance", "files"],
+              [[k if k is not None else "(unread)", v] for k, v in s.by_provenance.items()], to_stdout=True)
+    if s.by_generator:
+        table("by generator (from metadata)", ["generator", "files"], [[k, v] for k, v in s.by_generator.items()],
+              to_stdout=True)
+    if s.top:
+        table(f"top {len(s.top)} flagged", ["score", "path"], [[r["score"], r["path"]] for r in s.top], to_stdout=True)
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+
+_HEADERS = {"detector": "detector", "perturbation": "perturbation", "subset": "subset", "n_real": "real",
+            "n_fake": "fake", "errors": "errors", "acc_real": "acc real", "acc_fake": "acc fake", "acc": "acc",
+            "acc_05": "acc@0.5", "ap": "AP", "auc": "AUC", "oracle_acc": "oracle acc", "tpr_at_fpr_1": "TPR@1%FPR",
+            "tpr_at_fpr_5": "TPR@5%FPR", "ai_meta": "AI metadata", "acc_no_meta": "acc w/o AI metadata"}
+_SHOWN = ("subset", "n_real", "n_fake", "errors", "acc_real", "acc_fake", "acc", "acc_05", "ap", "auc", "oracle_acc",
+          "tpr_at_fpr_1", "tpr_at_fpr_5", "ai_meta", "acc_no_meta")
+
+
+def evaluation(result, clean: str = "none") -> None:
+    """An evaluation's tables, one per perturbation, on stdout."""
+    import math
+
+    def cell(v):
+        if isinstance(v, float):
+            return None if math.isnan(v) else f"{v:.3f}"
+        return v
+
+    shown = (("detector",) if result.rows and "detector" in result.rows[0] else ()) + _SHOWN
+    for perturbation in dict.fromkeys(r["perturbation"] for r in result.rows):
+        rows = [r for r in result.rows if r["perturbation"] == perturbation]
+        title = "evaluation" + ("" if perturbation == clean else f" under {perturbation}")
+        table(title, [_HEADERS[k] for k in shown], [[cell(r[k]) for k in shown] for r in rows], to_stdout=True)

@@ -1,0 +1,112 @@
+"""Report rows: one per input file, typed as the Parquet schema has them, and the verdict policy.
+
+Every input file gives exactly one row: a score and a verdict, or an ``error`` verdict with a
+message. With a model, the verdict is ``synthetic`` at or above the cut and ``real`` below it, and
+(``evidence="all"``) a file whose own metadata declares AI is ``synthetic`` whatever its score;
+without one (``--metadata-only``) metadata declaring AI gives ``synthetic``, a validating C2PA
+capture ``real``, anything else ``unknown``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypedDict
+
+from i2pscan.io.work import Item
+from i2pscan.provenance.evidence import AI, unread
+from i2pscan.report.schema import COLUMNS, mtime_of, path_columns
+
+
+class Row(TypedDict):
+    """One report row; the keys are the report schema's columns (report.schema.SCHEMA), in order."""
+
+    path: str
+    path_raw: bytes | None
+    size_bytes: int | None
+    mtime: datetime | None
+    format: str | None
+    width: int | None
+    height: int | None
+    score: float | None
+    logit: float | None
+    verdict: str
+    error: str | None
+    sha256: str | None
+    provenance: str | None
+    generator: str | None
+    c2pa: str | None
+    provenance_detail: str | None
+
+
+def make_row(path: str, item: Item, scored: tuple[float, float] | None, cut: float | None,
+             evidence: str = "all") -> Row:
+    """The row of ``path`` from what its worker read (``item``) and what the model made of it
+    (``scored``: (logit, calibrated score), None when it was not scored). ``cut`` is the logit at
+    or above which a file is flagged; None for a --metadata-only row."""
+    info = item.info
+    text, raw = path_columns(path)
+    evidence_columns = info.provenance or unread()
+    declared = evidence_columns["provenance"]
+    if cut is None:  # no model: the metadata decides, or says nothing
+        readable = info.size_bytes is not None and info.error is None
+        logit = score = None
+        verdict = ("synthetic" if declared in AI else "real" if declared == "captured" else "unknown") if readable \
+            else "error"
+        error = None if readable else (info.error or "not read")
+    else:
+        ok = scored is not None and info.error is None and math.isfinite(scored[0])
+        logit, score = scored if ok else (None, None)
+        if scored is not None and not ok and info.error is None:
+            info.error = "the model gave a non-finite score"
+        verdict = ("synthetic" if logit >= cut else "real") if ok else "error"
+        error = None if ok else (info.error or "not scored")
+        if evidence == "all" and declared in AI:  # declared AI flags the file; the row keeps the score
+            verdict = "synthetic"
+    return Row(path=text, path_raw=raw, size_bytes=info.size_bytes, mtime=mtime_of(info.mtime), format=info.format,
+               width=info.width, height=info.height, score=score, logit=logit, verdict=verdict, error=error,
+               sha256=info.sha256, **evidence_columns)
+
+
+@dataclass
+class ScanSummary:
+    """Counts and timing of one scan run (earlier runs of a resumed report not included)."""
+
+    files: int = 0
+    flagged: int = 0
+    errors: int = 0
+    skipped_done: int = 0  # already in the report (resume)
+    seconds: float = 0.0
+    threshold: float | None = 0.0  # None: a --metadata-only scan
+    by_metadata: int = 0  # flagged because the file's own metadata declares AI
+    cut: float | None = None  # the logit at or above which a file is flagged
+
+    @property
+    def images_per_second(self) -> float:
+        return self.files / self.seconds if self.seconds > 0 else 0.0
+
+    def count(self, row: Row) -> None:
+        """Add one row to the counts."""
+        self.files += 1
+        self.flagged += row["verdict"] == "synthetic"
+        self.errors += row["verdict"] == "error"
+        below_cut = self.cut is None or row["logit"] is None or row["logit"] < self.cut
+        self.by_metadata += row["verdict"] == "synthetic" and row["provenance"] in AI and below_cut
+
+
+def row_json(row: Row) -> str:
+    """One JSON object per file (``--format jsonl``); raw path bytes, when present, as base64."""
+    out = {k: row.get(k) for k in COLUMNS if k != "path_raw"}
+    if out["mtime"] is not None:
+        out["mtime"] = out["mtime"].isoformat()
+    if isinstance(out.get("provenance_detail"), str):  # an object in the JSON line, not a string in a string
+        out["provenance_detail"] = json.loads(out["provenance_detail"])
+    for k in ("score", "logit"):
+        if out[k] is not None:
+            out[k] = None if math.isnan(out[k]) else round(float(out[k]), 6)
+    if row.get("path_raw") is not None:
+        out["path_raw_b64"] = base64.b64encode(row["path_raw"]).decode()
+    return json.dumps(out, ensure_ascii=False)
