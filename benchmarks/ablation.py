@@ -29,7 +29,6 @@ import time
 import numpy as np
 
 from _table import machine, print_table
-from i2pscan import console
 from i2pscan.model.device import default_batch_size, resolve_device
 from i2pscan.model.backbone import load_backbone
 from i2pscan.train.calibrate import CalibrateConfig, calibrate
@@ -65,7 +64,6 @@ def main() -> None:
     p.add_argument("--work", default=None, help="folder for the calibration and detectors (default: a temp folder)")
     args = p.parse_args()
 
-    console.set_quiet(True)
     device = resolve_device(args.device)
     batch = args.batch_size or default_batch_size(device)
     workers = default_workers() if args.workers is None else args.workers

@@ -93,7 +93,6 @@ def bench_writers(n_rows: int) -> list[list]:
 
 
 def _detector(folder: str) -> str:
-    from i2pscan import console
     from i2pscan.train.augment import Augment
     from i2pscan.model.backbone import load_backbone
     from i2pscan.train.calibrate import CalibrateConfig, calibrate
@@ -101,7 +100,6 @@ def _detector(folder: str) -> str:
     from i2pscan.train.samples import load_labelled
     from i2pscan.train.toydata import make_toy_dataset
 
-    console.set_quiet(True)
     make_toy_dataset(os.path.join(folder, "toy"), train_per_class=32, val_per_class=8, tile=64,
                      generators=("tconv",), seed=1)
     sample = load_labelled(os.path.join(folder, "toy", "tconv", "train"))

@@ -21,7 +21,6 @@ import time
 import torch
 
 from _table import machine, print_table
-from i2pscan import console
 from i2pscan.model.device import resolve_device
 from i2pscan.model.detector import Detector
 
@@ -67,7 +66,6 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--weights", help="a ViT-L-14 weights file (default: random ones, written to a temporary folder)")
     args = parser.parse_args()
-    console.set_quiet(True)
     device = resolve_device(args.device)
     print(f"machine: {machine()}; device {device}")
     crops = torch.randn(args.images, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)

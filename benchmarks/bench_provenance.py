@@ -28,7 +28,6 @@ import torch
 
 from _table import machine, print_table
 from bench_scan import detector_for
-from i2pscan import console
 from i2pscan.provenance.containers import read_headers
 from i2pscan.provenance.evidence import EvidenceReader
 from i2pscan.model.device import resolve_device
@@ -86,7 +85,6 @@ def main() -> None:
     root = Path(args.corpora)
     if not (root / "provenance").is_dir():
         raise SystemExit(f"no corpora at {root} (pass --corpora)")
-    console.set_quiet(True)
     print(f"machine: {machine()}; {args.workers} worker process(es); best of {args.repeat}")
     provenance_files = corpus_files(root, "provenance")
     robustness_files = corpus_files(root, "robustness")

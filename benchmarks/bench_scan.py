@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from _table import machine, print_table
-from i2pscan import console
 from i2pscan.model.backbone import load_backbone
 from i2pscan.model.device import resolve_device
 from i2pscan.io.preprocess import CropTransform, Preprocess
@@ -125,7 +124,6 @@ def main() -> None:
     p.add_argument("--model-images", type=int, default=None,
                    help="crops per model-only measurement (default: one batch, at least 8; use thousands on a GPU)")
     args = p.parse_args()
-    console.set_quiet(True)
     device = resolve_device(args.device)
     workers = default_workers() if args.workers is None else args.workers
     options = ScanOptions(batch_size=args.batch_size, workers=workers)

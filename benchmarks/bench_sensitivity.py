@@ -27,7 +27,6 @@ import time
 import torch
 
 from _table import machine, print_table
-from i2pscan import console
 from i2pscan.train import finetune as finetune_module
 from i2pscan.model.backbone import load_backbone
 from i2pscan.model.device import resolve_device
@@ -189,7 +188,6 @@ def main():
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = resolve_device(args.device)
-    console.set_quiet(True)
     if args.cell:
         name, batch, estimator = args.cell.split(",")
         print(json.dumps(cell(name, int(batch), estimator, device)))

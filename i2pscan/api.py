@@ -118,18 +118,39 @@ def calibrate(data: str, out: str | None = None, *, backbone: str = "ViT-L-14", 
 
 def finetune(data: str, calibration: str | Calibration, out: str, *, pretrained: str | None = None,
              val: str | None = None, resume: bool = False, device: str = "auto", max_per_class: int | None = None,
-             subsets: Sequence[str] = (), split: str | None = None, **config) -> FinetuneResult:
+             subsets: Sequence[str] = (), split: str | None = None, on_mask: Callable | None = None,
+             **config) -> FinetuneResult:
     """Train a detector on the labelled sample ``data`` with the backbone and critical layers of
     ``calibration`` (a file or a Calibration) and write it to ``out``. ``config``: FinetuneConfig's
     fields (``strategy``, ``rho``, ``q``, ``epochs``, ``target_fpr``...). ``val``: validation data
     (default: a held-out part of ``data``); ``resume`` continues from the checkpoint a stopped run
-    left."""
+    left; ``on_mask(mask)`` is called with the tuned-weight mask before training starts."""
+    from i2pscan.train.finetune import finetune as run
+
+    model, cal, train, held_out, cfg = _training_inputs(data, calibration, pretrained, val, device, max_per_class,
+                                                         subsets, split, config)
+    return run(model, cal, train, out, cfg, val=held_out, resume=resume, on_mask=on_mask)
+
+
+def plan_mask(data: str, calibration: str | Calibration, *, pretrained: str | None = None, val: str | None = None,
+              device: str = "auto", max_per_class: int | None = None, subsets: Sequence[str] = (),
+              split: str | None = None, **config):
+    """The mask :func:`finetune` would train with the same arguments (``finetune --dry-run``): it
+    holds out the same validation images, warms up a head and scores the weights; writes nothing."""
+    from i2pscan.train.finetune import plan_mask as plan
+
+    model, cal, train, held_out, cfg = _training_inputs(data, calibration, pretrained, val, device, max_per_class,
+                                                         subsets, split, config)
+    return plan(model, cal, train, cfg, val=held_out)
+
+
+def _training_inputs(data, calibration, pretrained, val, device, max_per_class, subsets, split, config):
     from i2pscan.io.pool import default_workers
     from i2pscan.model.backbone import load_backbone
     from i2pscan.model.device import default_batch_size, resolve_device
     from i2pscan.model.weights import recorded_weights
     from i2pscan.train.calibrate import Calibration
-    from i2pscan.train.finetune import FinetuneConfig, finetune as run
+    from i2pscan.train.finetune import FinetuneConfig
     from i2pscan.train.samples import load_labelled
 
     where = resolve_device(device)
@@ -142,11 +163,11 @@ def finetune(data: str, calibration: str | Calibration, out: str, *, pretrained:
     held_out = load_labelled(val, subsets=subsets) if val else None
     model = load_backbone(cal.backbone["name"], recorded_weights(cal.backbone, pretrained), device=where,
                           quick_gelu=cal.backbone["model_config"].get("quick_gelu"))
-    return run(model, cal, train, out, cfg, val=held_out, resume=resume)
+    return model, cal, train, held_out, cfg
 
 
 def evaluate(data: str, detectors: Sequence[str] = ("rine-2class",), *, perturbations: Sequence[str] = ("none",),
-             device: str = "auto", pretrained: str | None = None, precision: str = "auto",
+             device: str = "auto", pretrained: str | None = None, precision: str | None = None,
              max_per_class: int | None = None, subsets: Sequence[str] = (), split: str | None = None, seed: int = 0,
              **options) -> EvalResult:
     """Accuracy, AP, AUC and TPR at the target FPR per subset (generator) of the labelled sample
@@ -165,6 +186,6 @@ def evaluate(data: str, detectors: Sequence[str] = ("rine-2class",), *, perturba
         resolve(spec)  # a misspelt second detector stops before the first one's evaluation
     resolved = resolve_options(default_batch_size(where), **options)
     results = evaluate_detectors(specs, lambda spec: load_detector(spec, device=device, pretrained=pretrained,
-                                                                   precision=precision),
+                                                                   precision=precision or "auto"),
                                  sample, resolved, tuple(perturbations))
     return combine(results)

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from dataclasses import dataclass, field, replace
 
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from i2pscan import console
 from i2pscan.errors import I2PError
 
 if TYPE_CHECKING:
@@ -187,25 +185,6 @@ _HEADERS = {"detector": "detector", "perturbation": "perturbation", "subset": "s
             "errors": "errors", "acc_real": "acc real", "acc_fake": "acc fake", "acc": "acc", "acc_05": "acc@0.5",
             "ap": "AP", "auc": "AUC", "oracle_acc": "oracle acc", "tpr_at_fpr_1": "TPR@1%FPR",
             "tpr_at_fpr_5": "TPR@5%FPR", "ai_meta": "AI metadata", "acc_no_meta": "acc w/o AI metadata"}
-_SHOWN = ("subset", "n_real", "n_fake", "errors", "acc_real", "acc_fake", "acc", "acc_05", "ap", "auc", "oracle_acc",
-          "tpr_at_fpr_1", "tpr_at_fpr_5", "ai_meta", "acc_no_meta")
-
-
-def print_result(result: EvalResult) -> None:
-    shown = (("detector",) if result.rows and "detector" in result.rows[0] else ()) + _SHOWN
-    for perturbation in dict.fromkeys(r["perturbation"] for r in result.rows):
-        rows = [r for r in result.rows if r["perturbation"] == perturbation]
-        title = "evaluation" + ("" if perturbation == CLEAN else f" under {perturbation}")
-        console.table(title, [_HEADERS[k] for k in shown], [[_cell(r[k]) for k in shown] for r in rows],
-                      to_stdout=True)
-
-
-def _cell(v):
-    if isinstance(v, float):
-        return None if math.isnan(v) else f"{v:.3f}"
-    return v
-
-
 def write_result(result: EvalResult, path: str) -> None:
     """``.parquet``, ``.csv`` or ``.md``, chosen by the suffix; one row per (perturbation, subset)."""
     columns = ["perturbation", "subset", "n_real", "n_fake", "errors", *METRICS, "ai_meta", "acc_no_meta"]
@@ -236,49 +215,3 @@ def _md(v) -> str:
     if isinstance(v, float):
         return "–" if math.isnan(v) else f"{v:.4f}"
     return str(v)
-
-
-def plot(result: EvalResult, folder: str) -> list[str]:
-    """ROC curves and score histograms (real vs fake) per subset, as PNGs in ``folder``."""
-    from i2pscan.plots import pyplot
-
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    plt = pyplot()
-    os.makedirs(folder, exist_ok=True)
-    written = []
-    for s in result.scores:
-        tag = "" if s.perturbation == CLEAN else "-" + s.perturbation.replace(":", "")
-        names = sorted(set(s.subsets.tolist()))
-        fig, ax = plt.subplots(figsize=(5, 5))
-        for name in names:
-            sel = s.subsets == name
-            if len(set(s.labels[sel].tolist())) == 2:
-                fpr, tpr, _ = roc_curve(s.labels[sel], s.logits[sel])
-                ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(s.labels[sel], s.logits[sel]):.3f})")
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set_xlabel("false positive rate (real flagged)")
-        ax.set_ylabel("true positive rate (synthetic flagged)")
-        ax.set_title("ROC" + ("" if s.perturbation == CLEAN else f" under {s.perturbation}"))
-        ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(folder, f"roc{tag}.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
-        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
-        for ax, name in zip(axes[0], names):
-            sel = s.subsets == name
-            bins = np.linspace(float(s.logits.min()), float(s.logits.max()) + 1e-9, 40)
-            ax.hist(s.logits[sel & (s.labels == 0)], bins=bins, alpha=0.6, label="real")
-            ax.hist(s.logits[sel & (s.labels == 1)], bins=bins, alpha=0.6, label="fake")
-            ax.axvline(result.threshold_logit, color="k", ls="--", lw=0.8, label="threshold")
-            ax.set_title(name)
-            ax.set_xlabel("logit")
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(folder, f"scores{tag}.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
-    return written

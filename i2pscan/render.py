@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Iterator, Sequence
 
 from rich.console import Console
@@ -39,13 +40,19 @@ stderr = _console(stderr=True)
 # -- logs and progress -------------------------------------------------------------------------
 
 
+_quiet: ContextVar[bool] = ContextVar("i2pscan_quiet", default=False)
+
+
 def log(message: str) -> None:
-    """A line on stderr (the CLI's own lines; the library logs through ``logging``)."""
-    stderr.print(message, markup=False, soft_wrap=True)
+    """A line on stderr (the CLI's own lines; the library logs through ``logging``); none when
+    the command runs ``--quiet``."""
+    if not _quiet.get():
+        stderr.print(message, markup=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    stderr.print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)
+    if not _quiet.get():
+        stderr.print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)
 
 
 class _LogHandler(logging.Handler):
@@ -65,10 +72,12 @@ def showing(quiet: bool = False) -> Iterator[None]:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    token = _quiet.set(quiet)
     try:
         with progress.showing(None if quiet else progress_sink):
             yield
     finally:
+        _quiet.reset(token)
         logger.removeHandler(handler)
         logger.setLevel(previous[0])
         logger.propagate = previous[1]

@@ -127,14 +127,12 @@ def chdir(tmp_path):
 @pytest.fixture(scope="session")
 def detector_file(tmp_path_factory, toy_dir) -> Path:
     """A detector trained on the toy tconv generator with the tiny backbone (a few seconds)."""
-    from i2pscan import console
     from i2pscan.model.backbone import load_backbone
     from i2pscan.train.calibrate import CalibrateConfig, calibrate
     from i2pscan.train.augment import Augment
     from i2pscan.train.samples import load_labelled
     from i2pscan.train.finetune import FinetuneConfig, finetune
 
-    console.set_quiet(True)
     folder = tmp_path_factory.mktemp("detector")
     sample = load_labelled(toy_dir / "tconv" / "train")
     cal = calibrate(load_backbone("i2p-tiny"), sample, CalibrateConfig(top_k=2, folds=3))
@@ -142,7 +140,6 @@ def detector_file(tmp_path_factory, toy_dir) -> Path:
     finetune(load_backbone("i2p-tiny"), cal, sample, out,
              FinetuneConfig(epochs=2, batch_size=16, sensitivity_samples=32, saliency_samples=32,
                             augment=Augment(blur_p=0.1, jpeg_p=0.1, jpeg_quality=(80, 100)), lr_backbone=1e-3))
-    console.set_quiet(False)
     return out
 
 

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i2pscan import console
 from i2pscan.train.augment import Augment
 from i2pscan.model.backbone import load_backbone
 from i2pscan.train.calibrate import CalibrateConfig, calibrate
@@ -32,7 +31,6 @@ BATCH = 16
 
 @pytest.fixture(scope="module")
 def trained_on_cuda(tmp_path_factory, toy_dir):
-    console.set_quiet(True)
     sample = load_labelled(toy_dir / "tconv" / "train")
     cal = calibrate(load_backbone("i2p-tiny", device="cuda"), load_labelled(sample.source, max_per_class=12),
                     CalibrateConfig(top_k=2, folds=3))

@@ -8,7 +8,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from i2pscan.io.pixels import save_image
 from i2pscan.model import inference
 from i2pscan.model.detector import Detector
-from i2pscan.evaluate import CLEAN, METRICS, evaluate, metrics, plot, write_result
+from i2pscan.evaluate import CLEAN, METRICS, evaluate, metrics, write_result
+from i2pscan.plots import evaluation as plot
 from i2pscan.scan.options import ScanOptions
 
 

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from i2pscan import console
 from i2pscan.train import finetune as ft
 from i2pscan.errors import I2PError
 from i2pscan.train.finetune import FinetuneConfig
@@ -72,11 +71,29 @@ def _sample(root, labels, subsets=None, name="s") -> LabelledSample:
     return LabelledSample(items, str(root))
 
 
+class _Warnings:
+    """The warning lines the library logged (the CLI prints them as ``warning: ...``)."""
+
+    def __init__(self, caplog):
+        self.caplog = caplog
+
+    def lines(self) -> list[str]:
+        return [r.getMessage() for r in self.caplog.records if r.levelname == "WARNING"]
+
+    def __eq__(self, other) -> bool:
+        return self.lines() == other
+
+    def __repr__(self) -> str:
+        return repr(self.lines())
+
+    def clear(self) -> None:
+        self.caplog.clear()
+
+
 @pytest.fixture
-def warnings(monkeypatch):
-    said = []
-    monkeypatch.setattr(console, "warn", said.append)
-    return said
+def warnings(caplog):
+    caplog.set_level("WARNING", logger="i2pscan")
+    return _Warnings(caplog)
 
 
 def test_check_classes_refuses_one_class_data_with_its_counts():

@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from i2pscan import console
 from i2pscan.train import finetune as finetune_module
 from i2pscan.train.checkpoint import checkpoint_path
 from i2pscan.train.augment import Augment
@@ -40,7 +39,6 @@ def sample(toy_dir):
 @pytest.fixture(scope="module")
 def cal(sample):
     """Calibrated on 12 images per class of the training folder, as a user would on a subset."""
-    console.set_quiet(True)
     part = load_labelled(sample.source, max_per_class=12)
     return calibrate(load_backbone("i2p-tiny"), part, CalibrateConfig(top_k=2, folds=3))
 
@@ -48,7 +46,6 @@ def cal(sample):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cal, sample):
     out = tmp_path_factory.mktemp("method") / "d.safetensors"
-    console.set_quiet(True)
     return finetune(load_backbone("i2p-tiny"), cal, sample, out, _config())
 
 
@@ -102,20 +99,16 @@ def test_each_policy_has_its_own_threshold_and_the_report_records_the_one_used(t
     assert given["source"] == "--threshold" and given["threshold_logit"] == 0.0
 
 
-def test_scan_warns_in_one_line_for_a_policy_without_a_threshold(trained, capsys):
+def test_scan_warns_in_one_line_for_a_policy_without_a_threshold(trained, caplog):
     detector = Detector.load(trained.path)
     paths = trained.validation["paths"][:2]
-    console.set_quiet(False)
-    try:
-        run_scan(paths, None, detector, ScanOptions(crops=4, combine="max"))
-        assert "warning" not in capsys.readouterr().err
-        run_scan(paths, None, detector, ScanOptions(crops=9, combine="max"))
-    finally:
-        console.set_quiet(True)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
-    assert err == ["warning: the detector has no threshold fitted for --crops 9 --combine max: using the "
-                   "centre-crop one, whose false-positive rate may differ; finetune with --crop-policies 9:max "
-                   "to fit one"]
+    caplog.set_level("WARNING", logger="i2pscan")
+    run_scan(paths, None, detector, ScanOptions(crops=4, combine="max"))
+    assert not caplog.records
+    run_scan(paths, None, detector, ScanOptions(crops=9, combine="max"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "the detector has no threshold fitted for --crops 9 --combine max: using the centre-crop one, whose "
+        "false-positive rate may differ; finetune with --crop-policies 9:max to fit one"]
 
 
 def test_temperature_is_fitted_on_the_saved_detectors_validation_logits_and_lowers_nll(trained):

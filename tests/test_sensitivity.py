@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from i2pscan import console
 from i2pscan.train import sensitivity
 from i2pscan.model.backbone import load_backbone
 from i2pscan.errors import I2PError
@@ -57,7 +56,6 @@ def test_intrinsic_sensitivity_equals_the_per_image_oracle_for_any_batching(two_
         return objective
 
     oracle = _oracle(params, [one(i) for i in range(6)])
-    console.set_quiet(True)
     got = intrinsic_sensitivity(backbone, params, list(pixels.split(split)), 6, seed=7)
     _close(got, oracle)
     assert not any(p.requires_grad or p.grad is not None for p in backbone.visual.parameters())
@@ -237,15 +235,14 @@ def test_estimator_refusals_and_a_single_image(two_blocks):
 
 
 def test_progress_reporting_does_not_disturb_the_estimate(two_blocks, monkeypatch):
-    """With the console not quiet, the ticker counts images (a wrong count would crash it)."""
+    """With progress shown, the ticker counts images (a wrong count would crash it)."""
+    from i2pscan import render
+    from i2pscan.progress import showing
+
     backbone, params, pixels = two_blocks
-    quiet = console._quiet
-    console.set_quiet(False)
-    try:
-        monkeypatch.setattr(console.time, "monotonic", iter(range(0, 10_000, 100)).__next__)
+    monkeypatch.setattr(render.time, "monotonic", iter(range(0, 10_000, 100)).__next__)
+    with showing(render.progress_sink):
         got = intrinsic_sensitivity(backbone, params, list(pixels.split(3)), 6)
-    finally:
-        console.set_quiet(quiet)
     _close(got, intrinsic_sensitivity(backbone, params, [pixels], 6))
 
 

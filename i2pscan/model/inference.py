@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn.utils import parametrize
 
-from i2pscan import console
+from i2pscan.progress import progress
 from i2pscan.errors import I2PError
 from i2pscan.io.pool import scan_batches
 from i2pscan.io.preprocess import CropTransform, Preprocess
@@ -109,7 +109,7 @@ def file_logits(model: Model, paths: Sequence[str], preprocess: Preprocess,
         positions: list[int] = []
         work = FileWork(CropTransform(preprocess, crops))
         label = description if crops == 1 else f"{description} ({crops} crops)"
-        with console.progress(len(paths), label) as bar:
+        with progress(len(paths), label) as bar:
             for batch in scan_batches(paths, work, batch_size, workers, pin_memory=model.device.type == "cuda"):
                 if batch.pixels is not None:
                     z = logits(model, batch.pixels).cpu()

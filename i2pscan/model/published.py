@@ -54,6 +54,13 @@ def resolve(spec: str | os.PathLike) -> str:
                    f"`i2pscan detectors` lists them)")
 
 
+def shipped() -> list[tuple[str, dict]]:
+    """(name, metadata) of every shipped detector, read from the files' headers alone."""
+    from i2pscan.model.tensorfile import read_meta
+
+    return [(name, read_meta(shipped_path(name), ("detector",))[1]) for name in SHIPPED]
+
+
 def shipped_name(path: str | os.PathLike) -> str | None:
     """The shipped name of a detector file, if it is one of the shipped files."""
     for name in SHIPPED:

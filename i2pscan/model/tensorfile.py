@@ -12,9 +12,12 @@ import json
 import os
 import struct
 
-import torch
+from typing import TYPE_CHECKING
+
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+
+if TYPE_CHECKING:
+    import torch
 
 from i2pscan.errors import I2PError
 from i2pscan.io.files import atomic_path
@@ -30,6 +33,8 @@ _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x0
 
 
 def write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    from safetensors.torch import save_file
+
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -59,6 +64,8 @@ def _canonical_header(path: str) -> None:
 def content_sha256(meta_text: str, tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over the metadata text and every tensor (name, dtype, shape, bytes, in name order):
     written into the file, and checked on reading, so that a flipped bit anywhere is caught."""
+    import torch
+
     digest = hashlib.sha256(meta_text.encode("utf-8"))
     for key in sorted(tensors):
         t = tensors[key].detach().to("cpu").contiguous()
@@ -93,7 +100,7 @@ def _open(path, kinds, load):
         raise I2PError(f"{path}: its header claims {header:,} bytes of metadata (at most {MAX_HEADER_BYTES:,} "
                        f"allowed); refusing it")
     try:
-        with safe_open(path, framework="pt") as f:
+        with safe_open(path, framework="pt" if load else "numpy") as f:
             metadata = f.metadata() or {}
             if metadata.get(_KIND) not in kinds:
                 found = metadata.get(_KIND)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import time
@@ -21,6 +22,8 @@ import pyarrow.parquet as pq
 from i2pscan.errors import I2PError, one_line, short_path
 from i2pscan.io.files import atomic_path, check_writable, remove_leftovers
 from i2pscan.report.schema import META_KEY, SCHEMA, conform, read_meta, row_key
+
+log = logging.getLogger("i2pscan")
 
 _OLD_DEFAULTS = {"evidence": "all", "metadata_only": False}  # reports written before these options existed
 SAME_OPTIONS = ("crops", "combine", "threshold", "max_pixels", "want_hash", "perturbation", "evidence",
@@ -163,7 +166,7 @@ class ReportWriter:
         try:
             self.flush()
         except I2PError as exc:  # the failure may be the very write that failed: keep the shards there are
-            _warn(f"{len(self._buffer)} row(s) could not be kept: {exc}")
+            log.warning(f"{len(self._buffer)} row(s) could not be kept: {exc}")
         kept = 0
         try:
             for shard in self._shards():
@@ -266,12 +269,6 @@ def _read_pid(fd: int) -> int | None:
         return int(text) if text.isdigit() else None
     except (OSError, ValueError):
         return None
-
-
-def _warn(message: str) -> None:
-    from i2pscan import console
-
-    console.warn(message)
 
 
 def _shard_number(name: str) -> int:

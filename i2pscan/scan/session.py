@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from i2pscan import __version__, console
+from i2pscan import __version__
+from i2pscan.progress import progress
 from i2pscan.errors import I2PError, short_path
 from i2pscan.io.pool import Batch, scan_batches
 from i2pscan.io.work import FileWork
@@ -127,7 +128,7 @@ def _loop(files, detector, options, writer, on_row, make_executor, work) -> tupl
     executor = make_executor(detector, options, work, cut)
     started = time.monotonic()
     stopped = False
-    with console.progress(len(todo), "scan") as bar, executor:
+    with progress(len(todo), "scan") as bar, executor:
         for rows in executor.rows(todo):
             for row in rows:
                 summary.count(row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from i2pscan import __version__, console
+from i2pscan import __version__
 from i2pscan.model import tensorfile
 from i2pscan.model.backbone import VIEWS, Backbone
 from i2pscan.train.samples import FileSet, LabelledSample
@@ -22,6 +23,7 @@ from i2pscan.errors import I2PError
 from i2pscan.train.features import extract
 
 KIND = "calibration"
+log = logging.getLogger("i2pscan")
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,7 @@ def importance_weights(auc: np.ndarray, gamma: float) -> np.ndarray:
     raw = np.clip(np.asarray(auc, np.float64) - 0.5, 0.0, None) ** gamma
     total = raw.sum()
     if total <= 0:
-        console.warn("no layer separates the classes better than chance; importance is uniform")
+        log.warning("no layer separates the classes better than chance; importance is uniform")
         return np.full(len(raw), 1.0 / len(raw))
     return raw / total
 
@@ -225,44 +227,3 @@ def critical_layers(auc: np.ndarray, top_k: int) -> list[int]:
     """S: the ``top_k`` blocks by AUC (ties go to the shallower block), 1-based, ascending."""
     order = sorted(range(len(auc)), key=lambda i: (-auc[i], i))
     return sorted(i + 1 for i in order[:min(top_k, len(auc))])
-
-
-def print_summary(cal: Calibration) -> None:
-    """The per-layer table and importance chart on stderr."""
-    rows = []
-    for i in range(cal.num_blocks):
-        rows.append([i + 1, float(cal.scores.auc[i]), float(cal.scores.accuracy[i]), float(cal.scores.fisher[i]),
-                     float(cal.importance[i]), "critical" if i + 1 in cal.critical else ""])
-    console.table(f"Layer importance ({cal.backbone['name']}, view {cal.view})",
-                  ["block", "AUC", "accuracy", "Fisher", "importance", ""], rows)
-    console.bar_chart("importance per block", [str(i + 1) for i in range(cal.num_blocks)],
-                      [float(w) for w in cal.importance],
-                      marks=["◀ S" if i + 1 in cal.critical else "" for i in range(cal.num_blocks)])
-    counts = cal.sample.get("counts", {})
-    console.log(f"critical layers S = {cal.critical}; L* = {cal.last_block} "
-                f"(blocks {cal.last_block + 1}..{cal.num_blocks} will not run at scan time)"
-                if cal.last_block < cal.num_blocks else
-                f"critical layers S = {cal.critical}; L* = {cal.last_block} (all blocks needed)")
-    console.log(f"sample: {counts.get('real', 0)} real, {counts.get('fake', 0)} fake, "
-                f"{len(cal.sample.get('skipped', []))} skipped")
-
-
-def plot(cal: Calibration, path: str | os.PathLike) -> None:
-    """AUC and importance per block as a PNG (needs matplotlib: pip install 'i2pscan[plot]')."""
-    from i2pscan.plots import pyplot
-
-    plt = pyplot()
-    blocks = np.arange(1, cal.num_blocks + 1)
-    fig, ax1 = plt.subplots(figsize=(max(6, cal.num_blocks * 0.35), 3.5))
-    colors = ["tab:red" if b in cal.critical else "tab:blue" for b in blocks]
-    ax1.bar(blocks, cal.importance, color=colors, alpha=0.7, label="importance")
-    ax1.set_xlabel("block")
-    ax1.set_ylabel("importance")
-    ax2 = ax1.twinx()
-    ax2.plot(blocks, cal.scores.auc, "k.-", label="held-out AUC")
-    ax2.set_ylabel("AUC")
-    ax2.set_ylim(min(0.45, float(cal.scores.auc.min()) - 0.02), 1.02)
-    ax1.set_title(f"{cal.backbone['name']}: layer importance (red: critical layers S)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

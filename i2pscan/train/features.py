@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from i2pscan import console
+from i2pscan.progress import progress
 from i2pscan.model.backbone import Backbone
 from i2pscan.model.device import autocast
 from i2pscan.io.preprocess import CropTransform, Preprocess
@@ -35,7 +35,7 @@ def extract(backbone: Backbone, paths: Sequence[str], blocks: Sequence[int], vie
     chunks: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
     kept: list[int] = []
     failures: list[tuple[str, str]] = []
-    with console.progress(len(paths), description) as bar:
+    with progress(len(paths), description) as bar:
         for batch in loader(dataset, batch_size, workers, pin_memory=device.type == "cuda"):
             for item in batch.items:
                 if item.info.error:

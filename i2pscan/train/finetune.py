@@ -8,6 +8,7 @@ toward theta0. Each completed epoch leaves a checkpoint beside the output, from 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from i2pscan import __version__, console
+from i2pscan import __version__
 from i2pscan.errors import I2PError
 from i2pscan.io.files import remove_leftovers
 from i2pscan.io.loader import ImageFiles, loader
@@ -34,9 +35,10 @@ from i2pscan.train.checkpoint import (checkpoint_path, load_checkpoint, log_path
                                       write_log)
 from i2pscan.train.loop import RunState, Trainer, snapshot, warm_up_head
 from i2pscan.train.samples import FileSet, LabelledSample, split_stratified
-from i2pscan.train.sensitivity import (STRATEGIES, Mask, build_mask, intrinsic_sensitivity, needs_scores, print_mask,
-                                       task_saliency)
+from i2pscan.train.sensitivity import STRATEGIES, Mask, build_mask, intrinsic_sensitivity, needs_scores, task_saliency
 from i2pscan.train.thresholds import fit_thresholds
+
+log = logging.getLogger("i2pscan")
 
 
 @dataclass(frozen=True)
@@ -100,12 +102,14 @@ class FinetuneResult:
 
 def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample, out: str | os.PathLike,
              config: FinetuneConfig = FinetuneConfig(), val: LabelledSample | None = None, resume: bool = False,
-             on_epoch_end: Callable[[int, dict], None] | None = None) -> FinetuneResult:
+             on_epoch_end: Callable[[int, dict], None] | None = None,
+             on_mask: Callable[[Mask], None] | None = None) -> FinetuneResult:
     """Train a detector on ``train`` and write it to ``out``; returns what was written.
 
     ``val``: validation sample; by default ``config.val_split`` of ``train`` (stratified) is held
     out. The backbone is consumed: it is truncated after L* and tuned in place.
-    ``on_epoch_end(epoch, metrics)`` is called after each epoch's checkpoint is written. Raises
+    ``on_mask(mask)`` is called once the tuned weights are chosen (or read back from the checkpoint),
+    ``on_epoch_end(epoch, metrics)`` after each epoch's checkpoint is written. Raises
     I2PError for a calibration of another backbone, a checkpoint in the way (or missing with
     ``resume``), or data with no usable images.
     """
@@ -129,8 +133,9 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
         mask = _plan(backbone, head, params, train, calibration, config)
     else:
         mask = state["mask"]
-        print_mask(mask)
 
+    if on_mask is not None:
+        on_mask(mask)
     view, last_block = calibration.view, calibration.last_block
     backbone.truncate(last_block)
     deltas = _attach(backbone, params, mask)
@@ -141,7 +146,7 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
     run = RunState()
     if state is not None:
         restore_checkpoint(state, deltas, head, optimizer, run)
-        console.log(f"resuming after epoch {run.epoch} of {config.epochs}")
+        log.info(f"resuming after epoch {run.epoch} of {config.epochs}")
     else:
         run.best = snapshot(deltas, head, None)
 
@@ -163,7 +168,7 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
         run.epoch = epoch + 1
         save_checkpoint(ckpt, mask, deltas, head, optimizer, run, ckpt_meta)
         write_log(log_path(out), run.log)
-        console.log("epoch {epoch}: loss {train_loss:.4f}, val AUC {val_auc:.4f}, AP {val_ap:.4f}, "
+        log.info("epoch {epoch}: loss {train_loss:.4f}, val AUC {val_auc:.4f}, AP {val_ap:.4f}, "
                     "acc {val_acc:.4f}".format(**entry))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, entry)
@@ -182,7 +187,7 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
 def plan_mask(backbone: Backbone, calibration: Calibration, train: LabelledSample,
               config: FinetuneConfig = FinetuneConfig(), val: LabelledSample | None = None) -> Mask:
     """The mask ``finetune`` would train with the same arguments (``--dry-run``): holds out the
-    same validation split, warms up a head, scores the weights, prints and returns the mask.
+    same validation split, warms up a head, scores the weights, and returns the mask.
     Writes nothing; the backbone is left as it was."""
     _check_calibration(backbone, calibration)
     train, _, _ = hold_out_validation(train, val, config, calibration)
@@ -192,9 +197,7 @@ def plan_mask(backbone: Backbone, calibration: Calibration, train: LabelledSampl
 
 def _plan(backbone, head, params, train, calibration, config) -> Mask:
     warm_up_head(backbone, head, train, calibration.view, config)
-    mask = _choose_mask(backbone, head, params, train, calibration.view, list(calibration.critical), config)
-    print_mask(mask)
-    return mask
+    return _choose_mask(backbone, head, params, train, calibration.view, list(calibration.critical), config)
 
 
 def hold_out_validation(train: LabelledSample, val: LabelledSample | None, config: FinetuneConfig,
@@ -221,12 +224,12 @@ def hold_out_validation(train: LabelledSample, val: LabelledSample | None, confi
     _check_classes(val, "validation")
     overlap = len(cal_files.find(val.paths)) if len(cal_files) else 0
     if overlap:
-        console.warn(f"{overlap} of {len(val.items)} validation image(s) were in the calibration sample "
+        log.warning(f"{overlap} of {len(val.items)} validation image(s) were in the calibration sample "
                      f"(they chose the critical layers): calibrate on images that do not validate")
     real = int(np.sum(val.labels == 0))
     needed = math.ceil(1 / config.target_fpr)
     if real < needed:
-        console.warn(f"only {real} real validation image(s): a threshold at --target-fpr {config.target_fpr} "
+        log.warning(f"only {real} real validation image(s): a threshold at --target-fpr {config.target_fpr} "
                      f"needs at least {needed} to be more than a guess")
     return train, val, overlap
 
@@ -315,7 +318,7 @@ def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, 
     temperature, threshold_logit, threshold = centre["temperature"], centre["threshold_logit"], centre["threshold"]
     best_metrics = next(e for e in run.log if e["epoch"] == run.best_epoch)
     if failures:
-        console.warn(f"{len(failures)} training image(s) could not be decoded and were skipped")
+        log.warning(f"{len(failures)} training image(s) could not be decoded and were skipped")
     return {
         "i2pscan_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

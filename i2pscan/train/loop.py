@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.nn.utils import parametrize
 
-from i2pscan import console
+from i2pscan.progress import progress
 from i2pscan.errors import I2PError
 from i2pscan.io.loader import ImageFiles, loader
 from i2pscan.io.preprocess import Preprocess
@@ -72,7 +72,7 @@ class Trainer:
         self.head.train()
         total, count, micro = 0.0, 0, 0
         self.optimizer.zero_grad(set_to_none=True)
-        with console.progress(len(dataset), f"epoch {epoch + 1}/{c.epochs}") as bar:
+        with progress(len(dataset), f"epoch {epoch + 1}/{c.epochs}") as bar:
             for batch in batches:
                 for item in batch.items:
                     if item.info.error:

@@ -27,7 +27,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from i2pscan import console
+from i2pscan.progress import progress
 from i2pscan.model.backbone import Backbone, block_of
 from i2pscan.errors import I2PError
 from i2pscan.model.device import autocast
@@ -123,7 +123,7 @@ def _squared_grad_pass(backbone: Backbone, params: dict[str, nn.Parameter], batc
     """Mean over images of the squared per-image gradient of ``objective(batch, start)`` (a sum
     over the batch's images of one scalar each; ``start`` is the batch's first image position)."""
     seen = 0
-    with _capturing(backbone, params) as acc, console.progress(total, description) as bar:
+    with _capturing(backbone, params) as acc, progress(total, description) as bar:
         for batch in batches:
             n = objective(batch, seen)
             seen += n
@@ -293,10 +293,3 @@ def build_mask(strategy: str, params: dict[str, nn.Parameter], rho: float, q: fl
         indices[n] = chosen[lo:hi] - offset
         offset += numels[n]
     return Mask(strategy, indices, numels, rho, q)
-
-
-def print_mask(mask: Mask) -> None:
-    rows = [[b, t, e, t / e if e else 0.0] for b, (t, e) in mask.per_block().items()]
-    rows.append(["total", mask.trainable, mask.eligible, mask.trainable / mask.eligible if mask.eligible else 0.0])
-    console.table(f"tuned weights: {mask.strategy}, rho {mask.rho}, q {mask.q}",
-                  ["block", "trainable", "eligible", "fraction"], rows)

@@ -1,0 +1,92 @@
+"""``scan``: files and folders in, one report row each, results on stdout."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from i2pscan.cli.app import EXIT_CLEAN, EXIT_FLAGGED, EXIT_UNREADABLE, command, exit_with
+from i2pscan.cli.options import (DETECTOR, INPUT, OUTPUT, RUN, Command, detector_option, option, run_options,
+                                 scoring_options)
+from i2pscan.cli.output import RowPrinter
+
+EXIT_CODES = ("0 done, nothing flagged; 1 done, at least one image flagged; 2 usage or configuration error, or "
+              "stopped before the end (with -o, scored rows are kept and the message says to run again with "
+              "--resume); 3 done, nothing flagged, some files unreadable; 130 interrupted (Ctrl-C); 143 terminated "
+              "(SIGTERM). With --format/--flagged-only into a reader that leaves early (| head), the code reflects "
+              "the rows printed before it left")
+
+
+@click.command(cls=Command, sections=(OUTPUT, INPUT, DETECTOR, RUN), exit_codes=EXIT_CODES)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@option("--out", "--output", "-o", "output", type=click.Path(path_type=str), default=None, group=OUTPUT,
+        metavar="REPORT.parquet|DIR/",
+        help="Write a Parquet report with one row per file (written in closed shards, resumable); a name ending "
+             "in / writes a dataset folder of part files instead, for huge scans.")
+@option("--resume", is_flag=True, group=OUTPUT, help="Finish (or extend) the report of an interrupted scan; needs -o.")
+@option("--overwrite", is_flag=True, group=OUTPUT, help="Replace an existing report.")
+@option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True, group=OUTPUT,
+        help="stdout: a line per file, or one JSON object per file.")
+@option("--flagged-only", is_flag=True, group=OUTPUT,
+        help="stdout: only the files flagged as synthetic (paths, or JSON rows).")
+@option("-0", "--null", "null", is_flag=True, group=OUTPUT, help="With --flagged-only: NUL-separated paths, for xargs -0.")
+@option("--hash", "want_hash", is_flag=True, group=OUTPUT, help="Add the sha256 of every file to the report.")
+@option("--flush-rows", type=click.IntRange(min=1), default=2048, show_default=True, group=OUTPUT,
+        help="Rows per report shard: at most this many files are scanned again after a kill.")
+@option("--metadata-only", is_flag=True, group=INPUT,
+        help="No model: verdicts from each file's provenance metadata alone (synthetic, real for a validating "
+             "C2PA capture, unknown otherwise); no detector, backbone or weights are loaded.")
+@option("--ext", "extensions", multiple=True, metavar="EXT[,EXT]", group=INPUT,
+        help="File extensions picked up in folders (default: jpg jpeg png webp bmp gif tif tiff, and avif heic heif "
+             "where a decoder is installed); repeatable.")
+@option("--exclude", multiple=True, metavar="GLOB", group=INPUT,
+        help="Skip paths (below a folder) or names matching GLOB; repeatable.")
+@option("--hidden", is_flag=True, group=INPUT, help="Also scan hidden files and folders.")
+@option("--follow-symlinks", is_flag=True, group=INPUT, help="Follow symbolic links in folders (loops are detected).")
+@option("--max-pixels", type=click.IntRange(min=1), default=None, group=INPUT,
+        help="Refuse images larger than this many pixels as decompression bombs [default: 178,956,970].")
+@detector_option(multiple=False)
+@scoring_options
+@option("--evidence", type=click.Choice(["all", "model"]), default=None, group=DETECTOR,
+        help="all: metadata declaring AI (C2PA, IPTC, generator parameters) flags a file whatever its score; "
+             "model: verdicts from the score alone (the evidence stays in the report) [default: all].")
+@option("--c2pa-trust", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="PEM", group=DETECTOR,
+        help="C2PA trust anchors (a PEM bundle, e.g. the C2PA trust list): signatures under them read 'trusted' "
+             "instead of 'valid'.")
+@option("--ray", "ray_address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT|local", group=RUN,
+        help="Run the scan on a Ray cluster (pip install 'i2pscan[ray]'); local starts a private one.")
+@run_options
+@command
+def scan(paths, output, fmt, flagged_only, null, detector_file, metadata_only, extensions, ray_address, quiet, **given):
+    """Score every image under PATHS (files, folders, or - for paths on stdin).
+
+    stdout carries results only; progress and the summary go to stderr. Quarantine what is flagged:
+
+    \b
+      i2pscan scan photos/ -d detector.safetensors --flagged-only -0 | xargs -0 mv -t quarantine/
+    """
+    from i2pscan import render, scan as run_scan
+    from i2pscan.scan.session import ScanStopped
+
+    if null and not flagged_only:
+        raise click.UsageError("-0 goes with --flagged-only")
+    if ray_address == "local":
+        from i2pscan.scan.ray import LOOPBACK_ENV
+
+        os.environ.setdefault(LOOPBACK_ENV, "0")  # a private cluster listens on 127.0.0.1 only
+    printer = RowPrinter(fmt, flagged_only, null, stop_when_closed=output is None)
+    exts = tuple(e.strip() for x in extensions for e in x.split(",") if e.strip()) or None
+    try:
+        outcome = run_scan(paths, output, None if metadata_only else detector_file, metadata_only=metadata_only,
+                           on_row=printer, ray=ray_address, extensions=exts, stdin=sys.stdin.buffer, **given)
+    except ScanStopped as exc:
+        if not isinstance(exc.cause, Exception):  # an interruption: say what is kept, exit as interrupted
+            click.echo(str(exc), err=True)
+            raise exc.cause from None
+        raise
+    if not outcome.stopped:  # `i2pscan scan ... | head`: the code says what the reader was given
+        render.log(render.scan_summary(outcome.summary, output))
+    counts = (printer.flagged, printer.errors) if outcome.stopped else (outcome.flagged, outcome.errors)
+    exit_with(EXIT_FLAGGED if counts[0] else EXIT_UNREADABLE if counts[1] else EXIT_CLEAN)
