@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import ConfigError
 
 if TYPE_CHECKING:
     from i2pscan.model.detector import Detector
@@ -208,7 +208,7 @@ def write_result(result: EvalResult, path: str) -> None:
             for r in result.rows:
                 fh.write("| " + " | ".join(_md(r[c]) for c in columns) + " |\n")
     else:
-        raise I2PError(f"--out {path}: use a .parquet, .csv or .md file name")
+        raise ConfigError(f"`out` {path}: use a .parquet, .csv or .md file name")
 
 
 def _md(v) -> str:

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import MissingDependency
 
 
 def pyplot():
@@ -18,7 +18,7 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise I2PError("plots need matplotlib: pip install 'i2pscan[plot]'") from exc
+        raise MissingDependency("plots need matplotlib: pip install 'i2pscan[plot]'") from exc
     return plt
 
 

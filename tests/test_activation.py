@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from i2pscan.model.backbone import load_backbone, resolve_quick_gelu
+from i2pscan.cli.app import with_flags
 from i2pscan.errors import I2PError
 
 AMBIGUOUS = ("cannot tell which activation weights.bin was trained with (ViT-B-32 weights differ: openai uses "
-             "QuickGELU, laion2b_e16 GELU): pass --backbone ViT-B-32-quickgelu for OpenAI-style weights or "
-             "--no-quick-gelu for GELU, or put its open_clip_config.json beside it")
+             "QuickGELU, laion2b_e16 GELU): pass `backbone` ViT-B-32-quickgelu for OpenAI-style weights or "
+             "`no_quick_gelu` for GELU, or put its open_clip_config.json beside it")
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_calibrate_cli_refuses_to_guess_with_exit_2(run_cli, toy_dir, tmp_path, 
     r = run_cli("calibrate", toy_dir / "tconv" / "train", "--out", tmp_path / "c.safetensors",
                 "--backbone", "ViT-B-32", "--pretrained", weights, "--device", "cpu")
     assert r.exit_code == 2
-    assert r.stderr.strip() == f"Error: {AMBIGUOUS}"
+    assert r.stderr.strip() == f"Error: {with_flags(AMBIGUOUS)}"
     assert r.stdout == "" and not (tmp_path / "c.safetensors").exists()
 
 

@@ -122,6 +122,6 @@ def test_recorded_weights_resolve_tiny_local_and_missing(tmp_path, tiny_backbone
     identity = load_backbone("i2p-tiny", str(copy)).identity()
     assert identity["pretrained"] == "mine.safetensors" and recorded_weights(identity) == str(copy)
     copy.unlink()
-    with pytest.raises(I2PError, match="pass --pretrained PATH"):
+    with pytest.raises(I2PError, match="pass `pretrained` PATH"):
         recorded_weights(identity)
     assert recorded_weights(identity, "elsewhere.safetensors") == "elsewhere.safetensors"

@@ -140,9 +140,9 @@ def test_two_decodable_images_of_each_class_are_the_floor(toy_dir, tiny_backbone
 def test_config_boundaries_and_messages():
     for ok in ({"top_k": 1}, {"folds": 2}, {"gamma": 0.5}, {"view": "cls+patchmean"}):
         CalibrateConfig(**ok)
-    for bad, message in (({"top_k": 0}, "--top-k must be at least 1"), ({"folds": 1}, "--folds must be at least 2"),
-                         ({"view": "patch"}, "--view must be one of cls, cls+patchmean"),
-                         ({"gamma": 0}, "--gamma must be positive"), ({"gamma": -1.0}, "--gamma must be positive")):
+    for bad, message in (({"top_k": 0}, "`top_k` must be at least 1"), ({"folds": 1}, "`folds` must be at least 2"),
+                         ({"view": "patch"}, "`view` must be one of cls, cls+patchmean"),
+                         ({"gamma": 0}, "`gamma` must be positive"), ({"gamma": -1.0}, "`gamma` must be positive")):
         with pytest.raises(I2PError, match="^" + re.escape(message) + "$"):
             CalibrateConfig(**bad)
 

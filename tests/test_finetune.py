@@ -114,7 +114,7 @@ def test_resume_after_interrupt_gives_the_same_detector(tmp_path, cal, sample):
     with pytest.raises(KeyboardInterrupt):
         finetune(load_backbone("i2p-tiny"), cal, sample, resumed, config, on_epoch_end=interrupt)
     assert not resumed.exists() and (tmp_path / "resumed.checkpoint.safetensors").exists()
-    with pytest.raises(I2PError, match="pass --resume"):
+    with pytest.raises(I2PError, match="pass `resume`"):
         finetune(load_backbone("i2p-tiny"), cal, sample, resumed, config)
     with pytest.raises(I2PError, match="differ from the interrupted run"):
         finetune(load_backbone("i2p-tiny"), cal, sample, resumed, _config(epochs=3, rho=0.5), resume=True)

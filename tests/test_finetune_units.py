@@ -18,11 +18,11 @@ from i2pscan.train.sensitivity import STRATEGIES
 
 # -- FinetuneConfig: every refusal names its option; the limits themselves are where the docs say -----
 
-RANGE_RHO_Q = "--rho and --q must be in (0, 1]"
-RANGE_FPR = "--target-fpr must be in (0, 1)"
-RANGE_SPLIT = "--val-split must be in (0, 1)"
-AT_LEAST_1 = "--epochs, --batch-size and --accumulate must be at least 1"
-TARGET = "--sensitivity-target must be embedding or taps"
+RANGE_RHO_Q = "`rho` and `q` must be in (0, 1]"
+RANGE_FPR = "`target_fpr` must be in (0, 1)"
+RANGE_SPLIT = "`val_split` must be in (0, 1)"
+AT_LEAST_1 = "`epochs`, `batch_size` and `accumulate` must be at least 1"
+TARGET = "`sensitivity_target` must be embedding or taps"
 
 
 @pytest.mark.parametrize("option, accepted, refused, message", [
@@ -47,14 +47,14 @@ def test_config_accepts_its_limits_and_refuses_just_past_them(option, accepted, 
 def test_config_strategy_refusal_lists_every_strategy():
     with pytest.raises(I2PError) as err:
         FinetuneConfig(strategy="lowest")
-    assert str(err.value) == "--strategy must be one of i2p, low-sensitivity, task-fisher, random, head-only, full"
+    assert str(err.value) == "`strategy` must be one of i2p, low-sensitivity, task-fisher, random, head-only, full"
     assert {FinetuneConfig(strategy=s).strategy for s in STRATEGIES} == set(STRATEGIES)
 
 
 @pytest.mark.parametrize("strategy", ["i2p", "task-fisher"])
 def test_config_one_warmup_step_is_enough_for_saliency_strategies(strategy):
     assert FinetuneConfig(strategy=strategy, warmup_steps=1).warmup_steps == 1
-    with pytest.raises(I2PError, match=f"^--strategy {strategy} ranks weights .* --warmup-steps must be at least 1"):
+    with pytest.raises(I2PError, match=f"^`strategy` {strategy} ranks weights .* `warmup_steps` must be at least 1"):
         FinetuneConfig(strategy=strategy, warmup_steps=0)
 
 
@@ -171,7 +171,7 @@ def test_split_refuses_validation_files_that_are_training_files(tmp_path):
     with pytest.raises(I2PError) as err:
         ft.hold_out_validation(train, val, FinetuneConfig())
     assert str(err.value) == (f"2 training image(s) are also validation images (the same file or the same bytes, "
-                              f"e.g. {train.paths[2]}); give --val data of its own, or --split to keep only "
+                              f"e.g. {train.paths[2]}); give `val` data of its own, or `split` to keep only "
                               f"training images in DATA")
     only_copy = LabelledSample(val.items[:1], val.source)
     with pytest.raises(I2PError, match=r"^1 training image\(s\) are also validation images .*e\.g\. .*s003\.png\)"):

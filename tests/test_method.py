@@ -200,10 +200,10 @@ def test_cli_refuses_val_equal_to_train_with_exit_2(tmp_path, toy_dir, run_cli, 
 
 
 def test_config_refusals():
-    with pytest.raises(I2PError, match=r"^--strategy i2p ranks weights by the task saliency of a warmed-up head: "
-                                       r"--warmup-steps must be at least 1"):
+    with pytest.raises(I2PError, match=r"^`strategy` i2p ranks weights by the task saliency of a warmed-up head: "
+                                       r"`warmup_steps` must be at least 1"):
         FinetuneConfig(strategy="i2p", warmup_steps=0)
-    with pytest.raises(I2PError, match="^--strategy task-fisher ranks"):
+    with pytest.raises(I2PError, match="^`strategy` task-fisher ranks"):
         FinetuneConfig(strategy="task-fisher", warmup_steps=0)
     assert FinetuneConfig(strategy="low-sensitivity", warmup_steps=0).warmup_steps == 0
     assert FinetuneConfig(crop_policies=("9:max", "1:max", "4:mean")).crop_policies == ("1:mean", "4:mean", "9:max")

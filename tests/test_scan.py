@@ -318,7 +318,7 @@ def test_precision_is_chosen_per_detector_and_bad_values_are_refused(detector_fi
 
     for architecture in ("rine", "univfd"):  # their parity with the authors' models holds in fp32
         assert Detector(None, torch.nn.Identity(), {"architecture": architecture}, "", "").precision == "fp32"
-    with pytest.raises(I2PError, match="--precision"):
+    with pytest.raises(I2PError, match="`precision`"):
         Detector.load(tmp_path / "never-read.safetensors", precision="fp16")
     report = tmp_path / "r.parquet"
     scored = run_cli("scan", toy_dir / "tconv" / "val", "-d", detector_file, "--precision", "bf16", "-o", report, "-q")

@@ -81,7 +81,7 @@ def test_taps_target_equals_its_oracle_and_refuses_a_tensor_it_cannot_reach(two_
     got = intrinsic_sensitivity(backbone, params, [pixels], 6, target="taps", layers=[1, 2])
     _close(got, _oracle(params, [one(i) for i in range(6)]))
     with pytest.raises(I2PError, match=r"^sensitivity target taps \(blocks \[1\]\) does not reach "
-                                       r"transformer\.resblocks\.1\.attn\.in_proj_weight: use --sensitivity-target"):
+                                       r"transformer\.resblocks\.1\.attn\.in_proj_weight: use `sensitivity_target`"):
         intrinsic_sensitivity(backbone, params, [pixels], 6, target="taps", layers=[1])
 
 
@@ -177,10 +177,10 @@ def test_mask_refusals_and_the_fixed_strategies():
                                               "i2p, low-sensitivity, task-fisher, random, head-only, full")):
         build_mask("bogus", params, 0.1, 0.5, s, t)
     for rho in (0, -0.1, 1.01, 1.5):
-        with pytest.raises(I2PError, match=_exact("--rho must be in (0, 1]")):
+        with pytest.raises(I2PError, match=_exact("`rho` must be in (0, 1]")):
             build_mask("random", params, rho, 0.5)
     for q in (0, -0.1, 1.01, 1.5):
-        with pytest.raises(I2PError, match=_exact("--q must be in (0, 1]")):
+        with pytest.raises(I2PError, match=_exact("`q` must be in (0, 1]")):
             build_mask("random", params, 0.1, q)
     head_only = build_mask("head-only", params, 0.1, 0.5)
     assert head_only == Mask("head-only", {}, numels, 0.1, 0.5) and head_only.trainable == 0

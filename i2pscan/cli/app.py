@@ -16,7 +16,7 @@ import sys
 import click
 
 from i2pscan import __version__
-from i2pscan.errors import I2PError, one_line
+from i2pscan.errors import PARAMETER, I2PError, one_line
 
 EXIT_CLEAN, EXIT_FLAGGED, EXIT_ERROR, EXIT_UNREADABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
@@ -36,6 +36,16 @@ COMMANDS = {
 class Terminated(BaseException):
     """SIGTERM (a supervisor, ``timeout``, ``docker stop``) as an exception, so that a stopped
     scan keeps its rows and says how to resume, as it does for Ctrl-C."""
+
+
+# library parameters whose flag is not --<name with dashes>
+FLAGS = {"output": "-o", "detector": "-d", "want_hash": "--hash", "extensions": "--ext", "html_dir": "--html",
+         "calibration_file": "--calibration", "val_data": "--val", "ray_address": "--ray"}
+
+
+def with_flags(message: str) -> str:
+    """A library message with its `parameter` names as this command line's flags."""
+    return PARAMETER.sub(lambda m: FLAGS.get(m.group(1), "--" + m.group(1).replace("_", "-")), message)
 
 
 class UserError(click.ClickException):
@@ -61,7 +71,7 @@ def command(f):
                 import traceback
 
                 traceback.print_exception(exc, file=sys.stderr)
-            raise UserError(str(exc)) from exc
+            raise UserError(with_flags(str(exc))) from exc
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:

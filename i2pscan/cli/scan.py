@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from i2pscan.cli.app import EXIT_CLEAN, EXIT_FLAGGED, EXIT_UNREADABLE, command, exit_with
+from i2pscan.cli.app import EXIT_CLEAN, EXIT_FLAGGED, EXIT_UNREADABLE, command, exit_with, with_flags
 from i2pscan.cli.options import (DETECTOR, INPUT, OUTPUT, RUN, Command, detector_option, option, run_options,
                                  scoring_options)
 from i2pscan.cli.output import RowPrinter
@@ -83,7 +83,7 @@ def scan(paths, output, fmt, flagged_only, null, detector_file, metadata_only, e
                            on_row=printer, ray=ray_address, extensions=exts, stdin=sys.stdin.buffer, **given)
     except ScanStopped as exc:
         if not isinstance(exc.cause, Exception):  # an interruption: say what is kept, exit as interrupted
-            click.echo(str(exc), err=True)
+            click.echo(with_flags(str(exc)), err=True)
             raise exc.cause from None
         raise
     if not outcome.stopped:  # `i2pscan scan ... | head`: the code says what the reader was given

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
-from i2pscan.errors import I2PError, short_path
+from i2pscan.errors import InputError, short_path
 from i2pscan.io.decode import IMAGE_EXTENSIONS
 
 log = logging.getLogger("i2pscan")
@@ -46,7 +46,7 @@ def iter_discover(inputs: Sequence[str], options: DiscoverOptions = DiscoverOpti
     inputs could overlap, the set of paths already given). Arguments are checked first."""
     for item in inputs:
         if item != "-" and not os.path.lexists(item):
-            raise I2PError(f"no such file or folder: {short_path(item)}")
+            raise InputError(f"no such file or folder: {short_path(item)}")
     return _discovered(inputs, options, stdin)
 
 

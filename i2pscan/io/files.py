@@ -10,7 +10,7 @@ import tempfile
 from contextlib import contextmanager
 from typing import Iterator
 
-from i2pscan.errors import I2PError, short_path
+from i2pscan.errors import OutputError, short_path
 
 
 @contextmanager
@@ -100,16 +100,16 @@ def check_writable(path: str | os.PathLike) -> None:
         st = None
     if st is not None and not stat.S_ISREG(st.st_mode):
         what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise I2PError(f"cannot write {short_path(path)}: it exists and is {what}; outputs only replace regular files")
+        raise OutputError(f"cannot write {short_path(path)}: it exists and is {what}; outputs only replace regular files")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise I2PError(f"cannot write {short_path(path)}: folder {short_path(folder)} does not exist")
+        raise OutputError(f"cannot write {short_path(path)}: folder {short_path(folder)} does not exist")
     try:
         fd, probe = tempfile.mkstemp(prefix=".i2pscan-probe-", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise I2PError(f"cannot write in {short_path(folder)}: {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot write in {short_path(folder)}: {exc.strerror or exc}") from exc
 
 
 def file_sha256(path: str | os.PathLike) -> str:

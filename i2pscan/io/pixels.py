@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import ConfigError
 
 
 def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
@@ -69,5 +69,5 @@ def parse_perturbation(spec: str) -> str:
     ok = sep and kind in PERTURBATIONS and v is not None and (
         (kind == "jpeg" and 1 <= v <= 100) or (kind == "blur" and v >= 0) or (kind == "resize" and 0 < v <= 4))
     if not ok:
-        raise I2PError(f"--perturb {spec}: expected jpeg:QUALITY (1-100), blur:SIGMA or resize:FACTOR")
+        raise ConfigError(f"`perturb` {spec}: expected jpeg:QUALITY (1-100), blur:SIGMA or resize:FACTOR")
     return f"{kind}:{value}"

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from i2pscan.errors import one_line
+from i2pscan.errors import EnvironmentFailure, one_line
 from i2pscan.io.decode import Decoded
 from i2pscan.io.work import FileWork, Item
 
@@ -270,7 +270,7 @@ class DecodePool:
         """A worker that never said it started holds no file's blame: its files go to a new one."""
         self.failed_starts += 1
         if self.failed_starts > 3:
-            raise RuntimeError(f"decoding workers do not start (no sign of life in {STARTUP_TIMEOUT_S:g} s)")
+            raise EnvironmentFailure(f"decoding workers do not start (no sign of life in {STARTUP_TIMEOUT_S:g} s)")
         retry.extendleft(reversed(w.held))
         w.held.clear()
         w.stop(kill=True)

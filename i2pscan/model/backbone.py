@@ -17,7 +17,7 @@ import open_clip
 import torch
 from open_clip.transformer import VisionTransformer
 
-from i2pscan.errors import I2PError, one_line
+from i2pscan.errors import ConfigError, WeightsUnavailable, one_line
 from i2pscan.model.device import resolve_device
 from i2pscan.model.weights import (DEFAULT_BACKBONE, TINY_BACKBONES, cached_weights_sha256, default_pretrained,
                                    fetch_weights, model_config, weights_sha256)
@@ -144,8 +144,8 @@ class Backbone:
         names = [f"transformer.resblocks.{i}.{m}" for i in range(last_block) for m in TUNABLE_MATRICES]
         missing = [n for n in names if n not in params]
         if missing:
-            raise I2PError(f"backbone {self.name} lacks the expected weight {missing[0]}; "
-                           f"i2pscan supports open_clip ViTs with standard residual blocks")
+            raise ConfigError(f"backbone {self.name} lacks the expected weight {missing[0]}; "
+                              f"i2pscan supports open_clip ViTs with standard residual blocks")
         return {n: params[n] for n in names}
 
     @property
@@ -170,8 +170,8 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: str | None = "defaul
     Raises :class:`I2PError` for an unknown name, a missing file or weights that cannot be fetched.
     """
     if name not in TINY_BACKBONES and name not in open_clip.list_models():
-        raise I2PError(f"unknown backbone {name!r}; tiny ones: {', '.join(TINY_BACKBONES)}; "
-                       f"others: any open_clip ViT name (e.g. ViT-L-14, ViT-B-16)")
+        raise ConfigError(f"unknown backbone {name!r}; tiny ones: {', '.join(TINY_BACKBONES)}; "
+                          f"others: any open_clip ViT name (e.g. ViT-L-14, ViT-B-16)")
     if pretrained == "default":
         pretrained = default_pretrained(name)
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
@@ -179,9 +179,9 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: str | None = "defaul
     quick_gelu = resolve_quick_gelu(name, pretrained, quick_gelu)
     if pretrained and not is_file and not tag_cfg:
         if os.path.sep in pretrained or pretrained.endswith((".safetensors", ".bin", ".pt", ".pth")):
-            raise I2PError(f"weights file not found: {pretrained}")
+            raise WeightsUnavailable(f"weights file not found: {pretrained}")
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-        raise I2PError(f"{pretrained!r} is neither a weights file nor a pretrained tag of {name} (tags: {tags})")
+        raise WeightsUnavailable(f"{pretrained!r} is neither a weights file nor a pretrained tag of {name} (tags: {tags})")
     weights_file = pretrained if is_file else fetch_weights(name, pretrained) if pretrained else None
     config = model_config(name) or {}
     if weights_file:  # built on the meta device, then the file's tensors become its parameters: one copy
@@ -189,11 +189,11 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: str | None = "defaul
         try:
             loaded = _load_vision_weights(visual, weights_file, name)
         except Exception as exc:  # a damaged file raises whatever its reader raises
-            raise I2PError(f"cannot load weights {weights_file} into {name}: {one_line(exc, 200)}") from exc
+            raise WeightsUnavailable(f"cannot load weights {weights_file} into {name}: {one_line(exc, 200)}") from exc
         if loaded is not None:
             visual = loaded
         if any(t.is_meta for t in [*visual.parameters(), *visual.buffers()]):
-            raise I2PError(f"cannot load weights {weights_file} into {name}: some tensors are missing")
+            raise WeightsUnavailable(f"cannot load weights {weights_file} into {name}: some tensors are missing")
     else:
         visual = _vision_tower(name, config, quick_gelu)
     visual.eval()
@@ -226,7 +226,7 @@ def resolve_quick_gelu(name: str, pretrained: str | None, quick_gelu: bool | Non
     config_quick = bool((model_config(name) or {}).get("quick_gelu", False))
     if quick_gelu is not None:
         if config_quick and not quick_gelu:
-            raise I2PError(f"{name} is a QuickGELU model: drop -quickgelu from the name to use GELU")
+            raise ConfigError(f"{name} is a QuickGELU model: drop -quickgelu from the name to use GELU")
         return bool(quick_gelu)
     if config_quick or not pretrained:
         return config_quick
@@ -239,16 +239,16 @@ def resolve_quick_gelu(name: str, pretrained: str | None, quick_gelu: bool | Non
                 model_cfg = json.load(fh)["model_cfg"]
             return bool(model_cfg.get("quick_gelu", False))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise I2PError(f"cannot read the activation from {beside}: {one_line(exc, 120)}") from exc
+            raise WeightsUnavailable(f"cannot read the activation from {beside}: {one_line(exc, 120)}") from exc
     known = {tag: bool(open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False))
              for tag in open_clip.list_pretrained_tags_by_model(name)}
     if len(set(known.values())) <= 1:
         return next(iter(known.values()), False)
     quick = next(t for t, q in known.items() if q)
     plain = next(t for t, q in known.items() if not q)
-    raise I2PError(f"cannot tell which activation {os.path.basename(pretrained)} was trained with ({name} weights "
-                   f"differ: {quick} uses QuickGELU, {plain} GELU): pass --backbone {name}-quickgelu for "
-                   f"OpenAI-style weights or --no-quick-gelu for GELU, or put its open_clip_config.json beside it")
+    raise ConfigError(f"cannot tell which activation {os.path.basename(pretrained)} was trained with ({name} weights "
+                      f"differ: {quick} uses QuickGELU, {plain} GELU): pass `backbone` {name}-quickgelu for "
+                      f"OpenAI-style weights or `no_quick_gelu` for GELU, or put its open_clip_config.json beside it")
 
 
 def _vision_tower(name: str, config: dict, quick_gelu: bool, on_meta: bool = False) -> VisionTransformer:
@@ -260,7 +260,7 @@ def _vision_tower(name: str, config: dict, quick_gelu: bool, on_meta: bool = Fal
         warnings.simplefilter("ignore")
         visual = _build_vision_tower(config["embed_dim"], config["vision_cfg"], quick_gelu=quick_gelu)
     if not isinstance(visual, VisionTransformer):
-        raise I2PError(f"backbone {name!r} is not an open_clip VisionTransformer; i2pscan needs a ViT with a class token")
+        raise ConfigError(f"backbone {name!r} is not an open_clip VisionTransformer; i2pscan needs a ViT with a class token")
     return visual
 
 

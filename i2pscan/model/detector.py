@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import FileRefused, I2PError
 from i2pscan.io.preprocess import CropTransform, Preprocess
 from i2pscan.model import inference, published
 from i2pscan.model.backbone import Backbone, load_backbone
@@ -137,8 +137,8 @@ class Detector:
         size = self.preprocess.crop_size
         logit = self.logits(torch.zeros(1, 3, size, size))
         if not bool(torch.isfinite(logit).all()):
-            raise I2PError(f"{self.path}: gives no finite score for a neutral (mean-colour) image; its weights "
-                           f"are broken")
+            raise FileRefused(f"{self.path}: gives no finite score for a neutral (mean-colour) image; its weights "
+                              f"are broken")
 
     def logits(self, pixels) -> torch.Tensor:
         """Raw head logits of preprocessed crops [B, 3, S, S] (uncalibrated): ``inference.logits``,
@@ -196,18 +196,18 @@ def _build_i2p(file: DetectorFile, device, pretrained) -> tuple[Backbone, Detect
     backbone = load_backbone(recorded["name"], recorded_weights(recorded, pretrained), device=device,
                              quick_gelu=bool(recorded["model_config"]["quick_gelu"]))
     if backbone.sha256 != recorded["sha256"]:
-        raise I2PError(f"{path}: backbone weights differ from those it was trained on "
-                       f"(sha256 {backbone.sha256[:12]}… here, {recorded['sha256'][:12]}… recorded)")
+        raise FileRefused(f"{path}: backbone weights differ from those it was trained on "
+                          f"(sha256 {backbone.sha256[:12]}… here, {recorded['sha256'][:12]}… recorded)")
     _check_backbone_shape(backbone, meta, path)
     last_block = int(meta["last_block"])
     if not 1 <= last_block <= backbone.num_blocks:
-        raise I2PError(f"{path}: L* = {last_block} is outside the backbone's 1..{backbone.num_blocks} blocks")
+        raise FileRefused(f"{path}: L* = {last_block} is outside the backbone's 1..{backbone.num_blocks} blocks")
     eligible = backbone.tunable_parameters(last_block)
     backbone.truncate(last_block)
     deltas = file.deltas
     for name, delta in deltas.items():
         if name not in eligible:
-            raise I2PError(f"{path}: delta for {name}, which is not a tunable tensor of blocks 1..{last_block}")
+            raise FileRefused(f"{path}: delta for {name}, which is not a tunable tensor of blocks 1..{last_block}")
         check_delta(name, delta, eligible[name], path)
     # the delta stays a separate float32 term, as in validation (never merged into W0: see sparse.attach)
     attached = attach(backbone, eligible, {n: d.indices for n, d in deltas.items()})
@@ -225,11 +225,11 @@ def _build_published(file: DetectorFile, device, pretrained) -> tuple[Backbone, 
     _check_backbone_shape(backbone, meta, path)
     config = meta["head"]["config"]
     if architecture == "rine" and (config["blocks"] != backbone.num_blocks or config["in_dim"] != backbone.width):
-        raise I2PError(f"{path}: RINE head for {config['blocks']} blocks of width {config['in_dim']}; the backbone "
-                       f"has {backbone.num_blocks} of width {backbone.width}")
+        raise FileRefused(f"{path}: RINE head for {config['blocks']} blocks of width {config['in_dim']}; the backbone "
+                          f"has {backbone.num_blocks} of width {backbone.width}")
     out_dim = backbone.visual.proj.shape[1] if backbone.visual.proj is not None else backbone.width
     if architecture == "univfd" and config["in_dim"] != out_dim:
-        raise I2PError(f"{path}: UnivFD head for embeddings of {config['in_dim']}; the backbone gives {out_dim}")
+        raise FileRefused(f"{path}: UnivFD head for embeddings of {config['in_dim']}; the backbone gives {out_dim}")
     head = published.build_head(architecture, config)
     head.load_state_dict(file.head, strict=True)
     return backbone, head.to(backbone.device)
@@ -238,10 +238,10 @@ def _build_published(file: DetectorFile, device, pretrained) -> tuple[Backbone, 
 def _check_backbone_shape(backbone: Backbone, meta: dict, path: str) -> None:
     recorded = meta["backbone"]
     if (backbone.num_blocks, backbone.width) != (recorded["num_blocks"], recorded["width"]):
-        raise I2PError(f"{path}: records a backbone of {recorded['num_blocks']} blocks of width {recorded['width']}; "
-                       f"{backbone.name} here has {backbone.num_blocks} of width {backbone.width}")
+        raise FileRefused(f"{path}: records a backbone of {recorded['num_blocks']} blocks of width {recorded['width']}; "
+                          f"{backbone.name} here has {backbone.num_blocks} of width {backbone.width}")
     if backbone.preprocessing()["crop_size"] != meta["preprocessing"]["crop_size"]:
-        raise I2PError(f"{path}: crop size {meta['preprocessing']['crop_size']} does not match the backbone")
+        raise FileRefused(f"{path}: crop size {meta['preprocessing']['crop_size']} does not match the backbone")
 
 
 def _build_head(file: DetectorFile, device: torch.device) -> DetectorHead:
@@ -249,5 +249,5 @@ def _build_head(file: DetectorFile, device: torch.device) -> DetectorHead:
     try:
         head.load_state_dict(file.head, strict=True)
     except RuntimeError as exc:
-        raise I2PError(f"{file.path}: head tensors do not match its recorded configuration") from exc
+        raise FileRefused(f"{file.path}: head tensors do not match its recorded configuration") from exc
     return head.to(device)

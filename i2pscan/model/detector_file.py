@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import FileRefused, I2PError
 from i2pscan.io.files import file_sha256
 from i2pscan.model import published, tensorfile
 from i2pscan.model.head import DetectorHead, HeadConfig
@@ -83,16 +83,16 @@ def check_delta(name: str, delta: Delta, param: torch.Tensor, path: str) -> None
     """Refuse a delta that does not fit the backbone tensor ``param`` it claims to change."""
     if delta.indices is None:
         if delta.values.shape != param.shape:
-            raise I2PError(f"{path}: dense delta for {name} has shape {tuple(delta.values.shape)}, "
-                           f"the backbone's is {tuple(param.shape)}")
+            raise FileRefused(f"{path}: dense delta for {name} has shape {tuple(delta.values.shape)}, "
+                              f"the backbone's is {tuple(param.shape)}")
         return
     idx = delta.indices
     if idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1 or idx.shape != delta.values.shape:
-        raise I2PError(f"{path}: delta for {name} has malformed indices")
+        raise FileRefused(f"{path}: delta for {name} has malformed indices")
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= param.numel()):
-        raise I2PError(f"{path}: delta indices for {name} fall outside the tensor")
+        raise FileRefused(f"{path}: delta indices for {name} fall outside the tensor")
     if idx.numel() != torch.unique(idx).numel():
-        raise I2PError(f"{path}: delta indices for {name} repeat")
+        raise FileRefused(f"{path}: delta indices for {name} repeat")
 
 
 def _check_tensors(architecture: str, meta: dict, tensors: dict[str, torch.Tensor], path: str) -> None:
@@ -150,7 +150,7 @@ def _deltas(tensors: dict[str, torch.Tensor], path: str) -> dict[str, Delta]:
             deltas[name] = Delta(tensors.get(f"delta.{name}.indices"), tensors[key])
         elif key.startswith("delta.") and key.endswith(".indices"):
             if key[:-len(".indices")] + ".values" not in tensors:
-                raise I2PError(f"{path}: {key} has no values")
+                raise FileRefused(f"{path}: {key} has no values")
         elif key.startswith("delta."):
-            raise I2PError(f"{path}: unexpected tensor {key}")
+            raise FileRefused(f"{path}: unexpected tensor {key}")
     return deltas

@@ -6,7 +6,7 @@ from contextlib import nullcontext
 
 import torch
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import ConfigError, EnvironmentFailure
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -24,17 +24,17 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cpu")
     if spec == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise I2PError("--device mps: Apple MPS is not available on this machine; use --device cpu or auto")
+            raise EnvironmentFailure("`device` mps: Apple MPS is not available on this machine", "use `device` cpu or auto")
         return torch.device("mps")
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise I2PError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
+            raise EnvironmentFailure(f"`device` {spec}: CUDA is not available on this machine", "use `device` cpu or auto")
         if ":" in spec:
             index = spec.split(":", 1)[1]
             if not index.isdigit() or int(index) >= torch.cuda.device_count():
-                raise I2PError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+                raise EnvironmentFailure(f"`device` {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return torch.device(spec)
-    raise I2PError(f"--device {spec}: expected auto, cpu, cuda, cuda:N or mps")
+    raise ConfigError(f"`device` {spec}: expected auto, cpu, cuda, cuda:N or mps")
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -52,5 +52,5 @@ def autocast(device: torch.device, precision: str = "bf16"):
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise I2PError(f"precision must be one of {', '.join(PRECISIONS)} (--precision), not {precision!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)} (`precision`), not {precision!r}")
     return precision

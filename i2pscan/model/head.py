@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import FileRefused
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,8 @@ class HeadConfig:
     def from_dict(cls, d: dict) -> "HeadConfig":
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise I2PError(f"head config has unknown key(s) {', '.join(sorted(unknown))}: "
-                           f"written by a newer i2pscan?")
+            raise FileRefused(f"head config has unknown key(s) {', '.join(sorted(unknown))}: "
+                              f"written by a newer i2pscan?")
         return cls(tuple(d["layers"]), int(d["in_dim"]), int(d["proj_dim"]), int(d["hidden_dim"]),
                    tuple(float(x) for x in d["gate_init"]))
 

@@ -18,7 +18,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from i2pscan.progress import progress
-from i2pscan.errors import I2PError
+from i2pscan.errors import InputError
 from i2pscan.io.pool import scan_batches
 from i2pscan.io.preprocess import CropTransform, Preprocess
 from i2pscan.io.work import FileWork
@@ -118,10 +118,10 @@ def file_logits(model: Model, paths: Sequence[str], preprocess: Preprocess,
                     positions.extend(batch.items[i].index for i in batch.ok)
                 bar.advance(len(batch.items))
         if kept is not None and positions != kept:
-            raise I2PError("the validation images decoded differently between passes")
+            raise InputError("the validation images decoded differently between passes")
         kept = positions
         for k in keys:
             out[k] = torch.cat(chunks[k]).numpy() if chunks[k] else np.zeros(0, np.float32)
     if not kept:
-        raise I2PError("none of the validation images could be decoded")
+        raise InputError("none of the validation images could be decoded")
     return out, kept

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import ConfigError
 
 COMBINE = ("mean", "max")
 DEFAULT_POLICY = "1:mean"
@@ -23,7 +23,7 @@ def parse_policy(text: str) -> tuple[int, str]:
     """``"9:max"`` -> (9, "max"); raises I2PError for anything else."""
     crops, sep, combine = str(text).strip().partition(":")
     if not sep or not crops.isdigit() or int(crops) < 1 or combine not in COMBINE:
-        raise I2PError(f"crop policy {text!r} is not N:mean or N:max (N crops per image, e.g. 9:max)")
+        raise ConfigError(f"crop policy {text!r} is not N:mean or N:max (N crops per image, e.g. 9:max)")
     return int(crops), combine
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import EnvironmentFailure, InputError
 
 SHIPPED = ("rine-2class", "univfd")
 DEFAULT_DETECTOR = "rine-2class"
@@ -48,10 +48,10 @@ def resolve(spec: str | os.PathLike) -> str:
     if spec in SHIPPED:
         path = shipped_path(spec)
         if not path.is_file():
-            raise I2PError(f"the shipped detector {spec} is missing from this installation ({path}); reinstall i2pscan")
+            raise EnvironmentFailure(f"the shipped detector {spec} is missing from this installation ({path}); reinstall i2pscan")
         return str(path)
-    raise I2PError(f"no detector file {spec} and no shipped detector of that name (shipped: {', '.join(SHIPPED)}; "
-                   f"`i2pscan detectors` lists them)")
+    raise InputError(f"no detector file {spec} and no shipped detector of that name (shipped: {', '.join(SHIPPED)}; "
+                     f"`i2pscan detectors` lists them)")
 
 
 def shipped() -> list[tuple[str, dict]]:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import ConfigError
 
 __all__ = ["SparseDelta", "SparseLinear", "SparseAttention", "SparseLinearFunction", "sparse_linear", "DenseDelta",
            "attach"]
@@ -337,7 +337,7 @@ def attach(backbone, params: dict[str, nn.Parameter], indices: dict[str, torch.T
                 deltas[f"{prefix}mlp.{fc}.weight"] = getattr(block.mlp, fc).delta
     unplaced = set(sparse) - set(deltas)
     if unplaced:
-        raise I2PError(f"cannot tune {sorted(unplaced)[0]}: not an attention or MLP weight of a kept block")
+        raise ConfigError(f"cannot tune {sorted(unplaced)[0]}: not an attention or MLP weight of a kept block")
     modules = dict(backbone.visual.named_modules())
     for name in tuned:
         if tuned[name] is None:

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 if TYPE_CHECKING:
     import torch
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import FileRefused, InputError
 from i2pscan.io.files import atomic_path
 
 FORMAT_VERSION = 1
@@ -89,46 +89,46 @@ def _open(path, kinds, load):
     path = os.fspath(path)
     what = " or ".join(kinds)
     if not os.path.isfile(path):
-        raise I2PError(f"{what} file not found: {path}")
+        raise InputError(f"{what} file not found: {path}")
     with open(path, "rb") as fh:
         head = fh.read(8)
     if head.startswith(_PICKLE_MAGIC):
-        raise I2PError(f"{path} is a pickle (PyTorch .pt/.bin), not an i2pscan {what} file; "
-                       f"refusing to load it because pickles can run code")
+        raise FileRefused(f"{path} is a pickle (PyTorch .pt/.bin), not an i2pscan {what} file; "
+                          f"refusing to load it because pickles can run code")
     header = _header_size(path)
     if header > MAX_HEADER_BYTES:
-        raise I2PError(f"{path}: its header claims {header:,} bytes of metadata (at most {MAX_HEADER_BYTES:,} "
-                       f"allowed); refusing it")
+        raise FileRefused(f"{path}: its header claims {header:,} bytes of metadata (at most {MAX_HEADER_BYTES:,} "
+                          f"allowed); refusing it")
     try:
         with safe_open(path, framework="pt" if load else "numpy") as f:
             metadata = f.metadata() or {}
             if metadata.get(_KIND) not in kinds:
                 found = metadata.get(_KIND)
                 if found:
-                    raise I2PError(f"{path} is an i2pscan {found} file, not a {what} file")
-                raise I2PError(f"{path} is a safetensors file but not an i2pscan {what} file")
+                    raise FileRefused(f"{path} is an i2pscan {found} file, not a {what} file")
+                raise FileRefused(f"{path} is a safetensors file but not an i2pscan {what} file")
             version = metadata.get(_FORMAT, "")
             if not version.isdigit() or int(version) > FORMAT_VERSION:
-                raise I2PError(f"{path} has format version {version or '?'}; this i2pscan reads up to "
-                               f"{FORMAT_VERSION}: upgrade i2pscan")
+                raise FileRefused(f"{path} has format version {version or '?'}; this i2pscan reads up to "
+                                  f"{FORMAT_VERSION}: upgrade i2pscan")
             text = metadata[_META]
             meta = json.loads(text)
             if not isinstance(meta, dict):
-                raise I2PError(f"{path}: its i2pscan metadata is not a JSON object")
+                raise FileRefused(f"{path}: its i2pscan metadata is not a JSON object")
             tensors = {k: f.get_tensor(k) for k in f.keys()} if load else {}
             recorded = metadata.get(_SHA)
             if load and recorded is not None and content_sha256(text, tensors) != recorded:
-                raise I2PError(f"{path}: its content does not match the checksum it records (damaged in "
-                               f"transfer or edited); get the file again")
+                raise FileRefused(f"{path}: its content does not match the checksum it records (damaged in "
+                                  f"transfer or edited); get the file again")
     except SafetensorError as exc:
-        raise I2PError(f"{path} is not a readable safetensors file (truncated or corrupt): {exc}") from exc
+        raise FileRefused(f"{path} is not a readable safetensors file (truncated or corrupt): {exc}") from exc
     except (json.JSONDecodeError, KeyError, ValueError, RecursionError) as exc:
-        raise I2PError(f"{path}: its i2pscan metadata is corrupt") from exc
+        raise FileRefused(f"{path}: its i2pscan metadata is corrupt") from exc
     except OSError as exc:
-        raise I2PError(f"cannot read {path}: {exc}") from exc
+        raise InputError(f"cannot read {path}: {exc}") from exc
     if load and kinds == ("detector",) and metadata.get(_SHA) is None:
-        raise I2PError(f"{path}: records no checksum (written by an older i2pscan?); write it again with "
-                       f"this version")
+        raise FileRefused(f"{path}: records no checksum (written by an older i2pscan?); write it again with "
+                          f"this version")
     return metadata[_KIND], meta, tensors
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from i2pscan.errors import I2PError, one_line
+from i2pscan.errors import WeightsUnavailable, one_line
 
 DEFAULT_BACKBONE = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
@@ -48,7 +48,7 @@ def default_pretrained(name: str) -> str:
         return DEFAULT_PRETRAINED
     if tags:
         return tags[0]
-    raise I2PError(f"backbone {name!r} has no known pretrained weights; pass --pretrained PATH")
+    raise WeightsUnavailable(f"backbone {name!r} has no known pretrained weights", "pass `pretrained` PATH")
 
 
 
@@ -87,15 +87,15 @@ def fetch_weights(name: str, tag: str) -> str:
             f"({where}) on a machine with internet and pass --pretrained PATH to the file, or run once online "
             f"(open_clip caches them)")
     if _offline() or not _reachable(host):
-        raise I2PError(hint)
+        raise WeightsUnavailable(hint)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             path = open_clip.download_pretrained(cfg, cache_dir=cache_dir if hub else None)
     except Exception as exc:
-        raise I2PError(f"{hint} ({one_line(exc, 120)})") from exc
+        raise WeightsUnavailable(f"{hint} ({one_line(exc, 120)})") from exc
     if not path or not os.path.isfile(path):
-        raise I2PError(hint)
+        raise WeightsUnavailable(hint)
     return path
 
 
@@ -187,9 +187,9 @@ def recorded_weights(identity: dict, override: str | None = None) -> str:
     if local and os.path.isfile(local):
         return local
     if tag is None:
-        raise I2PError(f"the {name} weights were a random initialisation; pass --pretrained PATH to a weights file")
-    raise I2PError(f"the {name} weights were a local file ({tag}) that is not here; "
-                   f"pass --pretrained PATH to that file")
+        raise WeightsUnavailable(f"the {name} weights were a random initialisation", "pass `pretrained` PATH to a weights file")
+    raise WeightsUnavailable(f"the {name} weights were a local file ({tag}) that is not here; "
+                             f"pass `pretrained` PATH to that file")
 
 
 def weights_sha256(module: torch.nn.Module) -> str:

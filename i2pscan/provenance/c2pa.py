@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from i2pscan.errors import I2PError, one_line
+from i2pscan.errors import I2PError, InputError, one_line
 from i2pscan.provenance.containers import MAX_LIST, Found, may_hold_manifest, short
 from i2pscan.provenance.generators import AI, source_type_kind
 
@@ -59,7 +59,7 @@ class C2paReader:
             try:
                 self._context = c2pa.Context.from_dict(settings)
             except Exception as exc:
-                raise I2PError(f"the C2PA SDK refused the trust anchors: {one_line(exc, 200)}") from exc
+                raise InputError(f"the C2PA SDK refused the trust anchors: {one_line(exc, 200)}") from exc
             self._pid = os.getpid()
         return self._context
 
@@ -105,15 +105,15 @@ def read_trust_file(path: str | None) -> str | None:
         with open(path, "r", encoding="ascii", errors="replace") as fh:
             text = fh.read(16 << 20)
     except OSError as exc:
-        raise I2PError(f"--c2pa-trust {path}: {exc.strerror or exc}") from exc
+        raise InputError(f"`c2pa_trust` {path}: {exc.strerror or exc}") from exc
     if "-----BEGIN CERTIFICATE-----" not in text:
-        raise I2PError(f"--c2pa-trust {path}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)")
+        raise InputError(f"`c2pa_trust` {path}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)")
     from cryptography import x509  # a c2pa-python dependency; the SDK itself accepts broken certificates silently
 
     try:
         x509.load_pem_x509_certificates(text.encode("ascii", "replace"))
     except ValueError as exc:
-        raise I2PError(f"--c2pa-trust {path}: not a readable PEM certificate bundle ({one_line(exc, 120)})") from exc
+        raise InputError(f"`c2pa_trust` {path}: not a readable PEM certificate bundle ({one_line(exc, 120)})") from exc
     return text
 
 

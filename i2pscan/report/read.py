@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from i2pscan.errors import I2PError, short_path
+from i2pscan.errors import InputError, short_path
 from i2pscan.report.schema import META_KEY
 
 @dataclass
@@ -29,14 +29,14 @@ class ReportSummary:
 def read_report(path: str, top: int = 20) -> ReportSummary:
     """Counts and the ``top`` highest-scoring flagged files of a report. Raises I2PError."""
     if not os.path.isfile(path):
-        raise I2PError(f"report not found: {short_path(path)}")
+        raise InputError(f"report not found: {short_path(path)}")
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise I2PError(f"{short_path(path)} is not a readable Parquet report: {exc}") from exc
+        raise InputError(f"{short_path(path)} is not a readable Parquet report: {exc}") from exc
     missing = {"path", "verdict", "score"} - set(table.column_names)
     if missing:
-        raise I2PError(f"{short_path(path)} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
+        raise InputError(f"{short_path(path)} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
     meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
     counts = verdict_counts(table)
     flagged = table.filter(pc.equal(table.column("verdict"), "synthetic"))

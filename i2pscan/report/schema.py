@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from i2pscan.errors import I2PError, short_path
+from i2pscan.errors import InputError, short_path
 
 SCHEMA = pa.schema([
     pa.field("path", pa.string(), nullable=False),
@@ -69,5 +69,5 @@ def read_meta(path: str) -> dict:
     try:
         raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise I2PError(f"cannot read {short_path(path)}: {exc}") from exc
+        raise InputError(f"cannot read {short_path(path)}: {exc}") from exc
     return json.loads(raw) if raw else {}

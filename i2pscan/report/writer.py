@@ -19,7 +19,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from i2pscan.errors import I2PError, one_line, short_path
+from i2pscan.errors import ConfigError, I2PError, OutputError, ReportBusy, one_line, short_path
 from i2pscan.io.files import atomic_path, check_writable, remove_leftovers
 from i2pscan.report.schema import META_KEY, SCHEMA, conform, read_meta, row_key
 
@@ -54,7 +54,7 @@ class ReportWriter:
                shard_rows: int, shard_seconds: float) -> None:
         """The state every writer starts from (a single report and a dataset folder alike)."""
         if resume and overwrite:
-            raise I2PError("--resume and --overwrite contradict each other")
+            raise ConfigError("`resume` and `overwrite` contradict each other")
         self.path, self.parts, self.meta = path, parts, meta
         self.shard_rows, self.shard_seconds = shard_rows, shard_seconds
         self._buffer: list[dict] = []
@@ -67,11 +67,11 @@ class ReportWriter:
         path = os.fspath(path)
         self._start(path, path + ".parts", meta, resume, overwrite, shard_rows, shard_seconds)
         if os.path.isdir(self.path):
-            raise I2PError(f"{short_path(self.path)} is a folder; -o needs a file name (or DIR/, with the slash, "
-                           f"for a dataset folder of part files)")
+            raise OutputError(f"{short_path(self.path)} is a folder; `output` needs a file name (or DIR/, with the slash, "
+                              f"for a dataset folder of part files)")
         check_writable(self.path)
         if os.path.lexists(self.parts) and not os.path.isdir(self.parts):
-            raise I2PError(f"{short_path(self.parts)} exists and is not a folder: move it away")
+            raise OutputError(f"{short_path(self.parts)} exists and is not a folder: move it away")
         # The lock comes first: what is read below (shards, a finished report) cannot change under us.
         self._lock = _ReportLock(self.parts, self.path)
         try:
@@ -83,11 +83,11 @@ class ReportWriter:
                 self._resume()
             else:
                 if self._shards() and not overwrite:
-                    raise I2PError(f"an interrupted scan left {short_path(self.parts)}: pass --resume to finish it, "
-                                   f"or --overwrite to start over")
+                    raise OutputError(f"an interrupted scan left {short_path(self.parts)}: pass `resume` to finish it, "
+                                      f"or `overwrite` to start over")
                 if os.path.exists(self.path) and not overwrite:
-                    raise I2PError(f"{short_path(self.path)} exists: pass --overwrite to replace it, "
-                                   f"or --resume to extend it")
+                    raise OutputError(f"{short_path(self.path)} exists: pass `overwrite` to replace it, "
+                                      f"or `resume` to extend it")
                 for shard in self._shards():
                     os.unlink(shard)
         except BaseException:
@@ -123,20 +123,20 @@ class ReportWriter:
     def _check_compatible(self, source: str) -> None:
         theirs = read_meta(source)
         if not theirs:
-            raise I2PError(f"cannot resume from {short_path(source)}: it is not an i2pscan report")
+            raise ConfigError(f"cannot resume from {short_path(source)}: it is not an i2pscan report")
         if theirs.get("detector_id") != self.meta.get("detector_id"):
-            raise I2PError(f"cannot resume: {short_path(source)} was made by detector {str(theirs.get('detector_id'))[:12]}…, "
-                           f"this scan uses {str(self.meta.get('detector_id'))[:12]}…; pass --overwrite to start over")
+            raise ConfigError(f"cannot resume: {short_path(source)} was made by detector {str(theirs.get('detector_id'))[:12]}…, "
+                           f"this scan uses {str(self.meta.get('detector_id'))[:12]}…; pass `overwrite` to start over")
         ours, old = self.meta.get("options", {}), theirs.get("options", {})
         differs = [k for k in SAME_OPTIONS if ours.get(k) != old.get(k, _OLD_DEFAULTS.get(k))]
         if differs:
-            raise I2PError(f"cannot resume: {short_path(source)} was scanned with other {', '.join(differs)} "
-                           f"({', '.join(f'{k}={old.get(k)!r}' for k in differs)}); use the same options, "
-                           f"or --overwrite to start over")
+            raise ConfigError(f"cannot resume: {short_path(source)} was scanned with other {', '.join(differs)} "
+                              f"({', '.join(f'{k}={old.get(k)!r}' for k in differs)}); use the same options, "
+                              f"or `overwrite` to start over")
         if not _same_arithmetic(theirs.get("arithmetic"), self.meta.get("arithmetic")):
-            raise I2PError(f"cannot resume: {short_path(source)} was scored as {theirs['arithmetic']}, this scan would "
-                           f"score as {self.meta.get('arithmetic')} (--device, --precision); use the same, "
-                           f"or --overwrite to start over")
+            raise ConfigError(f"cannot resume: {short_path(source)} was scored as {theirs['arithmetic']}, this scan would "
+                              f"score as {self.meta.get('arithmetic')} (`device`, `precision`); use the same, "
+                              f"or `overwrite` to start over")
 
     @property
     def done(self) -> set[str]:
@@ -218,7 +218,7 @@ class _ReportLock:
             try:
                 st = os.stat(name)
                 if (st.st_dev, st.st_ino) in self._held:
-                    raise I2PError(f"another scan is writing {short_path(report)} right now (in this process)")
+                    raise ReportBusy(f"another scan is writing {short_path(report)} right now (in this process)")
             except FileNotFoundError:
                 pass
             try:
@@ -232,8 +232,8 @@ class _ReportLock:
                 holder = _read_pid(fd)
                 os.close(fd)
                 who = f" (pid {holder})" if holder else ""
-                raise I2PError(f"another scan{who} is writing {short_path(report)} right now; "
-                               f"wait for it to finish, or use another -o") from exc
+                raise ReportBusy(f"another scan{who} is writing {short_path(report)} right now; "
+                                 f"wait for it to finish, or use another -o") from exc
             try:  # the holder before us may have removed the folder between our open and our lock
                 same = os.stat(name).st_ino == st.st_ino
             except FileNotFoundError:
@@ -246,7 +246,7 @@ class _ReportLock:
             self._fd, self._key, self.closed = fd, (st.st_dev, st.st_ino), False
             self._held.add(self._key)
             return
-        raise I2PError(f"cannot lock {short_path(parts)}: it keeps disappearing")
+        raise OutputError(f"cannot lock {short_path(parts)}: it keeps disappearing")
 
     def close(self) -> None:
         if not self.closed:
@@ -283,7 +283,7 @@ def _atomic_write(table: pa.Table, path: str) -> None:
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp, compression="zstd")
     except OSError as exc:
-        raise I2PError(f"cannot write {short_path(path)}: {write_failure(exc)}") from exc
+        raise OutputError(f"cannot write {short_path(path)}: {write_failure(exc)}") from exc
 
 
 def write_failure(exc: OSError) -> str:
@@ -325,8 +325,8 @@ class DatasetWriter(ReportWriter):
         path = os.fspath(path)
         self._start(path, path.rstrip("/" + os.sep) or path, meta, resume, overwrite, shard_rows, shard_seconds)
         if os.path.lexists(self.parts) and not os.path.isdir(self.parts):
-            raise I2PError(f"{short_path(self.parts)} is a file; -o DIR/ needs a folder "
-                           f"(or drop the / for one report file)")
+            raise OutputError(f"{short_path(self.parts)} is a file; -o DIR/ needs a folder "
+                              f"(or drop the / for one report file)")
         check_writable(os.path.join(self.parts, "probe") if os.path.isdir(self.parts) else self.parts)
         self._lock = _ReportLock(self.parts, self.path)
         try:
@@ -340,8 +340,8 @@ class DatasetWriter(ReportWriter):
                     for row in pq.read_table(source, columns=["path", "path_raw"]).to_pylist():
                         self._done[row_key(row)] = None
             elif existing and not overwrite:
-                raise I2PError(f"{short_path(self.parts)} already holds a report: pass --resume to finish or "
-                               f"extend it, or --overwrite to start over")
+                raise OutputError(f"{short_path(self.parts)} already holds a report: pass `resume` to finish or "
+                                  f"extend it, or `overwrite` to start over")
             elif overwrite:
                 for name in existing:
                     os.unlink(name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import ConfigError
 from i2pscan.io.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from i2pscan.io.pool import DEFAULT_FILE_TIMEOUT_S, default_workers
 from i2pscan.model.policy import COMBINE
@@ -32,15 +32,15 @@ class ScanOptions:
 
     def __post_init__(self):
         if self.evidence not in EVIDENCE:
-            raise I2PError(f"--evidence must be one of {', '.join(EVIDENCE)}")
+            raise ConfigError(f"`evidence` must be one of {', '.join(EVIDENCE)}")
         if self.crops < 1:
-            raise I2PError("--crops must be at least 1")
+            raise ConfigError("`crops` must be at least 1")
         if self.combine not in COMBINE:
-            raise I2PError(f"--combine must be one of {', '.join(COMBINE)}")
+            raise ConfigError(f"`combine` must be one of {', '.join(COMBINE)}")
         if self.threshold is not None and not 0 < self.threshold < 1:
-            raise I2PError("--threshold must be a probability strictly between 0 and 1")
+            raise ConfigError("`threshold` must be a probability strictly between 0 and 1")
         if self.metadata_only and self.evidence == "model":
-            raise I2PError("--metadata-only and --evidence model contradict each other")
+            raise ConfigError("`metadata_only` and `evidence` model contradict each other")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,7 +53,7 @@ def resolve_options(batch_size_default: int = 32, **given) -> ScanOptions:
     known = {f.name for f in fields(ScanOptions)}
     unknown = sorted(set(given) - known)
     if unknown:
-        raise I2PError(f"unknown scan option {unknown[0]!r}; options: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown scan option {unknown[0]!r}", f"options: {', '.join(sorted(known))}")
     chosen = {k: v for k, v in given.items() if v is not None}
     chosen.setdefault("batch_size", batch_size_default)
     chosen.setdefault("workers", default_workers())
@@ -64,7 +64,7 @@ def check_metadata_only(given: dict) -> None:
     """Refuse, naming it, an option that only a model uses in a scan that runs none."""
     used = [name for name in MODEL_OPTIONS if given.get(name) is not None]
     if used:
-        raise I2PError(f"--{used[0].replace('_', '-')} needs a model; --metadata-only runs none")
+        raise ConfigError(f"--{used[0].replace('_', '-')} needs a model; `metadata_only` runs none")
 
 
 def default_extensions(metadata_only: bool = False) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
-from i2pscan.errors import I2PError, one_line
+from i2pscan.errors import EnvironmentFailure, MissingDependency, one_line
 from i2pscan.io.pool import DecodePool, collate
 from i2pscan.io.work import FileWork, Item
 from i2pscan.model.detector import Cut, Detector
@@ -51,7 +51,7 @@ def _need_ray(loopback: bool = False) -> None:
     try:
         import ray as _ray
     except ImportError as exc:
-        raise I2PError("--ray needs Ray: pip install 'i2pscan[ray]'") from exc
+        raise MissingDependency("`ray` needs Ray: pip install 'i2pscan[ray]'") from exc
     ray = _ray
 
 
@@ -74,7 +74,7 @@ def connect(address: str) -> Iterator[None]:
             warnings.simplefilter("ignore")  # Ray Client warns on stderr before raising what we report
             _init(address, kwargs)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError, depending on the form
-        raise I2PError(f"cannot connect to the Ray cluster at {address}: {one_line(exc, 200)}") from exc
+        raise EnvironmentFailure(f"cannot connect to the Ray cluster at {address}: {one_line(exc, 200)}") from exc
     try:
         yield
     finally:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from i2pscan import __version__
 from i2pscan.progress import progress
-from i2pscan.errors import I2PError, short_path
+from i2pscan.errors import ConfigError, I2PError, short_path
 from i2pscan.io.pool import Batch, scan_batches
 from i2pscan.io.work import FileWork
 from i2pscan.provenance.evidence import EvidenceReader
@@ -43,8 +43,8 @@ class ScanStopped(I2PError):
     def __init__(self, cause: BaseException, kept: int, parts: str):
         self.cause, self.kept, self.parts = cause, kept, parts
         what = str(cause) if isinstance(cause, I2PError) else f"stopped ({type(cause).__name__})"
-        super().__init__(f"{what}; {kept} scored row(s) are kept in {short_path(parts)}: run the same command "
-                         f"with --resume to finish")
+        super().__init__(what, f"{kept} scored row(s) are kept in {short_path(parts)}: run the same command with "
+                               f"`resume` to finish")
 
 
 @dataclass
@@ -81,9 +81,9 @@ def run_scan(files: Sequence[str], output: str | None = None, detector: Detector
     if (detector is None) != options.metadata_only:
         raise ValueError("a detector is needed unless metadata_only, and only then")
     if resume and not output:
-        raise I2PError("--resume needs -o REPORT.parquet")
+        raise ConfigError("`resume` needs `output` REPORT.parquet")
     if options.metadata_only and ray:
-        raise I2PError("--metadata-only runs no model; scan it without --ray")
+        raise ConfigError("`metadata_only` runs no model; scan it without `ray`")
     evidence = evidence or EvidenceReader.from_trust_file(options.c2pa_trust)
     writer = None
     if output:

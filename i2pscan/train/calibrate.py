@@ -19,7 +19,7 @@ from i2pscan import __version__
 from i2pscan.model import tensorfile
 from i2pscan.model.backbone import VIEWS, Backbone
 from i2pscan.train.samples import FileSet, LabelledSample
-from i2pscan.errors import I2PError
+from i2pscan.errors import ConfigError, InputError
 from i2pscan.train.features import extract
 
 KIND = "calibration"
@@ -39,13 +39,13 @@ class CalibrateConfig:
 
     def __post_init__(self):
         if self.top_k < 1:
-            raise I2PError("--top-k must be at least 1")
+            raise ConfigError("`top_k` must be at least 1")
         if self.folds < 2:
-            raise I2PError("--folds must be at least 2")
+            raise ConfigError("`folds` must be at least 2")
         if self.view not in VIEWS:
-            raise I2PError(f"--view must be one of {', '.join(VIEWS)}")
+            raise ConfigError(f"`view` must be one of {', '.join(VIEWS)}")
         if self.gamma <= 0:
-            raise I2PError("--gamma must be positive")
+            raise ConfigError("`gamma` must be positive")
 
 
 @dataclass
@@ -140,8 +140,8 @@ def calibrate(backbone: Backbone, sample: LabelledSample, config: CalibrateConfi
     labels = sample.labels[extracted.kept]
     per_class = np.bincount(labels, minlength=2)
     if per_class.min() < 2:
-        raise I2PError(f"only {per_class[0]} real and {per_class[1]} fake images could be decoded; "
-                       f"calibration needs at least 2 of each (more: hundreds)")
+        raise InputError(f"only {per_class[0]} real and {per_class[1]} fake images could be decoded; "
+                         f"calibration needs at least 2 of each (more: hundreds)")
     folds = int(min(config.folds, per_class.min()))
     feats = [extracted.features[b].double().numpy() for b in blocks]
     scores = score_layers(feats, labels, folds=folds, c=config.probe_c, seed=config.seed)

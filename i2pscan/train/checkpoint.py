@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from i2pscan.errors import I2PError
+from i2pscan.errors import ConfigError, FileRefused
 from i2pscan.io.files import atomic_path
 from i2pscan.model import tensorfile
 from i2pscan.train.loop import RunState
@@ -70,11 +70,11 @@ def load_checkpoint(path, config, train, val, backbone) -> dict:
     now, saved = json.loads(json.dumps(config.to_dict())), meta["config"]
     differs = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != saved.get(k)]
     if differs:
-        raise I2PError(f"cannot resume {path}: option(s) {', '.join(differs)} differ from the interrupted run")
+        raise ConfigError(f"cannot resume {path}: option(s) {', '.join(differs)} differ from the interrupted run")
     if meta["train_fingerprint"] != train.fingerprint() or meta["val_fingerprint"] != val.fingerprint():
-        raise I2PError(f"cannot resume {path}: the training or validation data differ from the interrupted run")
+        raise ConfigError(f"cannot resume {path}: the training or validation data differ from the interrupted run")
     if meta["backbone_sha256"] != backbone.sha256:
-        raise I2PError(f"cannot resume {path}: it was trained on other backbone weights")
+        raise FileRefused(f"cannot resume {path}: it was trained on other backbone weights")
     indices = {n: tensors[f"mask.{n}"] for n in meta["numels"] if f"mask.{n}" in tensors}
     indices.update({n: None for n in meta["dense"]})
     mask = Mask(meta["strategy"], indices, meta["numels"], meta["rho"], meta["q"])

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from i2pscan import __version__
-from i2pscan.errors import I2PError
+from i2pscan.errors import ConfigError, FileRefused, InputError, OutputError, TrainingFailed
 from i2pscan.io.files import remove_leftovers
 from i2pscan.io.loader import ImageFiles, loader
 from i2pscan.io.preprocess import CropTransform, Preprocess
@@ -70,21 +70,21 @@ class FinetuneConfig:
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
-            raise I2PError(f"--strategy must be one of {', '.join(STRATEGIES)}")
+            raise ConfigError(f"`strategy` must be one of {', '.join(STRATEGIES)}")
         if not 0 < self.rho <= 1 or not 0 < self.q <= 1:
-            raise I2PError("--rho and --q must be in (0, 1]")
+            raise ConfigError("`rho` and `q` must be in (0, 1]")
         if not 0 < self.target_fpr < 1:
-            raise I2PError("--target-fpr must be in (0, 1)")
+            raise ConfigError("`target_fpr` must be in (0, 1)")
         if not 0 < self.val_split < 1:
-            raise I2PError("--val-split must be in (0, 1)")
+            raise ConfigError("`val_split` must be in (0, 1)")
         if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
-            raise I2PError("--epochs, --batch-size and --accumulate must be at least 1")
+            raise ConfigError("`epochs`, `batch_size` and `accumulate` must be at least 1")
         if self.sensitivity_target not in ("embedding", "taps"):
-            raise I2PError("--sensitivity-target must be embedding or taps")
+            raise ConfigError("`sensitivity_target` must be embedding or taps")
         object.__setattr__(self, "crop_policies", normalise_policies(self.crop_policies))
         if self.warmup_steps < 1 and needs_scores(self.strategy)[1]:
-            raise I2PError(f"--strategy {self.strategy} ranks weights by the task saliency of a warmed-up head: "
-                           f"--warmup-steps must be at least 1 (or choose low-sensitivity or random)")
+            raise ConfigError(f"`strategy` {self.strategy} ranks weights by the task saliency of a warmed-up head: "
+                              f"`warmup_steps` must be at least 1 (or choose low-sensitivity or random)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,10 +122,10 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
     state = None
     if resume:
         if not os.path.exists(ckpt):
-            raise I2PError(f"nothing to resume: no checkpoint {ckpt}")
+            raise InputError(f"nothing to resume: no checkpoint {ckpt}")
         state = load_checkpoint(ckpt, config, train, val, backbone)
     elif os.path.exists(ckpt):
-        raise I2PError(f"an interrupted run left {ckpt}: pass --resume to continue it, or delete it to start over")
+        raise OutputError(f"an interrupted run left {ckpt}", "pass `resume` to continue it, or delete it to start over")
 
     head = _new_head(backbone, calibration, config)
     params = backbone.tunable_parameters(calibration.last_block)
@@ -217,9 +217,9 @@ def hold_out_validation(train: LabelledSample, val: LabelledSample | None, confi
         shared = FileSet.of(val.paths).find(train.paths)
         if shared:
             example = train.paths[shared[0]]
-            raise I2PError(f"{len(shared)} training image(s) are also validation images (the same file or the "
-                           f"same bytes, e.g. {example}); give --val data of its own, or --split to keep only "
-                           f"training images in DATA")
+            raise InputError(f"{len(shared)} training image(s) are also validation images (the same file or the "
+                             f"same bytes, e.g. {example}); give `val` data of its own, or `split` to keep only "
+                             f"training images in DATA")
     _check_classes(train, "training")
     _check_classes(val, "validation")
     overlap = len(cal_files.find(val.paths)) if len(cal_files) else 0
@@ -243,22 +243,22 @@ def _new_head(backbone: Backbone, calibration: Calibration, config: FinetuneConf
 
 def _check_calibration(backbone: Backbone, cal: Calibration) -> None:
     if cal.backbone["sha256"] != backbone.sha256 or cal.backbone["name"] != backbone.name:
-        raise I2PError(f"the calibration was made with {cal.backbone['name']} (weights "
-                       f"{cal.backbone['sha256'][:12]}…), not {backbone.name} ({backbone.sha256[:12]}…): "
-                       f"calibrate again with this backbone")
+        raise FileRefused(f"the calibration was made with {cal.backbone['name']} (weights "
+                          f"{cal.backbone['sha256'][:12]}…), not {backbone.name} ({backbone.sha256[:12]}…): "
+                          f"calibrate again with this backbone")
     recorded = bool(cal.backbone.get("model_config", {}).get("quick_gelu", False))
     if recorded != bool(backbone.model_config.get("quick_gelu", False)):
         act = {True: "QuickGELU", False: "GELU"}
-        raise I2PError(f"the calibration was made with {act[recorded]}, this backbone uses {act[not recorded]}: "
-                       f"load the backbone with the calibration's activation")
+        raise FileRefused(f"the calibration was made with {act[recorded]}, this backbone uses {act[not recorded]}: "
+                          f"load the backbone with the calibration's activation")
     if backbone.run_blocks != backbone.num_blocks:
-        raise I2PError("finetune needs an untruncated backbone")
+        raise ConfigError("finetune needs an untruncated backbone")
 
 
 def _check_classes(sample: LabelledSample, what: str) -> None:
     counts = np.bincount(sample.labels, minlength=2)
     if counts.min() < 1:
-        raise I2PError(f"the {what} data has {counts[0]} real and {counts[1]} fake images; both are needed")
+        raise InputError(f"the {what} data has {counts[0]} real and {counts[1]} fake images; both are needed")
 
 
 def _choose_mask(backbone: Backbone, head: DetectorHead, params, train: LabelledSample, view: str,
@@ -306,7 +306,7 @@ def _attach(backbone: Backbone, params: dict[str, nn.Parameter], mask: Mask) -> 
 def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, failures,
             cal_overlap: int = 0) -> dict:
     if run.best is None or run.best["val_logits"] is None:
-        raise I2PError("training ran no epoch; nothing to save")
+        raise TrainingFailed("training ran no epoch; nothing to save")
     for name, values in run.best["deltas"].items():
         deltas[name].values.data.copy_(values)
     head.load_state_dict(run.best["head"])

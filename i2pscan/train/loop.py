@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from i2pscan.progress import progress
-from i2pscan.errors import I2PError
+from i2pscan.errors import InputError, TrainingFailed
 from i2pscan.io.loader import ImageFiles, loader
 from i2pscan.io.preprocess import Preprocess
 from i2pscan.model.backbone import Backbone
@@ -86,8 +86,8 @@ class Trainer:
                         loss = loss + c.contrastive_weight * supervised_contrastive(
                             embedding, labels, c.contrastive_temperature)
                     if not torch.isfinite(loss):
-                        raise I2PError(f"training diverged (loss {loss.item()}) in epoch {epoch + 1}, after step "
-                                       f"{run.step}: lower --lr-backbone / --lr-head")
+                        raise TrainingFailed(f"training diverged (loss {loss.item()}) in epoch {epoch + 1}, after step "
+                                             f"{run.step}: lower `lr_backbone` / `lr_head`")
                     (loss / c.accumulate).backward()
                     micro += 1
                     total += loss.item() * len(labels)
@@ -100,7 +100,7 @@ class Trainer:
         if micro % c.accumulate:
             self._step(run)
         if count == 0:
-            raise I2PError("none of the training images could be decoded")
+            raise InputError("none of the training images could be decoded")
         return total / count
 
     def _step(self, run: RunState) -> None:
@@ -129,7 +129,7 @@ def predict(backbone, head, sample: LabelledSample, view: str, batch_size: int, 
 
 def validation_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     if not np.all(np.isfinite(logits)):
-        raise I2PError("validation scores are not finite: training diverged; lower --lr-backbone / --lr-head")
+        raise TrainingFailed("validation scores are not finite: training diverged; lower `lr_backbone` / `lr_head`")
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.float64)
     both = len(set(labels.tolist())) == 2
@@ -149,7 +149,7 @@ def warm_up_head(backbone: Backbone, head: DetectorHead, train: LabelledSample, 
     layers = list(head.config.layers)
     ex = extract(backbone, train.paths, layers, view, config.batch_size, config.workers, description="warm-up: features")
     if not ex.kept:
-        raise I2PError("none of the training images could be decoded")
+        raise InputError("none of the training images could be decoded")
     labels = torch.as_tensor(train.labels[ex.kept], dtype=torch.float32)
     opt = torch.optim.AdamW(head.parameters(), lr=config.lr_head, weight_decay=config.head_weight_decay)
     generator = torch.Generator().manual_seed(config.seed)

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from i2pscan.io.decode import has_image_extension
-from i2pscan.errors import I2PError, one_line
+from i2pscan.errors import InputError, one_line
 from i2pscan.io.files import file_sha256
 
 REAL_NAMES = ("real", "0_real", "nature")
@@ -79,33 +79,33 @@ def load_labelled(source: str | os.PathLike, max_per_class: int | None = None, s
     """
     source = os.fspath(source)
     if not os.path.exists(source):
-        raise I2PError(f"data not found: {source}")
+        raise InputError(f"data not found: {source}")
     if os.path.isdir(source):
         items = _discover_labelled(source)
     elif source.lower().endswith((".csv", ".parquet", ".pq")):
         items = _read_manifest(source)
     else:
-        raise I2PError(f"{source}: expected a folder of labelled images or a .csv/.parquet manifest")
+        raise InputError(f"{source}: expected a folder of labelled images or a .csv/.parquet manifest")
     if subsets:
         unknown = sorted(set(subsets) - {it.subset for it in items})
         if unknown:
-            raise I2PError(f"no subset named {', '.join(unknown)} in {source}; "
-                           f"subsets: {', '.join(sorted({it.subset for it in items}))}")
+            raise InputError(f"no subset named {', '.join(unknown)} in {source}; "
+                             f"subsets: {', '.join(sorted({it.subset for it in items}))}")
         items = [it for it in items if it.subset in set(subsets)]
     if split:
         base = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
         items = [it for it in items
                  if split.lower() in (p.lower() for p in Path(os.path.relpath(it.path, base)).parts[:-1])]
     if not items:
-        raise I2PError(
-            f"no labelled images in {source}: expected folders named {'|'.join(REAL_NAMES)} and "
-            f"{'|'.join(FAKE_NAMES)} (at any depth), or a CSV/Parquet manifest with path,label[,subset]")
+        raise InputError(
+                         f"no labelled images in {source}: expected folders named {'|'.join(REAL_NAMES)} and "
+                         f"{'|'.join(FAKE_NAMES)} (at any depth), or a CSV/Parquet manifest with path,label[,subset]")
     counts = Counter(it.label for it in items)
     for label in (0, 1):
         if counts[label] == 0:
             other = LABEL_NAMES[1 - label]
-            raise I2PError(f"{source} has {counts[1 - label]} {other} images and no {LABEL_NAMES[label]} ones; "
-                           f"both classes are needed")
+            raise InputError(f"{source} has {counts[1 - label]} {other} images and no {LABEL_NAMES[label]} ones; "
+                             f"both classes are needed")
     if max_per_class:
         items = _stratified(items, max_per_class, seed)
     items.sort(key=lambda it: it.path)
@@ -146,16 +146,16 @@ def _read_manifest(path: str) -> list[LabelledImage]:
 
             rows = pq.read_table(path).to_pylist()
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
-        raise I2PError(f"cannot read manifest {path}: {one_line(exc)}") from exc
+        raise InputError(f"cannot read manifest {path}: {one_line(exc)}") from exc
     if not rows or "path" not in rows[0] or "label" not in rows[0]:
-        raise I2PError(f"manifest {path} needs columns path,label[,subset]")
+        raise InputError(f"manifest {path} needs columns path,label[,subset]")
     default_subset = os.path.splitext(os.path.basename(path))[0]
     items = []
     for line, row in enumerate(rows, start=2):
         label = LABEL_WORDS.get(str(row["label"]).strip().lower())
         if label is None:
-            raise I2PError(f"manifest {path} row {line}: label {row['label']!r} is not one of "
-                           f"real/fake, 0/1, nature/ai")
+            raise InputError(f"manifest {path} row {line}: label {row['label']!r} is not one of "
+                             f"real/fake, 0/1, nature/ai")
         p = str(row["path"])
         items.append(LabelledImage(p if os.path.isabs(p) else os.path.join(base, p), label,
                                    str(row.get("subset") or default_subset)))

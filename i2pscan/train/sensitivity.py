@@ -29,7 +29,7 @@ from torch import nn
 
 from i2pscan.progress import progress
 from i2pscan.model.backbone import Backbone, block_of
-from i2pscan.errors import I2PError
+from i2pscan.errors import ConfigError, InputError
 from i2pscan.model.device import autocast
 from i2pscan.model.sparse import SparseAttention
 
@@ -93,7 +93,7 @@ def _capturing(backbone: Backbone, params: dict[str, nn.Parameter]):
     """Swap the modules that use ``params`` for capturing ones; yields {name: fp32 accumulator}.
     The original modules are back in place afterwards, whatever happens."""
     if not getattr(backbone.visual.transformer, "batch_first", True):
-        raise I2PError(f"backbone {backbone.name}: sensitivity needs a batch-first transformer")
+        raise ConfigError(f"backbone {backbone.name}: sensitivity needs a batch-first transformer")
     acc = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
     swapped = []
     for i, block in enumerate(backbone.blocks):
@@ -129,7 +129,7 @@ def _squared_grad_pass(backbone: Backbone, params: dict[str, nn.Parameter], batc
             seen += n
             bar.advance(n)
     if seen == 0:
-        raise I2PError("no decodable images to estimate sensitivity from")
+        raise InputError("no decodable images to estimate sensitivity from")
     return {n: s.div_(seen) for n, s in acc.items()}
 
 
@@ -149,14 +149,14 @@ def intrinsic_sensitivity(backbone: Backbone, params: dict[str, nn.Parameter], b
     not depend on every tensor in ``params`` (``taps`` shallower than a tuned block).
     """
     if target not in ("embedding", "taps"):
-        raise I2PError(f"sensitivity target must be embedding or taps, not {target!r}")
+        raise ConfigError(f"sensitivity target must be embedding or taps, not {target!r}")
     if target == "taps":
         if not layers:
-            raise I2PError("sensitivity target taps needs the critical layers")
+            raise ConfigError("sensitivity target taps needs the critical layers")
         beyond = [n for n in params if block_of(n) > max(layers)]
         if beyond:
-            raise I2PError(f"sensitivity target taps (blocks {sorted(layers)}) does not reach {beyond[0]}: "
-                           f"use --sensitivity-target embedding")
+            raise ConfigError(f"sensitivity target taps (blocks {sorted(layers)}) does not reach {beyond[0]}: "
+                              f"use `sensitivity_target` embedding")
     device = backbone.device
 
     def objective(images, start):
@@ -250,11 +250,11 @@ def build_mask(strategy: str, params: dict[str, nn.Parameter], rho: float, q: fl
     ``head-only``: none. ``full``: all.
     """
     if strategy not in STRATEGIES:
-        raise I2PError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     if not 0 < rho <= 1:
-        raise I2PError("--rho must be in (0, 1]")
+        raise ConfigError("`rho` must be in (0, 1]")
     if not 0 < q <= 1:
-        raise I2PError("--q must be in (0, 1]")
+        raise ConfigError("`q` must be in (0, 1]")
     names = list(params)
     numels = {n: params[n].numel() for n in names}
     total = sum(numels.values())

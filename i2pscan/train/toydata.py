@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from i2pscan.io.pixels import save_image
-from i2pscan.errors import I2PError
+from i2pscan.errors import ConfigError, MissingDependency
 
 GENERATORS = ("tconv", "pixelshuffle", "bilinear")
 _PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
@@ -33,7 +33,7 @@ def photographs() -> list[np.ndarray]:
     try:
         import skimage.data
     except ImportError as exc:
-        raise I2PError("the demo data needs scikit-image: pip install 'i2pscan[demo]'") from exc
+        raise MissingDependency("the demo data needs scikit-image: pip install 'i2pscan[demo]'") from exc
     images = []
     for name in _PHOTOS:
         try:
@@ -44,7 +44,7 @@ def photographs() -> list[np.ndarray]:
             a = np.stack([a] * 3, axis=-1)
         images.append(np.ascontiguousarray(a[..., :3]).astype(np.uint8))
     if not images:
-        raise I2PError("scikit-image bundles none of the demo photographs")
+        raise MissingDependency("scikit-image bundles none of the demo photographs")
     return images
 
 
@@ -71,7 +71,7 @@ class ToyGenerator:
 
     def __init__(self, kind: str, seed: int):
         if kind not in GENERATORS:
-            raise I2PError(f"unknown toy generator {kind!r}; choose from {', '.join(GENERATORS)}")
+            raise ConfigError(f"unknown toy generator {kind!r}; choose from {', '.join(GENERATORS)}")
         self.kind = kind
         g = torch.Generator().manual_seed(seed)
         if kind == "tconv":
@@ -103,7 +103,7 @@ def make_toy_dataset(out: str | os.PathLike, train_per_class: int = 160, val_per
     """Write the toy sample under ``out``; returns the number of files per generator."""
     out = Path(out)
     if tile % 2:
-        raise I2PError("--tile must be even")
+        raise ConfigError("`tile` must be even")
     photos = photographs()
     counts = {}
     for gi, kind in enumerate(generators):

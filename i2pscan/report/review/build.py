@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from i2pscan import __version__
-from i2pscan.errors import I2PError, one_line
+from i2pscan.errors import InputError, OutputError, one_line
 from i2pscan.report.schema import META_KEY, row_key
 from i2pscan.io.files import atomic_path, current_umask
 from i2pscan.report.review import thumbs as thumbs_mod
@@ -163,15 +163,15 @@ def open_in_browser(index: str) -> bool:
 
 def _open_report(report: str) -> tuple[pq.ParquetFile, dict]:
     if not os.path.isfile(report):
-        raise I2PError(f"report not found: {report}")
+        raise InputError(f"report not found: {report}")
     try:
         pf = pq.ParquetFile(report)
         raw = (pf.schema_arrow.metadata or {}).get(META_KEY)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise I2PError(f"{report} is not a readable Parquet report: {one_line(exc)}") from exc
+        raise InputError(f"{report} is not a readable Parquet report: {one_line(exc)}") from exc
     missing = {"path", "verdict"} - set(pf.schema_arrow.names)
     if missing:
-        raise I2PError(f"{report} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
+        raise InputError(f"{report} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
     try:
         meta = json.loads(raw) if raw else {}
     except ValueError:
@@ -247,13 +247,13 @@ def _keep_best(s: _Survey, rank, neg, index, src, limit: int) -> None:
 
 def _prepare_folder(out_dir: str) -> None:
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise I2PError(f"--html {out_dir}: a file is in the way; name a folder")
+        raise OutputError(f"`html` {out_dir}: a file is in the way; name a folder")
     if os.path.isdir(out_dir):
         leftovers = [e for e in os.listdir(out_dir) if e.startswith(_TEMPORARY)]  # of a build that was killed
         index = os.path.join(out_dir, "index.html")
         if set(os.listdir(out_dir)) - set(leftovers) and not (os.path.isfile(index) and _is_review_page(index)):
-            raise I2PError(f"--html {out_dir}: the folder is not empty and holds no review page; "
-                           f"name a new or empty folder")
+            raise OutputError(f"`html` {out_dir}: the folder is not empty and holds no review page; "
+                              f"name a new or empty folder")
         for name in leftovers:
             path = os.path.join(out_dir, name)
             if os.path.isdir(path):
@@ -263,11 +263,11 @@ def _prepare_folder(out_dir: str) -> None:
         return
     parent = os.path.dirname(os.path.abspath(out_dir))
     if not os.path.isdir(parent):
-        raise I2PError(f"--html {out_dir}: folder {parent} does not exist")
+        raise OutputError(f"`html` {out_dir}: folder {parent} does not exist")
     try:
         os.mkdir(out_dir)
     except OSError as exc:
-        raise I2PError(f"--html {out_dir}: cannot create the folder: {exc.strerror or exc}") from exc
+        raise OutputError(f"`html` {out_dir}: cannot create the folder: {exc.strerror or exc}") from exc
 
 
 _TEMPORARY = (".thumbs-", ".old-thumbs-", ".tmp-")
