@@ -1,6 +1,7 @@
 """Library calls leave process-wide settings as they found them."""
 
 import logging
+import signal
 
 import numpy as np
 from PIL import Image
@@ -10,17 +11,25 @@ from i2pscan.io.decode import decode
 from i2pscan.io.pixels import save_image
 
 
-def test_decoding_restores_pillows_pixel_limit(tmp_path):
+def test_decoding_in_this_process_leaves_pillows_limit_and_the_alarm_alone(tmp_path):
     path = tmp_path / "a.png"
     save_image(np.zeros((8, 8, 3), np.uint8), path)
-    before = Image.MAX_IMAGE_PIXELS
+    before, alarm = Image.MAX_IMAGE_PIXELS, signal.getsignal(signal.SIGALRM)
     try:
         Image.MAX_IMAGE_PIXELS = 12345
         assert decode(str(path), max_pixels=100).error is None
         assert decode(str(path), max_pixels=10).error.startswith("decompression bomb")
-        assert Image.MAX_IMAGE_PIXELS == 12345
+        assert Image.MAX_IMAGE_PIXELS == 12345 and signal.getsignal(signal.SIGALRM) is alarm
     finally:
         Image.MAX_IMAGE_PIXELS = before
+
+
+def test_importing_i2pscan_registers_no_heif_opener():
+    import subprocess
+    import sys
+
+    code = "import sys, i2pscan, i2pscan.io.decode, i2pscan.io.pool; assert 'pillow_heif' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
 def test_loading_a_backbone_keeps_the_callers_logging_disable_level():

@@ -42,7 +42,8 @@ def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, qui
         from i2pscan.report.read import read_report
 
         return render.report_summary(report_file, read_report(report_file, top))
-    from i2pscan.report.review import DEFAULT_MAX_THUMBS, build_page, default_workers, open_in_browser
+    from i2pscan.io.pool import default_workers
+    from i2pscan.report.review import DEFAULT_MAX_THUMBS, build_page, open_in_browser
     from i2pscan.progress import progress
 
     page = build_page(report_file, html_dir, DEFAULT_MAX_THUMBS if max_thumbs is None else max_thumbs, root=root,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -72,10 +71,6 @@ def scan(paths, output, fmt, flagged_only, null, detector_file, metadata_only, e
 
     if null and not flagged_only:
         raise click.UsageError("-0 goes with --flagged-only")
-    if ray_address == "local":
-        from i2pscan.scan.ray import LOOPBACK_ENV
-
-        os.environ.setdefault(LOOPBACK_ENV, "0")  # a private cluster listens on 127.0.0.1 only
     printer = RowPrinter(fmt, flagged_only, null, stop_when_closed=output is None)
     exts = tuple(e.strip() for x in extensions for e in x.split(",") if e.strip()) or None
     try:

@@ -7,6 +7,7 @@ wrong, so that one input always gives one result.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import os
 import signal
@@ -21,13 +22,9 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from i2pscan.errors import one_line
 
-try:  # HEIC/HEIF only where the optional decoder is installed (pip install i2pscan[heif])
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-    HEIF_EXTENSIONS = ("heic", "heif")
-except ImportError:
-    HEIF_EXTENSIONS = ()
+# HEIC/HEIF only where the optional decoder is installed (pip install i2pscan[heif]); its opener is
+# registered with Pillow when the first HEIF file is met, not when i2pscan is imported.
+HEIF_EXTENSIONS = ("heic", "heif") if importlib.util.find_spec("pillow_heif") else ()
 
 BASE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 AVIF_EXTENSIONS = ("avif",) if ".avif" in Image.registered_extensions() else ()
@@ -67,7 +64,7 @@ _PILLOW_CONVERTS = ("1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr
 
 
 def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
-           want_hash: bool = False, timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S,
+           want_hash: bool = False, timeout_s: float | None = None,
            keep_bytes: bool = False, rgb: str = "i2p") -> Decoded:
     """Read and decode one image file into 8-bit RGB.
 
@@ -77,8 +74,10 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
     the published detectors' authors read it, ``Image.open(path).convert("RGB")`` (stored
     orientation, alpha dropped), except that 16/32-bit and float images are scaled to 8 bits as
     above rather than clipped to a blank frame. Animations give their first frame. Truncated files, files
-    above ``max_pixels`` (decompression bombs), above ``max_bytes``, or taking over ``timeout_s``
-    to decode give an error, as does anything that cannot be read at all. ``keep_bytes`` keeps the
+    above ``max_pixels`` (decompression bombs, or above Pillow's own limit of this process: see
+    :func:`limit_pixels`), above ``max_bytes``, or taking over ``timeout_s`` to decode (an alarm
+    signal, so only in a process's main thread; None: no deadline) give an error, as does anything
+    that cannot be read at all. ``keep_bytes`` keeps the
     file's bytes in ``data`` (even when the pixels fail to decode), so that they are read once.
     """
     if rgb not in RGB_MODES:
@@ -213,19 +212,39 @@ def _exif_tags(get_exif) -> dict:
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 
 
+def _is_heif(data: bytes) -> bool:
+    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+
+
 def _unidentified_message(data: bytes) -> str:
-    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS and not HEIF_EXTENSIONS:
+    if _is_heif(data) and not HEIF_EXTENSIONS:
         return "HEIF/HEIC image: install the optional decoder with pip install 'i2pscan[heif]'"
     return "not an image (or a format Pillow cannot read)"
 
 
+_heif_registered = False
+
+
+def _register_heif() -> None:
+    global _heif_registered
+    if not _heif_registered and HEIF_EXTENSIONS:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        _heif_registered = True
+
+
+def limit_pixels(max_pixels: int) -> None:
+    """Make Pillow's own decompression-bomb limit this process's ``max_pixels`` (Pillow refuses
+    above twice its MAX_IMAGE_PIXELS). For processes i2pscan owns (its decoding workers): in any
+    other process Pillow's limit is left as it is, and ``decode`` refuses what exceeds either."""
+    Image.MAX_IMAGE_PIXELS = max_pixels // 2
+
+
 def _open_checked(data: bytes, max_pixels: int, result: Decoded) -> Image.Image | None:
-    previous = Image.MAX_IMAGE_PIXELS  # the process's setting: restored, whatever happens
-    Image.MAX_IMAGE_PIXELS = max_pixels // 2  # Pillow warns above this and refuses above twice it
-    try:
-        image = Image.open(io.BytesIO(data))
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+    if _is_heif(data):
+        _register_heif()
+    image = Image.open(io.BytesIO(data))
     result.format = image.format
     width, height = image.size
     result.width, result.height = width, height

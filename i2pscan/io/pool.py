@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from i2pscan.errors import EnvironmentFailure, one_line
-from i2pscan.io.decode import Decoded
+from i2pscan.io.decode import DEFAULT_DECODE_TIMEOUT_S, Decoded
 from i2pscan.io.work import FileWork, Item
 
 
@@ -102,6 +102,7 @@ _READY = "ready"
 
 def _worker_main(conn, work: FileWork) -> None:
     worker_init()
+    work.prepare_process()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     conn.send(_READY)  # the file clock starts now: a slow start on a loaded machine is not a hang
     while True:
@@ -180,7 +181,7 @@ class DecodePool:
                  window: int | None = None):
         if workers < 1:
             raise ValueError("DecodePool needs at least one worker")
-        self.work = dataclasses.replace(work, as_numpy=True)
+        self.work = dataclasses.replace(work, as_numpy=True, deadline_s=DEFAULT_DECODE_TIMEOUT_S)
         self.n_workers = workers
         self.timeout_s = timeout_s
         self.window = max(window or 0, workers * QUEUED_PER_WORKER * 2)

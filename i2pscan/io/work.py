@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from i2pscan.errors import one_line
-from i2pscan.io.decode import DEFAULT_MAX_PIXELS, Decoded, decode, read_header
+from i2pscan.io.decode import DEFAULT_MAX_PIXELS, Decoded, decode, limit_pixels, read_header
 from i2pscan.io.pixels import perturb
 
 
@@ -36,6 +36,7 @@ class FileWork:
     ``header_only`` reads the header and evidence and decodes no pixels (``--metadata-only``).
     ``as_numpy`` returns crops as arrays (pickled by value between processes, never through
     torch's shared-memory file descriptors, which a dying worker can leave dangling).
+    ``deadline_s`` stops one decode after that long (an alarm: set only for decoding workers).
     """
 
     transform: Callable[[Any, int], Any] | None  # (image, index) -> crops, e.g. preprocess.CropTransform
@@ -45,6 +46,12 @@ class FileWork:
     evidence: EvidenceSource | None = None
     header_only: bool = False
     as_numpy: bool = False
+    deadline_s: float | None = None  # in a decoding worker: stop a decode taking longer (decode's timeout_s)
+
+    def prepare_process(self) -> None:
+        """Set up a decoding worker process (one i2pscan owns) for this work: Pillow's own
+        decompression-bomb limit becomes ``max_pixels``."""
+        limit_pixels(self.max_pixels)
 
     def __call__(self, index: int, path: str) -> Item:
         if self.header_only:
@@ -53,7 +60,7 @@ class FileWork:
             return Item(index=index, pixels=None, info=info)
         preprocess = getattr(self.transform, "preprocess", None)
         info = decode(path, max_pixels=self.max_pixels, want_hash=self.want_hash, keep_bytes=self.evidence is not None,
-                      rgb=preprocess.rgb_mode if preprocess is not None else "i2p")
+                      rgb=preprocess.rgb_mode if preprocess is not None else "i2p", timeout_s=self.deadline_s)
         _add_evidence(info, self.evidence, path)
         pixels = None
         if info.image is not None:

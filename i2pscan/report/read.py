@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from i2pscan.errors import InputError, short_path
+from i2pscan.errors import InputError, one_line, short_path
 from i2pscan.report.schema import META_KEY
+
 
 @dataclass
 class ReportSummary:
@@ -26,18 +27,33 @@ class ReportSummary:
     by_generator: dict[str, int] | None = None
 
 
-def read_report(path: str, top: int = 20) -> ReportSummary:
-    """Counts and the ``top`` highest-scoring flagged files of a report. Raises I2PError."""
+def open_report(path: str, required: tuple[str, ...] = ("path", "verdict")) -> tuple[pq.ParquetFile, dict]:
+    """A report file opened for reading in batches, and its metadata (an empty dict when it has
+    none or it cannot be parsed). Raises InputError for a missing, unreadable or foreign file."""
     if not os.path.isfile(path):
         raise InputError(f"report not found: {short_path(path)}")
     try:
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path)
+        raw = (pf.schema_arrow.metadata or {}).get(META_KEY)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"{short_path(path)} is not a readable Parquet report: {exc}") from exc
-    missing = {"path", "verdict", "score"} - set(table.column_names)
+        raise InputError(f"{short_path(path)} is not a readable Parquet report: {one_line(exc)}") from exc
+    missing = set(required) - set(pf.schema_arrow.names)
     if missing:
         raise InputError(f"{short_path(path)} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
-    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        meta = {}
+    return pf, meta if isinstance(meta, dict) else {}
+
+
+def read_report(path: str, top: int = 20) -> ReportSummary:
+    """Counts and the ``top`` highest-scoring flagged files of a report. Raises I2PError."""
+    pf, meta = open_report(path, ("path", "verdict", "score"))
+    try:
+        table = pf.read()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{short_path(path)} is not a readable Parquet report: {exc}") from exc
     counts = verdict_counts(table)
     flagged = table.filter(pc.equal(table.column("verdict"), "synthetic"))
     flagged = flagged.take(pc.sort_indices(flagged, sort_keys=[("score", "descending")])[:top])

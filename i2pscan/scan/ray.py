@@ -39,15 +39,11 @@ DEFAULT_BLOCK_FILES = 64
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def _need_ray(loopback: bool = False) -> None:
-    """Import ray. ``loopback``: a private instance listens on 127.0.0.1 only (Ray picks the
-    loopback address when this variable is 0, as it does on a laptop); it must be set before the
-    first import."""
+def _need_ray() -> None:
+    """Import ray (an optional extra)."""
     global ray
     if ray is not None:
         return
-    if loopback:
-        os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         import ray as _ray
     except ImportError as exc:
@@ -64,21 +60,36 @@ def connect(address: str) -> Iterator[None]:
     run, stopped after). A driver already attached (``ray.init`` earlier in this process) is used
     as it is. Raises I2PError when the cluster cannot be reached.
     """
-    _need_ray(loopback=address == "local")
-    if ray.is_initialized():
-        yield
-        return
-    kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Ray Client warns on stderr before raising what we report
-            _init(address, kwargs)
-    except Exception as exc:  # ConnectionError, ValueError, RuntimeError, depending on the form
-        raise EnvironmentFailure(f"cannot connect to the Ray cluster at {address}: {one_line(exc, 200)}") from exc
+    with _loopback(address == "local"):
+        _need_ray()
+        if ray.is_initialized():
+            yield
+            return
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Ray Client warns on stderr before raising what we report
+                _init(address, kwargs)
+        except Exception as exc:  # ConnectionError, ValueError, RuntimeError, depending on the form
+            raise EnvironmentFailure(f"cannot connect to the Ray cluster at {address}: {one_line(exc, 200)}") from exc
     try:
         yield
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def _loopback(private: bool) -> Iterator[None]:
+    """For a private instance, the variable with which Ray listens on 127.0.0.1 only (as it does
+    on a laptop), set while Ray is imported and started (its processes inherit it), then put back."""
+    if not private or LOOPBACK_ENV in os.environ:
+        yield
+        return
+    os.environ[LOOPBACK_ENV] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(LOOPBACK_ENV, None)
 
 
 def _init(address: str, kwargs: dict) -> None:

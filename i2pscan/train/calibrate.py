@@ -134,7 +134,6 @@ def calibrate(backbone: Backbone, sample: LabelledSample, config: CalibrateConfi
     Raises I2PError when too few images of either class remain.
     """
     blocks = list(range(1, backbone.run_blocks + 1))
-    torch.manual_seed(config.seed)
     extracted = extract(backbone, sample.paths, blocks, config.view, config.batch_size, config.workers,
                         description="calibrate: features")
     labels = sample.labels[extracted.kept]

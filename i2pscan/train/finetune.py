@@ -235,10 +235,11 @@ def hold_out_validation(train: LabelledSample, val: LabelledSample | None, confi
 
 
 def _new_head(backbone: Backbone, calibration: Calibration, config: FinetuneConfig) -> DetectorHead:
-    torch.manual_seed(config.seed)
     in_dim = backbone.width * (2 if calibration.view == "cls+patchmean" else 1)
     config_ = HeadConfig.for_layers(calibration.critical, calibration.importance, in_dim, config.proj_dim)
-    return DetectorHead(config_).to(backbone.device)
+    with torch.random.fork_rng(devices=[]):  # the head's initialisation from the seed; the caller's RNG untouched
+        torch.manual_seed(config.seed)
+        return DetectorHead(config_).to(backbone.device)
 
 
 def _check_calibration(backbone: Backbone, cal: Calibration) -> None:

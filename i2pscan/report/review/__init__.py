@@ -7,6 +7,6 @@ score histogram per provenance class as inline SVG. The template, script and sty
 data beside this file.
 """
 
-from i2pscan.report.review.build import (DEFAULT_MAX_THUMBS, PageSummary, build_page, default_workers, open_in_browser)
+from i2pscan.report.review.build import (DEFAULT_MAX_THUMBS, PageSummary, build_page, open_in_browser)
 
-__all__ = ["DEFAULT_MAX_THUMBS", "PageSummary", "build_page", "default_workers", "open_in_browser"]
+__all__ = ["DEFAULT_MAX_THUMBS", "PageSummary", "build_page", "open_in_browser"]

@@ -36,21 +36,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from i2pscan import __version__
-from i2pscan.errors import InputError, OutputError, one_line
-from i2pscan.report.schema import META_KEY, row_key
+from i2pscan.errors import OutputError
+from i2pscan.report.read import open_report
+from i2pscan.report.schema import row_key
 from i2pscan.io.files import atomic_path, current_umask
-from i2pscan.report.review import thumbs as thumbs_mod
+from i2pscan.report.review import header, thumbs as thumbs_mod
 
 DEFAULT_MAX_THUMBS = 5000
 BATCH_ROWS = 16384
-BINS = 20
 MAX_CLASSES = 12
 MARK = "i2pscan review page"
 # Per file, in this order, in the page's JSON (then any other report column, then the thumbnail's
 # name and why there is none); the page reads the order from its metadata.
 FIELDS = ("path", "verdict", "score", "logit", "format", "width", "height", "size_bytes", "mtime", "sha256",
           "error", "provenance", "generator", "c2pa", "provenance_detail")
-PROVENANCE_COLUMNS = ("provenance", "generator", "c2pa", "provenance_detail")
 THUMB_FIELDS = ("thumb", "thumb_note")
 
 
@@ -72,7 +71,7 @@ class PageSummary:
 
 
 @dataclass
-class _Survey:
+class Survey:
     rows: int = 0
     verdicts: dict = field(default_factory=dict)
     histograms: dict = field(default_factory=dict)  # class -> counts per bin
@@ -98,7 +97,7 @@ def build_page(report: str, out_dir: str, max_thumbs: int = DEFAULT_MAX_THUMBS, 
     thumbnails. Raises I2PError for an unreadable report or an unusable folder.
     """
     started = time.monotonic()
-    pf, meta = _open_report(report)
+    pf, meta = open_report(report)
     root = os.path.abspath(root or os.getcwd())
     _prepare_folder(out_dir)
     names = pf.schema_arrow.names
@@ -137,16 +136,6 @@ def _no_progress(total: int, description: str) -> Iterator[_Silent]:
     yield _Silent()
 
 
-def default_workers() -> int:
-    """Thumbnail processes: the CPUs but one, at most 8; none (decode in this process) on two CPUs
-    or fewer, where a pool measured slower (benchmarks/bench_review.py)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return min(8, cpus - 1) if cpus > 2 else 0
-
-
 def open_in_browser(index: str) -> bool:
     """Open the page in the system browser when there is a display; False when there is none."""
     if os.name == "posix" and not os.uname().sysname == "Darwin":
@@ -159,24 +148,6 @@ def open_in_browser(index: str) -> bool:
 
 
 # -- reading ----------------------------------------------------------------------------------
-
-
-def _open_report(report: str) -> tuple[pq.ParquetFile, dict]:
-    if not os.path.isfile(report):
-        raise InputError(f"report not found: {report}")
-    try:
-        pf = pq.ParquetFile(report)
-        raw = (pf.schema_arrow.metadata or {}).get(META_KEY)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"{report} is not a readable Parquet report: {one_line(exc)}") from exc
-    missing = {"path", "verdict"} - set(pf.schema_arrow.names)
-    if missing:
-        raise InputError(f"{report} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
-    try:
-        meta = json.loads(raw) if raw else {}
-    except ValueError:
-        meta = {}
-    return pf, meta if isinstance(meta, dict) else {}
 
 
 def _batches(pf: pq.ParquetFile, columns: list[str]):
@@ -196,10 +167,10 @@ def _scores(batch: pa.RecordBatch) -> np.ndarray:
     return np.asarray(col.fill_null(math.nan).to_numpy(zero_copy_only=False), np.float64)
 
 
-def _survey(pf: pq.ParquetFile, names: list[str], max_thumbs: int, root: str) -> _Survey:
+def _survey(pf: pq.ParquetFile, names: list[str], max_thumbs: int, root: str) -> Survey:
     """Counts, histograms and the ``max_thumbs`` best thumbnail candidates, one batch at a time."""
-    s = _Survey()
-    edges = np.linspace(0.0, 1.0, BINS + 1)
+    s = Survey()
+    edges = np.linspace(0.0, 1.0, header.BINS + 1)
     columns = [c for c in ("path", "path_raw", "verdict", "score", "provenance") if c in names]
     for batch in _batches(pf, columns):
         n = batch.num_rows
@@ -214,7 +185,7 @@ def _survey(pf: pq.ParquetFile, names: list[str], max_thumbs: int, root: str) ->
         for cls in np.unique(classes[valid].astype(str)) if valid.any() else ():
             key = cls if (cls in s.histograms or len(s.histograms) < MAX_CLASSES) else "other"
             counts, _ = np.histogram(np.clip(scores[valid & (classes == cls)], 0, 1), bins=edges)
-            s.histograms[key] = s.histograms.get(key, np.zeros(BINS, np.int64)) + counts
+            s.histograms[key] = s.histograms.get(key, np.zeros(header.BINS, np.int64)) + counts
         if max_thumbs > 0:
             eligible = np.flatnonzero(verdicts != "error")
             if eligible.size:
@@ -233,7 +204,7 @@ def _survey(pf: pq.ParquetFile, names: list[str], max_thumbs: int, root: str) ->
     return s
 
 
-def _keep_best(s: _Survey, rank, neg, index, src, limit: int) -> None:
+def _keep_best(s: Survey, rank, neg, index, src, limit: int) -> None:
     cls = np.concatenate([s.cls, rank])
     neg_score = np.concatenate([s.neg_score, neg])
     idx = np.concatenate([s.index, index])
@@ -298,7 +269,7 @@ def _threshold(meta: dict) -> float | None:
     return None
 
 
-def _page_meta(report: str, meta: dict, survey: _Survey, names: list[str], root: str, thumbs: int) -> dict:
+def _page_meta(report: str, meta: dict, survey: Survey, names: list[str], root: str, thumbs: int) -> dict:
     det = meta.get("detector") if isinstance(meta.get("detector"), dict) else {}
     identity = json.dumps([os.path.abspath(report), meta.get("started"), meta.get("finished"),
                            meta.get("detector_id")], default=str)
@@ -339,15 +310,15 @@ def _fill(template: str, values: dict) -> str:
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
 
 
-def _write_page(out, pf: pq.ParquetFile, names: list[str], page_meta: dict, survey: _Survey,
+def _write_page(out, pf: pq.ParquetFile, names: list[str], page_meta: dict, survey: Survey,
                 notes: dict[int, str | None]) -> None:
     script, style = _asset("review.js"), _asset("review.css")
     csp = ("default-src 'none'; img-src 'self' data: file:; "
            f"script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; base-uri 'none'; form-action 'none'")
     head, tail = _asset("page.html").split("{{data}}")
     values = {"csp": csp, "title": html.escape(page_meta["title"]), "style": style, "script": script,
-              "generator": MARK, "summary": html.escape(_summary_line(page_meta)),
-              "histograms": _histograms(survey, page_meta["threshold"]), "meta": _script_json(page_meta)}
+              "generator": MARK, "summary": html.escape(header.summary_line(page_meta)),
+              "histograms": header.histograms(survey, page_meta["threshold"]), "meta": _script_json(page_meta)}
     out.write(_fill(head, values))
     out.write("[")
     fields = page_meta["fields"]
@@ -384,53 +355,3 @@ def _plain_column(batch: pa.RecordBatch, name: str) -> list:
     elif pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
         return [None if v is None else v.decode("utf-8", "backslashreplace") for v in col.to_pylist()]
     return col.to_pylist()
-
-
-def _summary_line(meta: dict) -> str:
-    parts = [f"{meta['rows']:,} files"]
-    parts += [f"{v} {n:,}" for v, n in sorted(meta["verdicts"].items(), key=lambda kv: -kv[1])]
-    if meta["threshold"] is not None:
-        parts.append(f"threshold {meta['threshold']:.4f}")
-    if meta["detector"]:
-        parts.append(f"detector {os.path.basename(meta['detector'])}")
-    return " · ".join(parts)
-
-
-def _histograms(survey: _Survey, threshold: float | None) -> str:
-    """One small inline SVG per provenance class: files per score bin, the threshold as a line."""
-    if not survey.histograms:
-        return '<p class="muted">No scores to plot.</p>'
-    order = ["generated", "ai-edited", "captured", "camera-exif", "none", "all"]
-    classes = sorted(survey.histograms, key=lambda c: (order.index(c) if c in order else len(order), c))
-    w, h, pad, top = 240, 96, 4, 18
-    bw = (w - 2 * pad) / BINS
-    panels = []
-    for cls in classes:
-        counts = survey.histograms[cls]
-        peak = max(int(counts.max()), 1)
-        total = int(counts.sum())
-        bars = []
-        for b, c in enumerate(counts.tolist()):
-            bh = (h - top - 14) * c / peak
-            lo = b / BINS
-            bars.append(f'<rect class="bar" x="{pad + b * bw:.1f}" y="{h - 14 - bh:.1f}" width="{bw - 1:.1f}" '
-                        f'height="{bh:.1f}"><title>{lo:.2f}–{lo + 1 / BINS:.2f}: {c:,}</title></rect>')
-        mark = ""
-        if threshold is not None:
-            x = pad + threshold * (w - 2 * pad)
-            mark = (f'<line class="threshold" x1="{x:.1f}" x2="{x:.1f}" y1="{top - 4}" y2="{h - 14}">'
-                    f'<title>threshold {threshold:.4f}</title></line>')
-        label = html.escape(f"{cls} · {total:,} files")
-        panels.append(
-            f'<figure class="hist" data-class="{html.escape(cls, quote=True)}">'
-            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
-            f'aria-label="{label}"><text x="{pad}" y="12">{label}</text>{"".join(bars)}{mark}'
-            f'<line class="axis" x1="{pad}" x2="{w - pad}" y1="{h - 14}" y2="{h - 14}"></line>'
-            f'<text class="tick" x="{pad}" y="{h - 2}">0</text>'
-            f'<text class="tick" x="{w / 2:.0f}" y="{h - 2}" text-anchor="middle">0.5</text>'
-            f'<text class="tick" x="{w - pad}" y="{h - 2}" text-anchor="end">1</text></svg></figure>')
-    extra = ""
-    if survey.no_score:
-        extra = (f'<p class="muted">{survey.no_score:,} file{"s" if survey.no_score > 1 else ""} without a score '
-                 f'{"are" if survey.no_score > 1 else "is"} not plotted.</p>')
-    return "".join(panels) + extra
