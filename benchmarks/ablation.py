@@ -97,7 +97,7 @@ def main() -> None:
         print(f"  {strategy}: held-out AUC {rows[-1]['held-out AUC']:.3f} ({seconds:.1f} s)", flush=True)
 
     if args.backbone == "ViT-L-14" and not args.no_published:
-        from i2pscan.model.published import SHIPPED, shipped_path
+        from i2pscan.model.shipped import SHIPPED, shipped_path
 
         pretrained = None if args.pretrained == "default" else args.pretrained
         for name in SHIPPED:

@@ -1,6 +1,12 @@
-"""Start-up of `i2pscan scan one.png` as a shell script sees it: wall time of a first and a second call.
+"""Start-up of i2pscan as a shell script sees it: wall time of fresh processes.
 
-    python benchmarks/bench_startup.py [--skip-vitl]
+    python benchmarks/bench_startup.py [--skip-vitl] [--repeat N]
+
+First table: the commands that need no model (``--help``, ``info``, ``detectors``, ``report``,
+``scan --metadata-only`` of one file), best of N runs each, and whether the process imported torch
+or open_clip (they should not).
+
+Second table, `i2pscan scan one.png` with a model:
 
 Each row runs the real command (a fresh process: imports, detector checks, backbone build and
 weights, one image, report) twice in a row with the same backbone-hash cache folder: the first
@@ -62,6 +68,20 @@ def random_vitl(path: str) -> None:
     save_file({f"visual.{k}": v.contiguous() for k, v in visual.state_dict().items()}, path)
 
 
+def light(argv: list[str], env: dict, repeat: int) -> tuple[float, str]:
+    """Best wall time of ``i2pscan ARGV`` over ``repeat`` runs, and the heavy modules it imported."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "i2pscan", *argv], env=env, capture_output=True)
+        best = min(best, time.perf_counter() - started)
+    probe = ("import sys, runpy; sys.argv = ['i2pscan'] + sys.argv[1:]\ntry:\n runpy.run_module('i2pscan', "
+             "run_name='__main__')\nexcept SystemExit:\n pass\nprint(','.join(m for m in ('torch', 'open_clip') "
+             "if m in sys.modules) or 'neither', file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", probe, *argv], env=env, capture_output=True, text=True)
+    return best, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "?"
+
+
 def timed(args: list[str], env: dict) -> float:
     started = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "i2pscan", "scan", *args, "-q", "--workers", "0"], env=env,
@@ -75,6 +95,7 @@ def timed(args: list[str], env: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-vitl", action="store_true", help="Only the tiny detector (no 1.2 GB file).")
+    parser.add_argument("--repeat", type=int, default=5, help="Runs per command without a model (best is kept).")
     args = parser.parse_args()
     from i2pscan.io.pixels import save_image
 
@@ -83,6 +104,15 @@ def main() -> None:
         save_image(np.random.default_rng(0).integers(0, 255, (512, 384, 3), dtype=np.uint8), image)
         env = {**os.environ, "XDG_CACHE_HOME": os.path.join(tmp, "setup-cache")}
         os.environ.update(env)
+        report = os.path.join(tmp, "m.parquet")
+        subprocess.run([sys.executable, "-m", "i2pscan", "scan", image, "--metadata-only", "-q", "-o", report], env=env,
+                       capture_output=True)
+        light_rows = []
+        for label, argv in (("i2pscan --help", ["--help"]), ("info rine-2class", ["info", "rine-2class"]),
+                            ("detectors", ["detectors"]), ("report (summary)", ["report", report]),
+                            ("scan --metadata-only, one file", ["scan", image, "--metadata-only", "-q"])):
+            seconds, heavy = light(argv, env, args.repeat)
+            light_rows.append([label, seconds, heavy])
         make_detector("i2p-tiny", None, os.path.join(tmp, "tiny.safetensors"))
         cases = [("tiny i2p", ["-d", os.path.join(tmp, "tiny.safetensors")])]
         if not args.skip_vitl:
@@ -101,6 +131,8 @@ def main() -> None:
             base = base or second
             rows.append([name, first, second, f"{second / first:.2f}x", f"{second / base:.1f}x"])
     print(f"machine: {machine()}")
+    print_table(f"commands without a model, best of {args.repeat} fresh processes (s)",
+                ["command", "seconds", "torch / open_clip imported"], light_rows)
     print_table("i2pscan scan one.png, wall time of a fresh process (s)",
                 ["detector", "first call", "second call", "second/first", "second vs tiny"], rows)
 

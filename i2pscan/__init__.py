@@ -15,11 +15,11 @@ open_clip) are imported only by what needs a model.
 
 from __future__ import annotations
 
+import importlib
 import inspect
-import sys
 import types
 
-__version__ = "0.1.0"
+from i2pscan.version import __version__
 __all__ = ["__version__", "calibrate", "evaluate", "finetune", "load_detector", "scan"]
 
 
@@ -39,9 +39,8 @@ def _callable(module: types.ModuleType, function) -> types.ModuleType:
     return module
 
 
-from i2pscan import api as _api  # noqa: E402
+from i2pscan import api as _api
 from i2pscan.api import calibrate, finetune, load_detector  # noqa: E402
 
-scan = _callable(sys.modules[__name__ + ".scan"] if __name__ + ".scan" in sys.modules
-                 else __import__(__name__ + ".scan", fromlist=["_"]), _api.scan)
-evaluate = _callable(__import__(__name__ + ".evaluate", fromlist=["_"]), _api.evaluate)
+scan = _callable(importlib.import_module(__name__ + ".scan"), _api.scan)
+evaluate = _callable(importlib.import_module(__name__ + ".evaluate"), _api.evaluate)

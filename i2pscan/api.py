@@ -75,7 +75,7 @@ def scan(paths: Sequence[str], output: str | None = None, detector: Detector | s
     if not metadata_only:
         if not hasattr(detector, "model"):
             if detector is None:
-                from i2pscan.model.published import DEFAULT_DETECTOR
+                from i2pscan.model.shipped import DEFAULT_DETECTOR
 
                 detector = DEFAULT_DETECTOR
                 log.info(f"no --detector given: using the shipped {DEFAULT_DETECTOR} (RINE, ECCV 2024; `i2pscan info "
@@ -175,7 +175,7 @@ def evaluate(data: str, detectors: Sequence[str] = ("rine-2class",), *, perturba
     detectors give one table with a ``detector`` column. ``options``: ScanOptions' fields."""
     from i2pscan.evaluate import combine, evaluate_detectors
     from i2pscan.model.device import default_batch_size, resolve_device
-    from i2pscan.model.published import resolve
+    from i2pscan.model.shipped import resolve
     from i2pscan.scan.options import resolve_options
     from i2pscan.train.samples import load_labelled
 

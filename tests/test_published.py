@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from i2pscan.model import tensorfile
 from i2pscan.errors import I2PError
-from i2pscan.model.published import CARDS, SHIPPED, resolve, shipped_path
+from i2pscan.model.shipped import CARDS, SHIPPED, resolve, shipped_path
 
 from conftest import files_the_authors_read_differently, noise_image
 

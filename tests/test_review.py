@@ -231,10 +231,10 @@ def test_thumbnail_workers_survive_a_crashing_decoder(tmp_path, monkeypatch):
     paths = [str(_img(tmp_path / f"{i}.png", seed=i, size=(20, 30))) for i in range(5)]
     real = thumbs.make_thumb
 
-    def crashing(source, dest, size=thumbs.THUMB_SIZE):
+    def crashing(source, dest, size=thumbs.THUMB_SIZE, timeout_s=None):
         if source.endswith("2.png"):
             os._exit(1)  # as a decoder segfault would
-        return real(source, dest, size)
+        return real(source, dest, size, timeout_s)
 
     monkeypatch.setattr(thumbs, "make_thumb", crashing)
     out = tmp_path / "thumbs"

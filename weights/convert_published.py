@@ -22,7 +22,8 @@ import torch
 
 from i2pscan import __version__
 from i2pscan.model import tensorfile
-from i2pscan.model.published import CARDS, build_head
+from i2pscan.model.shipped import CARDS
+from i2pscan.model.published import build_head
 
 CREATED = "2026-11-26"  # fixed, so that the conversion is byte-for-byte reproducible
 BACKBONE = {"name": "ViT-L-14", "pretrained": "openai", "pretrained_path": None, "sha256": None,

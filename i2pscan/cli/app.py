@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from i2pscan import __version__
+from i2pscan.version import __version__
 from i2pscan.errors import PARAMETER, I2PError, one_line
 
 EXIT_CLEAN, EXIT_FLAGGED, EXIT_ERROR, EXIT_UNREADABLE = 0, 1, 2, 3

@@ -64,7 +64,7 @@ def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, qui
 def info(file, as_json):
     """Show what a detector or calibration FILE (or a shipped detector NAME) holds and how it was made."""
     from i2pscan import render
-    from i2pscan.model.published import resolve
+    from i2pscan.model.shipped import resolve
     from i2pscan.model.tensorfile import read_meta
 
     path = resolve(file)
@@ -77,6 +77,6 @@ def info(file, as_json):
 def detectors():
     """List the detectors that ship with i2pscan (use a NAME with -d, and `i2pscan info NAME`)."""
     from i2pscan import render
-    from i2pscan.model.published import DEFAULT_DETECTOR, shipped
+    from i2pscan.model.shipped import DEFAULT_DETECTOR, shipped
 
     render.detectors(shipped(), DEFAULT_DETECTOR)

@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, features
 
 from i2pscan.errors import ConfigError
 
@@ -41,6 +41,19 @@ def save_image(array: np.ndarray, path: str | Path, quality: int | None = None) 
         image.save(path, quality=quality or 95)
     else:
         image.save(path)
+
+
+THUMBNAIL_FORMAT = "webp" if features.check("webp") else "jpg"
+
+
+def save_thumbnail(image: Image.Image, dest: str | Path, size: int) -> None:
+    """Shrink ``image`` (in place) to at most ``size`` px a side and save it to ``dest`` as
+    THUMBNAIL_FORMAT (WebP where Pillow has it, else JPEG)."""
+    image.thumbnail((size, size))
+    if THUMBNAIL_FORMAT == "webp":
+        image.save(dest, "WEBP", quality=80, method=4)
+    else:
+        image.save(dest, "JPEG", quality=85)
 
 
 PERTURBATIONS = ("jpeg", "blur", "resize")

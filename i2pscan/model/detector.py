@@ -24,6 +24,7 @@ from i2pscan.model.backbone import Backbone, load_backbone
 from i2pscan.model.detector_file import DetectorFile, check_delta, read_detector
 from i2pscan.model.device import check_precision
 from i2pscan.model.policy import DEFAULT_POLICY, policy_key
+from i2pscan.model.shipped import resolve, shipped_name
 from i2pscan.model.head import DetectorHead, HeadConfig
 from i2pscan.model.sparse import attach
 from i2pscan.model.weights import recorded_weights
@@ -76,7 +77,7 @@ class Detector:
     @property
     def name(self) -> str:
         """The shipped name (``rine-2class``) or the file path: what tables and logs call it."""
-        return published.shipped_name(self.path) or self.path
+        return shipped_name(self.path) or self.path
 
     @property
     def id(self) -> str:
@@ -121,7 +122,7 @@ class Detector:
         Raises I2PError when the file is not a detector, is damaged, or does not match the backbone.
         """
         check_precision(precision)
-        file = read_detector(published.resolve(path))
+        file = read_detector(resolve(path))
         if file.architecture == "i2p":
             backbone, head = _build_i2p(file, device, pretrained)
         else:

@@ -64,7 +64,7 @@ def check_metadata_only(given: dict) -> None:
     """Refuse, naming it, an option that only a model uses in a scan that runs none."""
     used = [name for name in MODEL_OPTIONS if given.get(name) is not None]
     if used:
-        raise ConfigError(f"--{used[0].replace('_', '-')} needs a model; `metadata_only` runs none")
+        raise ConfigError(f"`{used[0]}` needs a model; `metadata_only` runs none")
 
 
 def default_extensions(metadata_only: bool = False) -> tuple[str, ...]:

@@ -30,8 +30,7 @@ from i2pscan.io.pool import DecodePool, collate
 from i2pscan.io.work import FileWork, Item
 from i2pscan.model.detector import Cut, Detector
 from i2pscan.scan.options import ScanOptions
-from i2pscan.scan.rows import Row
-from i2pscan.scan.session import batch_rows
+from i2pscan.scan.rows import Row, batch_rows
 
 ray = None  # imported on first use: an optional extra (pip install 'i2pscan[ray]')
 

@@ -14,11 +14,16 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypedDict
+from typing import TYPE_CHECKING, Sequence, TypedDict
 
+from i2pscan.io.pool import Batch
 from i2pscan.io.work import Item
 from i2pscan.provenance.evidence import AI, unread
 from i2pscan.report.schema import COLUMNS, mtime_of, path_columns
+
+if TYPE_CHECKING:
+    from i2pscan.model.detector import Cut, Detector
+    from i2pscan.scan.options import ScanOptions
 
 
 class Row(TypedDict):
@@ -69,6 +74,20 @@ def make_row(path: str, item: Item, scored: tuple[float, float] | None, cut: flo
     return Row(path=text, path_raw=raw, size_bytes=info.size_bytes, mtime=mtime_of(info.mtime), format=info.format,
                width=info.width, height=info.height, score=score, logit=logit, verdict=verdict, error=error,
                sha256=info.sha256, **evidence_columns)
+
+
+def batch_rows(detector: Detector | None, batch: Batch, paths: Sequence[str], options: ScanOptions,
+               cut: Cut | None) -> list[Row]:
+    """The rows of one decoded batch (``paths`` indexed by the items' positions), scored by
+    ``detector`` at ``cut``: what every executor hands back."""
+    scored: dict[int, tuple[float, float]] = {}
+    if detector is not None and batch.pixels is not None:
+        from i2pscan.model.inference import score_batch
+
+        logits, scores = score_batch(detector.model, batch.pixels, options.crops, options.combine, cut.temperature)
+        scored = dict(zip(batch.ok, zip(logits, scores)))
+    return [make_row(paths[item.index], item, scored.get(pos), None if cut is None else cut.logit, options.evidence)
+            for pos, item in enumerate(batch.items)]
 
 
 @dataclass

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from i2pscan import __version__
+from i2pscan.version import __version__
 from i2pscan.progress import progress
 from i2pscan.errors import ConfigError, I2PError, short_path
-from i2pscan.io.pool import Batch, scan_batches
+from i2pscan.io.pool import scan_batches
 from i2pscan.io.work import FileWork
 from i2pscan.provenance.evidence import EvidenceReader
 from i2pscan.scan.options import ScanOptions
-from i2pscan.scan.rows import Row, ScanSummary, make_row
+from i2pscan.scan.rows import Row, ScanSummary, batch_rows
 
 if TYPE_CHECKING:
     from i2pscan.model.detector import Cut, Detector
@@ -155,20 +155,6 @@ def file_work(detector: Detector | None, options: ScanOptions, evidence: Evidenc
     return FileWork(CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
                     max_pixels=options.max_pixels, perturbation=options.perturbation,
                     evidence=evidence if options.read_provenance else None)
-
-
-def batch_rows(detector: Detector | None, batch: Batch, paths: Sequence[str], options: ScanOptions,
-               cut: Cut | None) -> list[Row]:
-    """The rows of one decoded batch (``paths`` indexed by the items' positions), scored by
-    ``detector`` at ``cut``: what every executor hands back."""
-    scored: dict[int, tuple[float, float]] = {}
-    if detector is not None and batch.pixels is not None:
-        from i2pscan.model.inference import score_batch
-
-        logits, scores = score_batch(detector.model, batch.pixels, options.crops, options.combine, cut.temperature)
-        scored = dict(zip(batch.ok, zip(logits, scores)))
-    return [make_row(paths[item.index], item, scored.get(pos), None if cut is None else cut.logit, options.evidence)
-            for pos, item in enumerate(batch.items)]
 
 
 class LocalExecutor:

@@ -15,7 +15,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from i2pscan import __version__
+from i2pscan.version import __version__
 from i2pscan.model import tensorfile
 from i2pscan.model.backbone import VIEWS, Backbone
 from i2pscan.train.samples import FileSet, LabelledSample

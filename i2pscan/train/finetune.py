@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from i2pscan import __version__
+from i2pscan.version import __version__
 from i2pscan.errors import ConfigError, FileRefused, InputError, OutputError, TrainingFailed
 from i2pscan.io.files import remove_leftovers
 from i2pscan.io.loader import ImageFiles, loader

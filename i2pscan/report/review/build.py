@@ -35,12 +35,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from i2pscan import __version__
+from i2pscan.version import __version__
 from i2pscan.errors import OutputError
 from i2pscan.report.read import open_report
 from i2pscan.report.schema import row_key
 from i2pscan.io.files import atomic_path, current_umask
-from i2pscan.report.review import header, thumbs as thumbs_mod
+import i2pscan.report.review.header as header
+import i2pscan.report.review.thumbs as thumbs_mod
 
 DEFAULT_MAX_THUMBS = 5000
 BATCH_ROWS = 16384
@@ -318,7 +319,7 @@ def _write_page(out, pf: pq.ParquetFile, names: list[str], page_meta: dict, surv
     head, tail = _asset("page.html").split("{{data}}")
     values = {"csp": csp, "title": html.escape(page_meta["title"]), "style": style, "script": script,
               "generator": MARK, "summary": html.escape(header.summary_line(page_meta)),
-              "histograms": header.histograms(survey, page_meta["threshold"]), "meta": _script_json(page_meta)}
+              "histograms": header.histograms(survey.histograms, survey.no_score, page_meta["threshold"]), "meta": _script_json(page_meta)}
     out.write(_fill(head, values))
     out.write("[")
     fields = page_meta["fields"]

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import html
 import os
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from i2pscan.report.review.build import Survey
 
 BINS = 20
 
@@ -23,17 +19,18 @@ def summary_line(meta: dict) -> str:
     return " · ".join(parts)
 
 
-def histograms(survey: Survey, threshold: float | None) -> str:
-    """One small inline SVG per provenance class: files per score bin, the threshold as a line."""
-    if not survey.histograms:
+def histograms(counts_by_class: dict, no_score: int, threshold: float | None) -> str:
+    """One small inline SVG per provenance class (``counts_by_class``: files per score bin), the
+    threshold as a line; ``no_score`` files without a score are said to be left out."""
+    if not counts_by_class:
         return '<p class="muted">No scores to plot.</p>'
     order = ["generated", "ai-edited", "captured", "camera-exif", "none", "all"]
-    classes = sorted(survey.histograms, key=lambda c: (order.index(c) if c in order else len(order), c))
+    classes = sorted(counts_by_class, key=lambda c: (order.index(c) if c in order else len(order), c))
     w, h, pad, top = 240, 96, 4, 18
     bw = (w - 2 * pad) / BINS
     panels = []
     for cls in classes:
-        counts = survey.histograms[cls]
+        counts = counts_by_class[cls]
         peak = max(int(counts.max()), 1)
         total = int(counts.sum())
         bars = []
@@ -57,7 +54,7 @@ def histograms(survey: Survey, threshold: float | None) -> str:
             f'<text class="tick" x="{w / 2:.0f}" y="{h - 2}" text-anchor="middle">0.5</text>'
             f'<text class="tick" x="{w - pad}" y="{h - 2}" text-anchor="end">1</text></svg></figure>')
     extra = ""
-    if survey.no_score:
-        extra = (f'<p class="muted">{survey.no_score:,} file{"s" if survey.no_score > 1 else ""} without a score '
-                 f'{"are" if survey.no_score > 1 else "is"} not plotted.</p>')
+    if no_score:
+        extra = (f'<p class="muted">{no_score:,} file{"s" if no_score > 1 else ""} without a score '
+                 f'{"are" if no_score > 1 else "is"} not plotted.</p>')
     return "".join(panels) + extra

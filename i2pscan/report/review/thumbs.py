@@ -1,6 +1,5 @@
-"""Thumbnails for the review page: decode robustly (decode.decode), shrink, save as WebP or JPEG.
+"""Thumbnails for the review page: decode robustly (io.decode), shrink, save as WebP or JPEG.
 
-Besides decode.py, the only module that imports Pillow (for the thumbnail format check alone).
 Decoding runs in worker processes; a worker that crashes costs its file a placeholder, not the build.
 """
 
@@ -11,13 +10,13 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
 
-from PIL import features
-
-from i2pscan.io.decode import decode
 from i2pscan.errors import one_line
+from i2pscan.io.decode import decode
+from i2pscan.io.pixels import THUMBNAIL_FORMAT, save_thumbnail
 
 THUMB_SIZE = 256
-EXTENSION = "webp" if features.check("webp") else "jpg"
+EXTENSION = THUMBNAIL_FORMAT
+WORKER_DEADLINE_S = 30.0  # a decode in a worker process stops after this long
 
 
 def thumb_name(index: int) -> str:
@@ -25,21 +24,16 @@ def thumb_name(index: int) -> str:
     return f"{index:07d}.{EXTENSION}"
 
 
-def make_thumb(source: str, dest: str, size: int = THUMB_SIZE) -> str | None:
+def make_thumb(source: str, dest: str, size: int = THUMB_SIZE, timeout_s: float | None = None) -> str | None:
     """Write a thumbnail of ``source`` (at most ``size`` px a side) to ``dest``; None when done,
     else why not (one line)."""
-    info = decode(source, timeout_s=30.0)
+    info = decode(source, timeout_s=timeout_s)
     if info.image is None:
         if (info.error or "").startswith("file not found"):
             return "file not found"
         return info.error or "cannot decode"
     try:
-        image = info.image
-        image.thumbnail((size, size))
-        if EXTENSION == "webp":
-            image.save(dest, "WEBP", quality=80, method=4)
-        else:
-            image.save(dest, "JPEG", quality=85)
+        save_thumbnail(info.image, dest, size)
     except Exception as exc:  # an encoder failure is this file's problem, not the build's
         return f"thumbnail failed: {one_line(exc)}"
     return None
@@ -47,7 +41,7 @@ def make_thumb(source: str, dest: str, size: int = THUMB_SIZE) -> str | None:
 
 def _job(args: tuple[int, str, str]) -> tuple[int, str | None]:
     index, source, dest = args
-    return index, make_thumb(source, dest)
+    return index, make_thumb(source, dest, timeout_s=WORKER_DEADLINE_S)
 
 
 def make_thumbs(jobs: Sequence[tuple[int, str]], folder: str, workers: int,
@@ -57,8 +51,8 @@ def make_thumbs(jobs: Sequence[tuple[int, str]], folder: str, workers: int,
     tasks = [(i, src, os.path.join(folder, thumb_name(i))) for i, src in jobs]
     results: dict[int, str | None] = {}
     if workers <= 0:
-        for task in tasks:
-            index, error = _job(task)
+        for index, source, dest in tasks:
+            error = make_thumb(source, dest)
             results[index] = error
             if on_done:
                 on_done()
