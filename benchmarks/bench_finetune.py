@@ -3,7 +3,7 @@
     python benchmarks/bench_finetune.py [--steps 3] [--rho 0.01] [--batch-size 2]
 
 ViT-L-14 with random weights (costs do not depend on the weights), truncated after block 12 and
-trained on random 224x224 images, the way i2pscan/finetune.py trains (``_attach``), taps of
+trained on random 224x224 images, the way i2pscan/train/finetune.py trains (``sparse.attach``), taps of
 S = {4, 8, 12} into a ``DetectorHead``, BCE loss, backward, one AdamW step over the delta values
 and the head.
 
@@ -53,7 +53,8 @@ from _table import machine, print_table
 from i2pscan import __version__
 from i2pscan.model.backbone import load_backbone
 from i2pscan.model.detector_file import Delta, write_detector
-from i2pscan.train.finetune import FinetuneConfig, _attach
+from i2pscan.model.sparse import attach
+from i2pscan.train.finetune import FinetuneConfig
 from i2pscan.model.head import DetectorHead, HeadConfig
 from i2pscan.train.sensitivity import build_mask
 
@@ -108,7 +109,7 @@ def one(strategy: str, args) -> dict:
     except OSError:
         pass
     loaded = rss_kib("VmRSS")
-    deltas = _attach(backbone, params, mask)
+    deltas = attach(backbone, params, mask.indices)
     c = FinetuneConfig()
     optimizer = torch.optim.AdamW([
         {"params": [d.values for d in deltas.values()], "lr": c.lr_backbone, "weight_decay": c.weight_decay},

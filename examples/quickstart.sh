@@ -6,7 +6,7 @@
 # Builds a toy labelled sample (photograph tiles vs three toy upsampling "generators"), then
 # calibrates, fine-tunes on one generator, scans and evaluates on the held-out ones. A few
 # minutes on 2 CPU cores. This demonstrates the pipeline; it is not a detector of real
-# generators: for that, see "The real workflow" in README.md (ViT-L-14 on GenImage).
+# generators: for that, see docs/method.md (ViT-L-14 on GenImage).
 set -euo pipefail
 
 OUT=${1:-quickstart-out}
@@ -21,9 +21,10 @@ mkdir -p "$OUT"
 step "1/5 toy data: $OUT/data"
 i2pscan demo-data "$OUT/data" --train-per-class "$PER_CLASS" --val-per-class "$((PER_CLASS / 2))"
 
-step "2/5 calibrate on $TRAIN: which layers carry the trace"
+step "2/5 calibrate on half of $TRAIN: which layers carry the trace"
+# half the images: finetune then validates on images that did not choose the layers
 i2pscan calibrate "$OUT/data/$TRAIN/train" --backbone i2p-tiny --out "$OUT/calibration.safetensors" \
-    --plot "$OUT/calibration.png"
+    --max-per-class "$((PER_CLASS / 2))" --plot "$OUT/calibration.png"
 
 step "3/5 finetune on $TRAIN: sparse updates in the low-sensitivity subspace"
 i2pscan finetune "$OUT/data/$TRAIN/train" --calibration "$OUT/calibration.safetensors" \

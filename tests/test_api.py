@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import i2pscan
-from conftest import noise_image
+from helpers import noise_image
 from i2pscan import load_detector, scan
 from i2pscan.errors import ConfigError, ReportBusy
 from i2pscan.scan.session import ScanStopped
@@ -76,6 +76,7 @@ def test_requests_that_cannot_work_stop_before_any_work(tmp_path, chdir):
         scan(["photos"], metadata_only=True, resume=True)
 
 
+@pytest.mark.slow
 def test_scan_and_evaluate_stay_callable_however_their_modules_are_imported():
     code = ("import i2pscan.scan.session as s, i2pscan.evaluate as e, i2pscan.scan.ray\n"
             "from i2pscan import scan, evaluate\n"

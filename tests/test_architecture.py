@@ -199,7 +199,7 @@ def test_every_package_is_installed():
 @pytest.mark.parametrize("args", [["--help"], ["info", "rine-2class"], ["detectors"],
                                   ["scan", "--metadata-only", "-q", "{image}"], ["report", "{report}"]])
 def test_commands_without_a_model_import_neither_torch_nor_open_clip(tmp_path, args):
-    from conftest import noise_image
+    from helpers import noise_image
 
     image = noise_image(tmp_path / "a.png")
     report = tmp_path / "r.parquet"

@@ -26,7 +26,7 @@ def test_ablation_runs_every_strategy_on_the_tiny_backbone(toy_dir, tmp_path):
 
 @pytest.mark.slow
 def test_bench_provenance_prints_its_three_tables():
-    from conftest import CORPORA
+    from helpers import CORPORA
 
     if not (CORPORA / "provenance").is_dir():
         pytest.skip("../shared/corpora is not present on this machine")

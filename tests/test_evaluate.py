@@ -95,6 +95,7 @@ def test_outputs_and_plots(controlled, tmp_path):
     assert len(written) == 4 and all(open(p, "rb").read(4) == b"\x89PNG" for p in written)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_on_genimage_layout(toy_dir, detector_file, run_cli, tmp_path):
     r = run_cli("evaluate", toy_dir, "--split", "val", "-d", detector_file, "--out", tmp_path / "e.csv",
                 "--perturb", "none", "--perturb", "jpeg:65", "--workers", "0", "--precision", "fp32")

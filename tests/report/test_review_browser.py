@@ -18,6 +18,8 @@ from test_review import HOSTILE, _img, make_report, page_data
 
 CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 
+pytestmark = pytest.mark.slow  # each test starts a browser
+
 
 def _chromium() -> str | None:
     for path in (os.environ.get("I2PSCAN_CHROMIUM"), *CANDIDATES, shutil.which("chromium")):

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import tamper_detector
+from helpers import tamper_detector
 from i2pscan.io.pixels import save_image
 from i2pscan.model.detector import Detector
 from i2pscan.errors import I2PError

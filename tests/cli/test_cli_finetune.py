@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import tamper_detector
+from helpers import tamper_detector
 from i2pscan.model.backbone import load_backbone
 from i2pscan.model.detector import Detector
 
@@ -41,6 +41,7 @@ def test_finetune_cli_writes_detector_log_and_info(trained, run_cli):
     assert meta["kind"] == "detector" and meta["mask"]["strategy"] == "i2p"
 
 
+@pytest.mark.slow
 def test_finetune_dry_run_prints_the_mask(trained, toy_dir, run_cli, tmp_path):
     r = run_cli("finetune", toy_dir / "tconv" / "train", "--calibration", trained / "cal.safetensors", "--out",
                 tmp_path / "d.safetensors", "--dry-run", "--strategy", "random", "--rho", "0.1", "--workers", "0")

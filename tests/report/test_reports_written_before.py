@@ -13,7 +13,7 @@ import pytest
 
 from i2pscan.io.pixels import save_image
 
-DATA = Path(__file__).parent / "data" / "reports-0.1.0"
+DATA = Path(__file__).resolve().parents[1] / "data" / "reports-0.1.0"
 
 
 @pytest.fixture

@@ -136,6 +136,7 @@ def test_training_validation_and_calibration_are_disjoint(trained, cal, sample):
     assert len(cal.sample["files"]) == 24 and all(len(e[2]) == 64 for e in cal.sample["files"])
 
 
+@pytest.mark.slow
 def test_best_epoch_is_the_argmax_of_the_logged_auc_and_is_what_is_saved(tmp_path, cal, sample, monkeypatch):
     scripted = iter([0.7, 0.9, 0.8])
     from i2pscan.train import loop

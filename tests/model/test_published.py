@@ -17,12 +17,10 @@ from i2pscan.model import tensorfile
 from i2pscan.errors import I2PError
 from i2pscan.model.shipped import CARDS, SHIPPED, resolve, shipped_path
 
-from conftest import files_the_authors_read_differently, noise_image
+from helpers import CORPORA, files_the_authors_read_differently, noise_image
 
-REPO = Path(__file__).resolve().parents[1]
-THIRD_PARTY = REPO.parent.parent / "shared" / "third_party"
-if not THIRD_PARTY.is_dir():
-    THIRD_PARTY = REPO.parent / "shared" / "third_party"
+REPO = Path(__file__).resolve().parents[2]
+THIRD_PARTY = CORPORA.parent / "third_party"  # ../shared/third_party, found as the corpora are
 
 
 def test_detectors_lists_the_shipped_ones(run_cli):
@@ -59,6 +57,7 @@ def test_unknown_name_is_one_line(run_cli, tmp_path):
     assert resolve("univfd") == str(shipped_path("univfd"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not THIRD_PARTY.is_dir(), reason="the authors' original files are not on this machine")
 def test_conversion_is_reproducible_and_matches_the_shipped_files(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "weights" / "convert_published.py"), str(THIRD_PARTY),
@@ -72,6 +71,7 @@ def test_conversion_is_reproducible_and_matches_the_shipped_files(tmp_path):
     assert all(torch.equal(tensors[f"rine.{k}"], v) for k, v in rine.items())
 
 
+@pytest.mark.slow
 def test_conversion_refuses_a_file_that_is_not_the_authors(tmp_path):
     (tmp_path / "rine").mkdir()
     (tmp_path / "rine" / "model_2class_trainable.pth").write_bytes(b"not the checkpoint")
@@ -94,6 +94,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_default_detector_offline_without_cache_fails_fast(tmp_path):
     img = noise_image(tmp_path / "a.png", 0, 64, 64)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "I2PSCAN_")) and "PROXY" not in k.upper()}
@@ -257,8 +258,9 @@ def test_scan_with_env_detector_is_not_announced(detector_file, tmp_path, run_cl
     assert "no --detector given" not in r.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_several_detectors_in_one_table(detector_file, toy_dir, tmp_path, run_cli):
-    from conftest import tamper_detector
+    from helpers import tamper_detector
     import csv
 
     other = tamper_detector(detector_file, tmp_path / "other.safetensors",

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import noise_image, tamper_detector
+from helpers import noise_image, tamper_detector
 from i2pscan.errors import I2PError
 from i2pscan.report.writer import ReportWriter
 from i2pscan.io.discover import DiscoverOptions, discover
@@ -112,6 +112,7 @@ def test_plain_scan_racing_another_is_told_another_scan_holds_it(tmp_path, detec
         holder.wait()
 
 
+@pytest.mark.slow
 def test_a_scan_killed_with_live_workers_can_be_resumed_at_once(tmp_path, detector_file):
     _images(tmp_path / "in", 160)
     cmd = _scan_cmd("in", "-d", detector_file, "-o", "r.parquet", "-q", "--workers", "2", "--batch-size", "2",
@@ -134,6 +135,7 @@ def test_a_scan_killed_with_live_workers_can_be_resumed_at_once(tmp_path, detect
         f"in/{i:04d}.png" for i in range(160)]
 
 
+@pytest.mark.slow
 def test_resume_takes_the_lock_before_reading(tmp_path, detector_file, run_cli, monkeypatch):
     """A pause injected where resume reads the shards: another scan run during it is refused,
     so the resumed report cannot end up with only its own rows."""
@@ -237,6 +239,7 @@ def _limited(bytes_: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (bytes_, bytes_))
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_smaller_than_a_shard_ends_promptly_with_exit_2(tmp_path, detector_file):
     """Decoding workers hand crops over through pipes (pool.DecodePool), not shared-memory files,
     so a file-size limit only stops the report's shard, with the cause named, whatever --workers."""
@@ -251,6 +254,7 @@ def test_a_file_size_limit_smaller_than_a_shard_ends_promptly_with_exit_2(tmp_pa
         assert not list(tmp_path.glob("r.parquet*"))
 
 
+@pytest.mark.slow
 def test_a_scan_that_fails_in_the_merge_says_resume_finishes_it(tmp_path, detector_file):
     _images(tmp_path / "in", 100)
     cmd = _scan_cmd("in", "-d", detector_file, "-o", "r.parquet", "--workers", "0", "--flush-rows", "4", "--hash", "-q")
@@ -277,6 +281,7 @@ def test_a_scan_that_fails_in_the_merge_says_resume_finishes_it(tmp_path, detect
     assert len(pq.read_table(tmp_path / "r.parquet")) == 100
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code,name", [(signal.SIGINT, 130, "KeyboardInterrupt"), (signal.SIGTERM, 143, "Terminated")])
 def test_the_resume_hint_is_printed_when_a_stopped_scan_keeps_rows(tmp_path, detector_file, sig, code, name):
     _images(tmp_path / "in", 120)
@@ -301,6 +306,7 @@ def _first_line_then_close(cmd, cwd) -> tuple[dict, int]:
     return first, proc.wait(timeout=300)
 
 
+@pytest.mark.slow
 def test_exit_code_reflects_the_rows_printed_before_the_reader_left(tmp_path, detector_file):
     _images(tmp_path / "in", 48)
     flag_all = _scan_cmd("in", "-d", detector_file, "--workers", "0", "--format", "jsonl", "--threshold", "0.000001")

@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import write_corrupt_files
+from helpers import write_corrupt_files
 
 from i2pscan import __version__
 from i2pscan.model import tensorfile

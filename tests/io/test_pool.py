@@ -93,6 +93,7 @@ def test_closing_early_stops_the_workers(tmp_path):
     assert set(multiprocessing.active_children()) <= before
 
 
+@pytest.mark.slow
 def test_crashing_and_hanging_decoders_50_runs_under_load(tmp_path, monkeypatch, cpu_load):
     """Each run decodes 10 files with 2 workers; the decoder exits its process on one file and
     hangs on another. Every run must give the same 10 answers in order: 8 crops identical to an

@@ -14,7 +14,7 @@ import pytest
 from i2pscan.errors import I2PError
 from i2pscan.io.discover import DiscoverOptions, discover
 
-from conftest import noise_image, report_rows, write_corrupt_files
+from helpers import noise_image, report_rows, write_corrupt_files
 
 
 # -- discovery ----------------------------------------------------------------------------------
@@ -131,6 +131,7 @@ def test_crops_and_combine(tmp_path, detector_file, run_cli, chdir):
     assert scores[(5, "mean")][1] == pytest.approx(scores[(1, "mean")][1], abs=1e-5)  # all crops are the same
 
 
+@pytest.mark.slow
 def test_robustness_corpus_one_row_per_file(tmp_path, corpus, detector_file, run_cli):
     rows_csv = list(csv.DictReader(open(corpus.parent / "robustness.csv")))
     paths = "\n".join(str(corpus.parent / r["path"]) for r in rows_csv) + "\n"
@@ -240,6 +241,7 @@ def test_stdout_formats_quiet_and_env_detector(tmp_path, toy_dir, detector_file,
     assert [json.loads(x)["path"] for x in r.stdout.splitlines()] == flagged and r.stderr == ""
 
 
+@pytest.mark.slow
 def test_xargs_quarantine_pipeline(tmp_path, toy_dir, detector_file):
     import shutil
 
@@ -252,6 +254,7 @@ def test_xargs_quarantine_pipeline(tmp_path, toy_dir, detector_file):
     assert moved and len(moved) + len(list((tmp_path / "in").rglob("*.png"))) == 48
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_every_file_once(tmp_path, detector_file):
     for i in range(400):
         noise_image(tmp_path / "in" / f"{i:04d}.png", seed=i, size=96)
@@ -307,7 +310,7 @@ def test_report_command(tmp_path, toy_dir, detector_file, run_cli):
 def test_precision_is_chosen_per_detector_and_bad_values_are_refused(detector_file, toy_dir, tmp_path, run_cli):
     from i2pscan.model.detector import Detector
 
-    from conftest import tamper_detector
+    from helpers import tamper_detector
 
     assert Detector.load(detector_file).precision == "fp32"  # trained (and its threshold fitted) on a CPU
     assert Detector.load(detector_file, precision="bf16").precision == "bf16"

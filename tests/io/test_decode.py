@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import files_the_authors_read_differently, write_corrupt_files
+from helpers import files_the_authors_read_differently, write_corrupt_files
 from i2pscan.train.augment import Augment, TrainTransform
 from i2pscan.io.preprocess import crop_origins, CropTransform, Preprocess
 from i2pscan.io.decode import decode

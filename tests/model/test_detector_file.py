@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tamper_detector
+from helpers import tamper_detector
 from i2pscan.model import tensorfile
 from i2pscan.io.pixels import save_image
 from i2pscan.model.detector import Detector

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from conftest import write_corrupt_files
+from helpers import write_corrupt_files
 from i2pscan.io.pixels import save_image
 from i2pscan.report.schema import SCHEMA
 

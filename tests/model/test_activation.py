@@ -57,6 +57,7 @@ def test_calibrate_cli_refuses_to_guess_with_exit_2(run_cli, toy_dir, tmp_path, 
     assert r.stdout == "" and not (tmp_path / "c.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_the_activation_is_built_recorded_and_checked_by_finetune(tmp_path, toy_dir):
     from i2pscan.train.calibrate import CalibrateConfig, calibrate
     from i2pscan.train.finetune import finetune

@@ -36,6 +36,7 @@ def _config(**kw):
     return FinetuneConfig(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_finetune_end_to_end_learns_the_toy_task(tmp_path, cal, sample, toy_dir):
     out = tmp_path / "det.safetensors"
     result = finetune(load_backbone("i2p-tiny"), cal, sample, out, _config(epochs=3))
@@ -75,6 +76,7 @@ def test_every_strategy_tunes_the_count_it_claims(strategy):
         assert chosen.max() <= torch.kthvalue(torch.cat([s[n].reshape(-1) for n in params]), expected).values
 
 
+@pytest.mark.slow
 def test_weights_outside_the_mask_are_bitwise_unchanged(tmp_path, cal, sample):
     out = tmp_path / "det.safetensors"
     finetune(load_backbone("i2p-tiny"), cal, sample, out, _config(strategy="random", rho=0.05, epochs=1))
@@ -100,6 +102,7 @@ def test_weights_outside_the_mask_are_bitwise_unchanged(tmp_path, cal, sample):
     assert moved > 0.9 * inside
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_gives_the_same_detector(tmp_path, cal, sample):
     config = _config(epochs=3)
     straight = tmp_path / "straight.safetensors"
@@ -140,6 +143,7 @@ def test_calibration_of_other_weights_is_refused(tmp_path, cal, sample):
         finetune(load_backbone("i2p-tiny", None), cal, sample, tmp_path / "d.safetensors", _config())
 
 
+@pytest.mark.slow
 def test_head_only_and_contrastive_run(tmp_path, cal, sample):
     out = tmp_path / "h.safetensors"
     result = finetune(load_backbone("i2p-tiny"), cal, sample, out, _config(strategy="head-only", epochs=1,
@@ -149,6 +153,7 @@ def test_head_only_and_contrastive_run(tmp_path, cal, sample):
         assert not [k for k in f.keys() if k.startswith("delta.")]
 
 
+@pytest.mark.slow
 def test_dry_run_returns_the_mask_and_writes_nothing(tmp_path, cal, sample):
     backbone = load_backbone("i2p-tiny")
     mask = plan_mask(backbone, cal, sample, _config())
@@ -157,6 +162,7 @@ def test_dry_run_returns_the_mask_and_writes_nothing(tmp_path, cal, sample):
     assert backbone.run_blocks == 6 and not any(p.requires_grad for p in backbone.visual.parameters())
 
 
+@pytest.mark.slow
 def test_batched_sensitivity_matches_per_sample_estimate(toy_dir):
     backbone = load_backbone("i2p-tiny")
     params = backbone.tunable_parameters(2)
@@ -187,6 +193,7 @@ def test_temperature_and_threshold():
     assert threshold_at_fpr(np.array([0.5, 0.5, 0.5], np.float32), 0.4) > 0.5
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_and_max_steps(tmp_path, cal, sample):
     one = finetune(load_backbone("i2p-tiny"), cal, sample, tmp_path / "a.safetensors", _config(epochs=1))
     two = finetune(load_backbone("i2p-tiny"), cal, sample, tmp_path / "b.safetensors", _config(epochs=1, accumulate=2))

@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from conftest import write_corrupt_files
+from helpers import write_corrupt_files
 from i2pscan import __version__
 from i2pscan.train.calibrate import Calibration
 from i2pscan.cli import cli

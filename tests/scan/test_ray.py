@@ -11,7 +11,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import noise_image, report_rows, write_corrupt_files
+from helpers import noise_image, report_rows, write_corrupt_files
 
 pytestmark = pytest.mark.slow
 

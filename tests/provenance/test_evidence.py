@@ -20,7 +20,7 @@ from PIL import Image, PngImagePlugin
 
 from i2pscan.provenance.evidence import EvidenceReader
 from i2pscan.provenance.generators import known_generator, source_type_kind
-from conftest import CORPORA
+from helpers import CORPORA
 
 A1111 = ("a photo of an astronaut riding a horse, highly detailed\nNegative prompt: blurry\n"
          "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1234, Size: 512x512, Model: sd_xl_base_1.0")
