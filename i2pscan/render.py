@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from i2pscan import progress
+from i2pscan.terminal import terminal_text, visible
 
 
 def _console(stderr: bool) -> Console:
@@ -42,17 +43,21 @@ stderr = _console(stderr=True)
 
 _quiet: ContextVar[bool] = ContextVar("i2pscan_quiet", default=False)
 
-
 def log(message: str) -> None:
     """A line on stderr (the CLI's own lines; the library logs through ``logging``); none when
     the command runs ``--quiet``."""
     if not _quiet.get():
-        stderr.print(message, markup=False, soft_wrap=True)
+        stderr.print(visible(message), markup=False, soft_wrap=True)
+
+
+def alert(message: str) -> None:
+    """A warning that ``--quiet`` does not silence: something the user asked for was not done."""
+    stderr.print(f"warning: {visible(message)}", style="yellow", markup=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
     if not _quiet.get():
-        stderr.print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)
+        stderr.print(f"warning: {visible(message)}", style="yellow", markup=False, soft_wrap=True)
 
 
 class _LogHandler(logging.Handler):
@@ -129,7 +134,7 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[obj
         numeric = bool(rows) and all(_is_number(r[i]) for r in rows)
         t.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
-        t.add_row(*[_fmt(v) for v in row])
+        t.add_row(*[terminal_text(_fmt(v)) for v in row])
     (stdout if to_stdout else stderr).print(t)
 
 
@@ -301,13 +306,14 @@ def scan_line(row: dict) -> str:
     declared = row.get("provenance")
     note = ""
     if declared not in (None, "none"):
-        note = f"  [{declared}" + (f": {row['generator']}" if row.get("generator") else "") + \
-               (f", c2pa {row['c2pa']}" if row.get("c2pa") else "") + "]"
+        note = f"  [{terminal_text(declared)}" + (f": {terminal_text(row['generator'])}" if row.get("generator")
+                                                   else "") + \
+               (f", c2pa {terminal_text(row['c2pa'])}" if row.get("c2pa") else "") + "]"
     elif row.get("c2pa"):
-        note = f"  [c2pa {row['c2pa']}]"
+        note = f"  [c2pa {terminal_text(row['c2pa'])}]"
     score = f"{row['score']:6.4f}" if row.get("score") is not None else f"{'-':>6}"
-    problem = f": {row['error']}" if row.get("error") else ""
-    return f"{score}  {row['verdict']:<9}  {row['path']}{problem}{note}"
+    problem = f": {visible(row['error'])}" if row.get("error") else ""
+    return f"{score}  {row['verdict']:<9}  {terminal_text(row['path'])}{problem}{note}"
 
 
 def scan_summary(summary, report: str | None = None) -> str:

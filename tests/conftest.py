@@ -81,7 +81,8 @@ def ray_cluster():
     after the session. Yields its GCS address (HOST:PORT) for drivers in other processes."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray then binds to the loopback address
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'i2pscan[ray]')")
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+    # address="local": always a new cluster of its own, never one that another session started
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              logging_level="ERROR")
     address = ray.get_runtime_context().gcs_address
     assert address.startswith("127.0.0.1:"), address

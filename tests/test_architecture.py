@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "i2pscan"
 
 # Lower layers never import higher ones (function-level imports included).
 LAYERS = [
-    ("i2pscan.errors", "i2pscan.progress", "i2pscan.version"),
+    ("i2pscan.errors", "i2pscan.progress", "i2pscan.version", "i2pscan.terminal"),
     ("i2pscan.io",),
     ("i2pscan.provenance",),
     ("i2pscan.model",),

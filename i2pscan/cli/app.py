@@ -17,6 +17,7 @@ import click
 
 from i2pscan.version import __version__
 from i2pscan.errors import PARAMETER, I2PError, one_line
+from i2pscan.terminal import visible
 
 EXIT_CLEAN, EXIT_FLAGGED, EXIT_ERROR, EXIT_UNREADABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
@@ -71,13 +72,14 @@ def command(f):
                 import traceback
 
                 traceback.print_exception(exc, file=sys.stderr)
-            raise UserError(with_flags(str(exc))) from exc
+            raise UserError(visible(with_flags(str(exc)))) from exc
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:
             if os.environ.get("I2PSCAN_DEBUG"):
                 raise
-            raise UserError(f"internal error: {one_line(exc, 300)} (set I2PSCAN_DEBUG=1 for the traceback)") from exc
+            raise UserError(visible(f"internal error: {one_line(exc, 300)} (set I2PSCAN_DEBUG=1 for the "
+                                    f"traceback)")) from exc
 
     return wrapper
 
@@ -140,6 +142,8 @@ def main(argv=None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
+        if not isinstance(exc, UserError):  # click's own messages quote what was typed, which may be hostile
+            exc.message = visible(exc.message)
         exc.show()
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:

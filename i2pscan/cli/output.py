@@ -23,9 +23,29 @@ class RowPrinter:
         if self.closed:
             return
         if not self.flagged_only or row["verdict"] == "synthetic":
-            self._write(self._bytes(row))
+            if self._printable(row):
+                self._write(self._bytes(row))
         self.flagged += row["verdict"] == "synthetic"
         self.errors += row["verdict"] == "error"
+
+    def _printable(self, row: dict) -> bool:
+        """Whether a flagged path can go out one per line: a name holding a newline would read as
+        several names (``x\\nprecious.db\\n.png`` | xargs rm removes precious.db); it is left out
+        of newline-separated output, with a line on stderr that says why and to use -0."""
+        if self.fmt == "jsonl" or not self.flagged_only or self.null:
+            return True
+        raw = self._raw(row)
+        if b"\n" not in raw:
+            return True
+        from i2pscan import render
+
+        render.alert(f"not printed: the flagged file {render.terminal_text(row['path'])} has a newline in its name, "
+                    f"which newline-separated output cannot carry; use -0 for NUL-separated names")
+        return False
+
+    @staticmethod
+    def _raw(row: dict) -> bytes:
+        return row["path_raw"] if row["path_raw"] is not None else row["path"].encode("utf-8")
 
     def _bytes(self, row: dict) -> bytes:
         from i2pscan import render
@@ -34,8 +54,7 @@ class RowPrinter:
         if self.fmt == "jsonl":
             return (row_json(row) + "\n").encode("utf-8")
         if self.flagged_only:
-            raw = row["path_raw"] if row["path_raw"] is not None else row["path"].encode("utf-8")
-            return raw + (b"\0" if self.null else b"\n")
+            return self._raw(row) + (b"\0" if self.null else b"\n")
         return (render.scan_line(row) + "\n").encode("utf-8", "backslashreplace")
 
     def _write(self, data: bytes) -> None:

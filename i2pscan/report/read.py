@@ -37,14 +37,50 @@ def open_report(path: str, required: tuple[str, ...] = ("path", "verdict")) -> t
         raw = (pf.schema_arrow.metadata or {}).get(META_KEY)
     except (OSError, pa.ArrowInvalid) as exc:
         raise InputError(f"{short_path(path)} is not a readable Parquet report: {one_line(exc)}") from exc
-    missing = set(required) - set(pf.schema_arrow.names)
+    _check_columns(path, pf, required)
+    return pf, _metadata(path, raw)
+
+
+# what a column of a report must hold to be read as one (another tool's file may hold anything)
+_TYPES = {"path": (pa.types.is_string, pa.types.is_large_string), "verdict": (pa.types.is_string,
+          pa.types.is_large_string), "score": (pa.types.is_floating,), "logit": (pa.types.is_floating,),
+          "path_raw": (pa.types.is_binary, pa.types.is_large_binary)}
+
+
+def _check_columns(path: str, pf: pq.ParquetFile, required: tuple[str, ...]) -> None:
+    """Refuse, naming what is wrong, a file whose columns cannot be a report's: a required column
+    missing or named twice, a column of the wrong type, rows without a path."""
+    names = pf.schema_arrow.names
+    missing = set(required) - set(names)
     if missing:
         raise InputError(f"{short_path(path)} is not an i2pscan report (no {', '.join(sorted(missing))} column)")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"{short_path(path)} is not an i2pscan report: it has two columns named {twice[0]}")
+    for name, accepted in _TYPES.items():
+        kind = pf.schema_arrow.field(name).type if name in names else None
+        if kind is not None and not any(check(kind) for check in accepted):
+            raise InputError(f"{short_path(path)} is not an i2pscan report: its {name} column holds {kind}")
     try:
-        meta = json.loads(raw) if raw else {}
-    except ValueError:
-        meta = {}
-    return pf, meta if isinstance(meta, dict) else {}
+        nulls = pf.read(columns=["path"]).column("path").null_count if "path" in names else 0
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{short_path(path)} is not a readable Parquet report: {one_line(exc)}") from exc
+    if nulls:
+        raise InputError(f"{short_path(path)} is not an i2pscan report: {nulls:,} row(s) have no path")
+
+
+def _metadata(path: str, raw: bytes | None) -> dict:
+    """The report's i2pscan metadata: {} when it has none; InputError when it is not a JSON object."""
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(f"{short_path(path)}: its i2pscan metadata is not readable JSON "
+                         f"({one_line(exc, 80)})") from exc
+    if not isinstance(meta, dict):
+        raise InputError(f"{short_path(path)}: its i2pscan metadata is a JSON {type(meta).__name__}, not an object")
+    return meta
 
 
 def read_report(path: str, top: int = 20) -> ReportSummary:

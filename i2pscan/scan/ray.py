@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import tempfile
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterable, Iterator
 
 from i2pscan.errors import EnvironmentFailure, MissingDependency, one_line
@@ -57,9 +58,12 @@ def connect(address: str) -> Iterator[None]:
     ``auto`` (the running cluster that ``ray start`` or RAY_ADDRESS names), ``HOST:PORT`` (a
     cluster's GCS), ``ray://HOST:PORT`` (Ray Client) or ``local`` (a private instance for this
     run, stopped after). A driver already attached (``ray.init`` earlier in this process) is used
-    as it is. Raises I2PError when the cluster cannot be reached.
+    as it is. While attached (see :func:`_session`): a loopback cluster is reached on loopback, a
+    token that is on this machine is presented, and Ray's own C++ log lines go to a file, not to
+    the terminal. Raises EnvironmentFailure when the cluster cannot be reached, naming the token
+    when that is why.
     """
-    with _loopback(address == "local"):
+    with _session(address) as ray_log:
         _need_ray()
         if ray.is_initialized():
             yield
@@ -70,25 +74,104 @@ def connect(address: str) -> Iterator[None]:
                 warnings.simplefilter("ignore")  # Ray Client warns on stderr before raising what we report
                 _init(address, kwargs)
         except Exception as exc:  # ConnectionError, ValueError, RuntimeError, depending on the form
-            raise EnvironmentFailure(f"cannot connect to the Ray cluster at {address}: {one_line(exc, 200)}") from exc
-    try:
-        yield
-    finally:
-        ray.shutdown()
+            raise _connect_failure(address, exc, ray_log) from exc
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+TOKEN_ENV, TOKEN_PATH_ENV, AUTH_MODE_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"
+
+
+def token_here() -> str | None:
+    """Where a Ray authentication token is on this machine, as Ray looks for one: the
+    RAY_AUTH_TOKEN variable, the file RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token."""
+    if os.environ.get(TOKEN_ENV):
+        return TOKEN_ENV
+    for path in (os.environ.get(TOKEN_PATH_ENV), os.path.join(os.path.expanduser("~"), ".ray", "auth_token")):
+        if path and os.path.isfile(path):
+            return path
+    return None
 
 
 @contextmanager
-def _loopback(private: bool) -> Iterator[None]:
-    """For a private instance, the variable with which Ray listens on 127.0.0.1 only (as it does
-    on a laptop), set while Ray is imported and started (its processes inherit it), then put back."""
-    if not private or LOOPBACK_ENV in os.environ:
-        yield
-        return
-    os.environ[LOOPBACK_ENV] = "0"
+def _session(address: str) -> Iterator[str | None]:
+    """What a Ray session needs from this process, set for the session only and put back after:
+
+    - a private instance, or a cluster on a loopback address, is reached on 127.0.0.1 (Ray
+      listens on the loopback address only when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is 0, and a
+      driver without it rewrites 127.0.0.1 to the machine's address);
+    - with a token on this machine and RAY_AUTH_MODE unset, the driver presents it (``ray start``
+      turns token authentication on when a token exists, and a driver must then say so);
+    - Ray's C++ log lines, which go straight to file descriptor 2, go to a file (its path is
+      yielded), so that ``--quiet`` is quiet and a terminal shows i2pscan's own lines; Python's
+      ``sys.stderr`` keeps writing to the terminal. I2PSCAN_DEBUG=1 leaves descriptor 2 alone.
+    """
+    host = address.rsplit(":", 1)[0].replace("ray://", "").strip("[]")
+    env = {}
+    if address == "local" or host in ("localhost", "::1") or host.startswith("127."):
+        env[LOOPBACK_ENV] = "0"
+    if token_here():
+        env[AUTH_MODE_ENV] = "token"
+    env = {k: v for k, v in env.items() if k not in os.environ}
+    os.environ.update(env)
+    redirect = None if os.environ.get("I2PSCAN_DEBUG") else _StderrToFile()
     try:
-        yield
+        with redirect or nullcontext():
+            yield redirect.path if redirect else None
     finally:
-        os.environ.pop(LOOPBACK_ENV, None)
+        for key in env:
+            os.environ.pop(key, None)
+
+
+class _StderrToFile:
+    """File descriptor 2 into a temporary file for the duration of a block; ``sys.stderr``, when
+    it writes to descriptor 2, keeps writing where descriptor 2 went before."""
+
+    def __enter__(self) -> "_StderrToFile":
+        fd, self.path = tempfile.mkstemp(prefix="i2pscan-ray-", suffix=".log")
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        os.dup2(fd, 2)
+        os.close(fd)
+        self._stderr = None
+        try:
+            on_fd2 = sys.stderr.fileno() == 2
+        except (AttributeError, ValueError, OSError):
+            on_fd2 = False
+        if on_fd2:
+            self._stderr = sys.stderr
+            sys.stderr = open(os.dup(self._saved), "w", encoding=sys.stderr.encoding, errors=sys.stderr.errors,
+                              buffering=1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._stderr is not None:
+            sys.stderr.close()
+            sys.stderr = self._stderr
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+
+
+def _connect_failure(address: str, exc: Exception, ray_log: str | None) -> EnvironmentFailure:
+    """Why the cluster could not be reached, in one line; a token problem says so, and what to do."""
+    logged = ""
+    if ray_log:
+        try:
+            with open(ray_log, errors="replace") as fh:
+                logged = fh.read(1 << 20)
+        except OSError:
+            pass
+    if "InvalidAuthToken" in logged or "Unauthenticated" in logged or "AuthenticationError" in type(exc).__name__:
+        token = token_here()
+        if token:
+            return EnvironmentFailure(f"the Ray cluster at {address} refused this machine's token ({token})",
+                                      "it needs the token of that cluster (`ray get-auth-token` on its head node)")
+        return EnvironmentFailure(f"the Ray cluster at {address} uses token authentication and there is no token on "
+                                  f"this machine", "copy the cluster's token (`ray get-auth-token` on its head node) "
+                                  "to ~/.ray/auth_token, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+    return EnvironmentFailure(f"cannot connect to the Ray cluster at {address}: {one_line(exc, 200)}")
 
 
 def _init(address: str, kwargs: dict) -> None:
@@ -104,26 +187,33 @@ def _decode_block(paths: list[str], work: FileWork, timeout_s: float) -> list[It
 
 
 class _Scorer:
-    """A detector on one device, turning decoded blocks into report rows."""
+    """A detector on one device, turning decoded blocks into report rows.
 
-    def __init__(self, detector_bytes: list, name: str, pretrained: str | None, options: ScanOptions,
-                 gpu: bool, precision: str = "auto"):
+    The detector file's bytes come with each block, as an object-store reference inside a list
+    (so that Ray does not fetch them for every call), and are loaded on the first block: an actor
+    built from object-store arguments could not be restarted once they were gone (Ray warns so),
+    while one that loads on its first call rebuilds itself after a restart."""
+
+    def __init__(self, name: str, pretrained: str | None, options: ScanOptions, gpu: bool, precision: str = "auto"):
+        self.name, self.pretrained, self.options, self.gpu, self.precision = name, pretrained, options, gpu, precision
+        self.detector = self.cut = None
+
+    def _load(self, detector_bytes: list) -> None:
         import torch
 
-        # the file's bytes come as a reference inside a list: a top-level object-store argument
-        # would make Ray warn that a restarted actor may not find it (we hold it for the scan)
         _need_ray()
-        detector_bytes = ray.get(detector_bytes[0])
         torch.set_num_threads(1)
         folder = tempfile.mkdtemp(prefix="i2pscan-detector-")
-        path = os.path.join(folder, name)
+        path = os.path.join(folder, self.name)
         with open(path, "wb") as fh:
-            fh.write(detector_bytes)
-        self.detector = Detector.load(path, device="cuda" if gpu else "cpu", pretrained=pretrained, precision=precision)
-        self.options = options
-        self.cut = self.detector.cut(options.crops, options.combine, options.threshold)
+            fh.write(ray.get(detector_bytes[0]))
+        self.detector = Detector.load(path, device="cuda" if self.gpu else "cpu", pretrained=self.pretrained,
+                                      precision=self.precision)
+        self.cut = self.detector.cut(self.options.crops, self.options.combine, self.options.threshold)
 
-    def score(self, paths: list[str], items: list[Item]) -> list[Row]:
+    def score(self, paths: list[str], items: list[Item], detector_bytes: list) -> list[Row]:
+        if self.detector is None:
+            self._load(detector_bytes)
         batch_size = self.options.batch_size
         rows = []
         for start in range(0, len(items), batch_size):
@@ -177,7 +267,7 @@ class RayExecutor:
             detector_ref = ray.put(fh.read())
         scorer_class = ray.remote(max_restarts=-1, max_task_retries=-1)(_Scorer)
         actors = [scorer_class.options(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1).remote(
-            [detector_ref], os.path.basename(detector.path), self.pretrained, options, bool(gpus), detector.precision)
+            os.path.basename(detector.path), self.pretrained, options, bool(gpus), detector.precision)
             for _ in range(n_scorers)]
         decode_task = ray.remote(num_cpus=1, max_retries=3)(_decode_block)
         work_ref = ray.put(self.work)
@@ -204,7 +294,7 @@ class RayExecutor:
                 # (on a cluster, PATHS must name the same files on every node: a shared file system)
                 where = [os.path.join(cwd, p) for p in block]
                 decoded = decode_task.remote(where, work_ref, options.file_timeout_s)
-                in_flight[actors[number % n_scorers].score.remote(block, decoded)] = number
+                in_flight[actors[number % n_scorers].score.remote(block, decoded, [detector_ref])] = number
             while in_flight:
                 yield from collect()
         finally:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pyarrow.parquet as pq
@@ -25,17 +27,34 @@ def _same_rows(a: list[dict], b: list[dict]) -> None:
             assert (x[k] is None) == (y[k] is None) and (x[k] is None or abs(x[k] - y[k]) <= 1e-5), (x["path"], k)
 
 
-def _ray_processes(title: str) -> list[int]:
-    """Pids of this machine's Ray workers whose process title starts with ``ray::TITLE``."""
-    pids = []
+def _descendants(root: int) -> set[int]:
+    """Pids of the processes below ``root`` (from /proc: children, their children...)."""
+    parent = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                    if fh.read().startswith(f"ray::{title}".encode()):
-                        pids.append(int(entry))
-            except OSError:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parent[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 pass
+    below, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - below
+        below |= frontier
+    return below
+
+
+def _ray_processes(title: str) -> list[int]:
+    """Pids of the Ray workers of this test process's own cluster (the ray_cluster fixture starts it
+    below this process) whose title starts with ``ray::TITLE``: never another session's."""
+    pids = []
+    for pid in _descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if fh.read().startswith(f"ray::{title}".encode()):
+                    pids.append(pid)
+        except OSError:
+            pass
     return pids
 
 
@@ -142,3 +161,103 @@ def test_unreachable_cluster_is_a_usage_error(tmp_path, detector_file):
     assert r.stderr.startswith("Error: cannot connect to the Ray cluster at ray://127.0.0.1:9: "), r.stderr
     assert len(r.stderr.splitlines()) == 1, r.stderr
     assert r.stdout == ""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> list[str]:
+    """Local addresses listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:
+                found.append(address)
+    return found
+
+
+@pytest.fixture(scope="module")
+def token_cluster(tmp_path_factory):
+    """A cluster as `ray start` makes one where a token exists: token authentication on, listening
+    on 127.0.0.1 only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, as docs/ray.md says). It runs in the
+    foreground (--block) below this process and is stopped by its pid, with everything it started."""
+    home = tmp_path_factory.mktemp("ray-home")
+    env = {**os.environ, "HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_AUTH_MODE", None)
+    subprocess.run(["ray", "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
+    port = _free_port()
+    # a temp dir of its own: `ray start` records itself there as "the current cluster", where other
+    # sessions' ray.init() would otherwise find it and attach
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
+                             f"--temp-dir={temp}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not _listening(port) and head.poll() is None:
+        time.sleep(0.5)
+    try:
+        assert _listening(port), head.stdout.read1().decode(errors="replace") if head.poll() is not None else "no GCS"
+        yield f"127.0.0.1:{port}", home, port
+    finally:
+        started = _descendants(head.pid)
+        head.send_signal(signal.SIGINT)  # `ray start --block` stops what it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in started):
+            time.sleep(0.5)
+        left = [pid for pid in started if os.path.exists(f"/proc/{pid}")]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+        assert not left, f"Ray processes outlived their cluster: {left}"
+
+
+def test_a_token_cluster_on_loopback_listens_there_only(token_cluster):
+    _, _, port = token_cluster
+    addresses = _listening(port)
+    loopback = ("0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000")
+    assert addresses and all(a in loopback for a in addresses), addresses
+
+
+def test_ray_with_the_token_on_this_machine_scans_quietly(tmp_path, detector_file, token_cluster):
+    address, home, _ = token_cluster
+    noise_image(tmp_path / "a.png")
+    env = {**os.environ, "HOME": str(home)}
+    for variable in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS"):
+        env.pop(variable, None)
+    r = subprocess.run([sys.executable, "-m", "i2pscan", "scan", "a.png", "-d", str(detector_file), "-q", "--ray",
+                        address, "--format", "jsonl"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode in (0, 1), r.stderr
+    assert r.stderr == ""  # -q: nothing, Ray's own C++ log lines included
+    assert len(r.stdout.splitlines()) == 1
+
+
+def test_ray_without_the_token_exits_2_naming_it(tmp_path, detector_file, token_cluster):
+    address, _, _ = token_cluster
+    noise_image(tmp_path / "a.png")
+    env = {**os.environ, "HOME": str(tmp_path)}  # no ~/.ray/auth_token here
+    for variable in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+        env.pop(variable, None)
+    r = subprocess.run([sys.executable, "-m", "i2pscan", "scan", "a.png", "-d", str(detector_file), "-q", "--ray",
+                        address], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr == (f"Error: the Ray cluster at {address} uses token authentication and there is no token on this "
+                        f"machine; copy the cluster's token (`ray get-auth-token` on its head node) to "
+                        f"~/.ray/auth_token, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH\n")

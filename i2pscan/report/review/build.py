@@ -223,12 +223,12 @@ def _prepare_folder(out_dir: str) -> None:
     if os.path.isdir(out_dir):
         leftovers = [e for e in os.listdir(out_dir) if e.startswith(_TEMPORARY)]  # of a build that was killed
         index = os.path.join(out_dir, "index.html")
-        if set(os.listdir(out_dir)) - set(leftovers) and not (os.path.isfile(index) and _is_review_page(index)):
+        if set(os.listdir(out_dir)) - set(leftovers) and not _is_review_page(index):
             raise OutputError(f"`html` {out_dir}: the folder is not empty and holds no review page; "
                               f"name a new or empty folder")
         for name in leftovers:
             path = os.path.join(out_dir, name)
-            if os.path.isdir(path):
+            if os.path.isdir(path) and not os.path.islink(path):  # a link is removed, never followed
                 shutil.rmtree(path)
             else:
                 os.unlink(path)
@@ -257,6 +257,10 @@ def _swap_folder(new: str, dest: str) -> None:
 
 
 def _is_review_page(path: str) -> bool:
+    """Whether ``path`` is a page this builder wrote: a regular file (never a link or a FIFO, which
+    could point anywhere or block the read) that names its generator."""
+    if not os.path.isfile(path) or os.path.islink(path):
+        return False
     with open(path, "rb") as fh:
         return f'<meta name="generator" content="{MARK}">'.encode() in fh.read(4096)
 
