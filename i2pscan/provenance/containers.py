@@ -34,18 +34,6 @@ class Found:
     text_budget: int = MAX_TOTAL_TEXT_BYTES
 
 
-def _scan_container(data: bytes, found: Found) -> None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        _png(data, found)
-    elif data.startswith(b"\xff\xd8"):
-        _jpeg(data, found)
-    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        _webp(data, found)
-    elif data[:4] in (b"II*\x00", b"MM\x00*"):
-        found.exif.append(data)  # a TIFF (or DNG) is one EXIF structure
-
-
-
 def read_headers(data: bytes, exif: dict | None = None) -> "Found":
     """Everything but C2PA: container metadata (PNG text, JPEG/WebP segments), XMP, EXIF
     (``exif``: tags decoding already parsed, else parsed here). Never raises."""
@@ -68,13 +56,11 @@ def read_headers(data: bytes, exif: dict | None = None) -> "Found":
     return found
 
 
-
 def may_hold_manifest(data: bytes) -> bool:
     """False when the bytes cannot hold an embedded C2PA manifest store: every store is a JUMBF
     superbox (box type ``jumb``) labelled ``c2pa``. Most files have neither, and the search costs
     far less than asking the SDK (which would report no manifest for them)."""
     return data.find(b"jumb") >= 0 or data.find(b"c2pa") >= 0
-
 
 
 def _scan_container(data: bytes, found: Found) -> None:
@@ -257,7 +243,6 @@ def _read_xmp(packet: bytes, found: Found) -> None:
         found.xmp_info["creator_tool"] = short(tools[0])
 
 
-
 # -- EXIF ----------------------------------------------------------------------------------------
 
 
@@ -293,7 +278,6 @@ def _user_comment(value: Any) -> str | None:
     if head.startswith(b"ASCII") or head == b"\x00" * 8:
         return body.decode("utf-8", "replace")
     return value.decode("utf-8", "replace")
-
 
 
 def short(value: Any, limit: int = SHORT_CHARS) -> Any:

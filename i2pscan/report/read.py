@@ -112,18 +112,3 @@ def verdict_counts(table: pa.Table) -> dict[str, int]:
     """{verdict: rows} of a report table."""
     vc = pc.value_counts(table.column("verdict"))
     return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
-
-
-
-def row_line(row: dict) -> str:
-    """``score  verdict  path`` (or ``-  error  path: message``), aligned for reading."""
-    declared = row.get("provenance")
-    note = ""
-    if declared not in (None, "none"):
-        note = f"  [{declared}" + (f": {row['generator']}" if row.get("generator") else "") + \
-               (f", c2pa {row['c2pa']}" if row.get("c2pa") else "") + "]"
-    elif row.get("c2pa"):
-        note = f"  [c2pa {row['c2pa']}]"
-    score = f"{row['score']:6.4f}" if row.get("score") is not None else f"{'-':>6}"
-    problem = f": {row['error']}" if row.get("error") else ""
-    return f"{score}  {row['verdict']:<9}  {row['path']}{problem}{note}"
