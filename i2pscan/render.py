@@ -297,7 +297,8 @@ def _vec(values) -> str:
 
 
 def scan_line(row: dict) -> str:
-    """``score  verdict  path`` (or ``-  error  path: message``), aligned for reading."""
+    """``score  verdict  path`` (or ``-  error  path: message``), aligned for reading; a flagged
+    file's line ends with why (its ``reason``)."""
     declared = row.get("provenance")
     note = ""
     if declared not in (None, "none"):
@@ -307,18 +308,27 @@ def scan_line(row: dict) -> str:
         note = f"  [c2pa {row['c2pa']}]"
     score = f"{row['score']:6.4f}" if row.get("score") is not None else f"{'-':>6}"
     problem = f": {row['error']}" if row.get("error") else ""
-    return f"{score}  {row['verdict']:<9}  {row['path']}{problem}{note}"
+    why = f"  ({row['reason']})" if row.get("flagged_by") and row.get("reason") else ""
+    return f"{score}  {row['verdict']:<9}  {row['path']}{problem}{note}{why}"
 
 
 def scan_summary(summary, report: str | None = None) -> str:
-    """The one-line summary of a scan run."""
+    """The one-line summary of a scan run: what was flagged and by what, what could not be read."""
     from i2pscan.errors import short_path
 
-    why = ("by their metadata" if summary.threshold is None
-           else f"(threshold {summary.threshold:.4f}" + (f"; {summary.by_metadata} by their metadata)"
-                                                         if summary.by_metadata else ")"))
+    by = summary.flagged_by
+    if summary.threshold is None:
+        why = "by their metadata"
+    else:
+        parts = [f"{n} by {what}" for what, n in (("the model", by.get("model", 0)),
+                                                   ("their metadata alone", by.get("metadata", 0)),
+                                                   ("both", by.get("both", 0))) if n]
+        why = f"(threshold {summary.threshold:.4f}" + (f"; {', '.join(parts)})" if parts else ")")
     text = (f"{summary.files} file(s) scanned in {summary.seconds:.1f} s ({summary.images_per_second:.1f}/s): "
             f"{summary.flagged} flagged as synthetic {why}, {summary.errors} unreadable")
+    if summary.not_scorable:
+        kinds = ", ".join(f"{n} {fmt}" for fmt, n in sorted(summary.not_scorable.items(), key=lambda kv: -kv[1]))
+        text += f" ({sum(summary.not_scorable.values())} of them in formats no detector scores: {kinds})"
     if summary.skipped_done:
         text += f"; {summary.skipped_done} already in the report"
     return text + (f"; report: {short_path(report)}" if report else "")

@@ -1,11 +1,25 @@
 """Where metadata lives inside a file: PNG text chunks, JPEG segments, WebP chunks, TIFF/EXIF
-structures, XMP packets, and where a C2PA manifest store may be. Walks the container's bytes with
-every size bounded (a hostile file may hold millions of chunks or a decompression bomb of text)
-and never raises for a bad file: what it cannot read becomes a note.
+structures, XMP packets, and where a C2PA manifest store may be. Never raises for a bad file:
+what it cannot read becomes a note, and each place is read on its own (one that fails costs the
+others nothing).
+
+Why the PNG, JPEG and WebP walks are written here rather than taken from Pillow (which parses
+the EXIF found, io.decode.read_exif): hostile input demands it.
+
+- Pillow's ``im.text`` decodes every pixel of a PNG to find text after the image data (a
+  decompression bomb, and 100 times the cost of ``--metadata-only``); ``Image.open`` refuses a
+  whole PNG whose one text chunk inflates past 1 MB (ValueError), so a large ComfyUI workflow
+  would cost the file all of its evidence; and its per-process text limits are globals.
+- Here every inflate of a file draws on one budget (``MAX_TOTAL_TEXT_BYTES``), enforced at each
+  call: once it is spent nothing more is inflated (zlib reads ``max_length=0`` as "no limit", so
+  a zero budget never reaches it).
+- The same single pass finds where a C2PA store is (PNG ``caBX``, JPEG APP11, WebP ``C2PA``),
+  which Pillow does not expose, so files without one are never handed to the C2PA SDK.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -14,8 +28,10 @@ from typing import Any
 from i2pscan.errors import one_line
 
 MAX_TEXT_BYTES = 4 << 20  # one text chunk, decompressed
-MAX_TOTAL_TEXT_BYTES = 16 << 20  # all text chunks of a file together
-MAX_XMP_BYTES = 4 << 20
+MAX_TOTAL_TEXT_BYTES = 16 << 20  # everything inflated or kept from one file's text chunks, together
+MAX_XMP_BYTES = 4 << 20  # one XMP packet
+MAX_TOTAL_XMP_BYTES = 16 << 20  # all XMP packets of a file
+MAX_XMP_PACKETS = 1000  # parsed per file (packets naming no field of interest are never parsed)
 MAX_CHUNKS = 100_000  # PNG chunks / JPEG segments / RIFF chunks walked per file (a hostile file may hold millions)
 MAX_LIST = 50  # status codes, source types... kept in the detail
 SHORT_CHARS = 256
@@ -31,42 +47,40 @@ class Found:
     notes: list[str] = field(default_factory=list)
     xmp_info: dict = field(default_factory=dict)
     exif_info: dict = field(default_factory=dict)
-    text_budget: int = MAX_TOTAL_TEXT_BYTES
+    text_budget: int = MAX_TOTAL_TEXT_BYTES  # bytes of text this file may still inflate or keep
+
+    def note(self, text: str) -> None:
+        if len(self.notes) < 20:
+            self.notes.append(text)
 
 
-def _scan_container(data: bytes, found: Found) -> None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        _png(data, found)
-    elif data.startswith(b"\xff\xd8"):
-        _jpeg(data, found)
-    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        _webp(data, found)
-    elif data[:4] in (b"II*\x00", b"MM\x00*"):
-        found.exif.append(data)  # a TIFF (or DNG) is one EXIF structure
-
-
-
-def read_headers(data: bytes, exif: dict | None = None) -> "Found":
-    """Everything but C2PA: container metadata (PNG text, JPEG/WebP segments), XMP, EXIF
-    (``exif``: tags decoding already parsed, else parsed here). Never raises."""
+def read_headers(data: bytes, exif: dict | None = None, xmp: bytes | None = None) -> Found:
+    """Everything but C2PA: container metadata (PNG text, JPEG/WebP segments), every XMP packet,
+    EXIF (``exif``: tags decoding already parsed, io.decode.read_exif's keys, else parsed here;
+    ``xmp``: a packet the decoder found, e.g. in HEIF/AVIF). Each place fails alone; never raises."""
     found = Found()
     try:
         _scan_container(data, found)
     except Exception as exc:  # a malformed container: keep what was read before it
-        found.notes.append(f"metadata: {one_line(exc, 200)}")
-    for xmp in found.xmp[:4]:
-        _read_xmp(xmp, found)
-    if not found.xmp and not found.complete:  # XMP outside the places PNG/JPEG/WebP define for it
-        packet = _find_xmp_packet(data, found)
-        if packet:
-            _read_xmp(packet, found)
-    if exif is not None:
-        _add_exif(exif, found)
-    else:
-        for blob in found.exif[:2]:
-            _read_exif(blob, found)
+        found.note(f"metadata: {one_line(exc, 200)}")
+    try:
+        packets = list(found.xmp)
+        if xmp:
+            packets.append(xmp)
+        if not found.complete:  # XMP outside the places PNG/JPEG/WebP define for it (AVIF, HEIF, JXL, GIF, TIFF, SVG)
+            packets += _find_xmp_packets(data, found)
+        _read_xmp_packets(packets, found)
+    except Exception as exc:
+        found.note(f"xmp: {one_line(exc, 200)}")
+    try:
+        if exif is not None:
+            add_exif(exif, found)
+        else:
+            for blob in found.exif[:2]:
+                _read_exif(blob, found)
+    except Exception as exc:
+        found.note(f"exif: {one_line(exc, 200)}")
     return found
-
 
 
 def may_hold_manifest(data: bytes) -> bool:
@@ -76,7 +90,6 @@ def may_hold_manifest(data: bytes) -> bool:
     return data.find(b"jumb") >= 0 or data.find(b"c2pa") >= 0
 
 
-
 def _scan_container(data: bytes, found: Found) -> None:
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         _png(data, found)
@@ -86,6 +99,9 @@ def _scan_container(data: bytes, found: Found) -> None:
         _webp(data, found)
     elif data[:4] in (b"II*\x00", b"MM\x00*"):
         found.exif.append(data)  # a TIFF (or DNG) is one EXIF structure
+
+
+# -- PNG -----------------------------------------------------------------------------------------
 
 
 def _png(data: bytes, found: Found) -> None:
@@ -104,7 +120,7 @@ def _png(data: bytes, found: Found) -> None:
             if item:
                 key, text = item
                 if key == "XML:com.adobe.xmp":
-                    found.xmp.append(text.encode("utf-8"))
+                    found.xmp.append(text.encode("utf-8", "surrogatepass"))
                 else:
                     found.texts.setdefault(key, text)
         elif kind == b"eXIf":
@@ -131,29 +147,44 @@ def _png_text(kind: bytes, body: bytes, found: Found) -> tuple[str, str] | None:
         raw, encoding = (_inflate(raw, name, found) if compressed else raw), "utf-8"
     if raw is None:
         return None
-    raw = raw[:min(MAX_TEXT_BYTES, max(found.text_budget, 0))]
+    keep = min(MAX_TEXT_BYTES, found.text_budget)
+    if keep <= 0:
+        found.note(f"png text {short(name, 40)}: not read (the file's {MAX_TOTAL_TEXT_BYTES:,}-byte text budget is spent)")
+        return None
+    if len(raw) > keep:
+        raw = raw[:keep]
     found.text_budget -= len(raw)
     return name, raw.decode(encoding, "replace")
 
 
 def _inflate(raw: bytes, name: str, found: Found) -> bytes | None:
-    limit = min(MAX_TEXT_BYTES, max(found.text_budget, 0))
+    """At most what is left of the file's text budget (and ``MAX_TEXT_BYTES``) of one compressed
+    text; nothing at all once the budget is spent (``max_length=0`` would mean no limit)."""
+    limit = min(MAX_TEXT_BYTES, found.text_budget)
+    if limit <= 0:
+        found.note(f"png text {short(name, 40)}: not inflated (the file's {MAX_TOTAL_TEXT_BYTES:,}-byte text "
+                   f"budget is spent)")
+        return None
     try:
         inflater = zlib.decompressobj()
         out = inflater.decompress(raw, limit)
     except zlib.error:
-        found.notes.append(f"png text {short(name, 40)}: corrupt compressed text")
+        found.note(f"png text {short(name, 40)}: corrupt compressed text")
         return None
     if inflater.unconsumed_tail:
-        found.notes.append(f"png text {short(name, 40)}: longer than {limit:,} bytes, cut")
+        found.note(f"png text {short(name, 40)}: longer than {limit:,} bytes, cut")
     return out
 
 
+# -- JPEG, WebP ------------------------------------------------------------------------------------
+
 _XMP_SIG = b"http://ns.adobe.com/xap/1.0/\x00"
+_XMP_EXT_SIG = b"http://ns.adobe.com/xmp/extension/\x00"
 
 
 def _jpeg(data: bytes, found: Found) -> None:
     pos, end = 2, len(data)
+    extended: list[tuple[int, bytes]] = []
     for _ in range(MAX_CHUNKS):
         if pos + 4 > end:
             break
@@ -176,10 +207,17 @@ def _jpeg(data: bytes, found: Found) -> None:
             found.exif.append(body[6:])
         elif marker == 0xE1 and body.startswith(_XMP_SIG):
             found.xmp.append(body[len(_XMP_SIG):])
+        elif marker == 0xE1 and body.startswith(_XMP_EXT_SIG) and len(body) >= len(_XMP_EXT_SIG) + 40:
+            part = body[len(_XMP_EXT_SIG):]  # GUID (32), full length (4), offset (4), data: extended XMP
+            extended.append((struct.unpack(">I", part[36:40])[0], part[40:]))
         elif marker == 0xEB:  # APP11: JUMBF, where C2PA lives
             found.manifest_bytes += length
-        elif marker == 0xFE and body:
-            found.texts.setdefault("jpeg:comment", body[:MAX_TEXT_BYTES].decode("utf-8", "replace"))
+        elif marker == 0xFE and body and "jpeg:comment" not in found.texts:
+            keep = min(MAX_TEXT_BYTES, found.text_budget)
+            found.text_budget -= min(len(body), keep)
+            found.texts["jpeg:comment"] = body[:keep].decode("utf-8", "replace")
+    if extended:  # the parts of one large packet, in order of their offsets
+        found.xmp.append(b"".join(p for _, p in sorted(extended, key=lambda x: x[0]))[:MAX_XMP_BYTES + 1])
 
 
 def _webp(data: bytes, found: Found) -> None:
@@ -200,33 +238,90 @@ def _webp(data: bytes, found: Found) -> None:
             found.manifest_bytes += length
     found.complete = pos == end + (end & 1) or pos == end
 
-def _find_xmp_packet(data: bytes, found: Found) -> bytes | None:
-    """An XMP packet anywhere in the bytes (AVIF, HEIF, JXL, GIF, TIFF, SVG keep it in places of
-    their own; the packet is plain text wherever it is)."""
-    start = data.find(b"<x:xmpmeta")
-    if start < 0:
-        return None
-    stop = data.find(b"</x:xmpmeta>", start, start + MAX_XMP_BYTES + 16)
-    if stop < 0:
-        found.notes.append("xmp: no end of packet within the size limit")
-        return None
-    return data[start:stop + len(b"</x:xmpmeta>")]
+
+def _find_xmp_packets(data: bytes, found: Found) -> list[bytes]:
+    """Every XMP packet anywhere in the bytes (AVIF, HEIF, JXL, GIF, TIFF, SVG keep them in places
+    of their own; a packet is plain text wherever it is), within the file's XMP budget."""
+    packets, start, total = [], 0, 0
+    while len(packets) < MAX_XMP_PACKETS:
+        start = data.find(b"<x:xmpmeta", start)
+        if start < 0:
+            break
+        stop = data.find(b"</x:xmpmeta>", start, start + MAX_XMP_BYTES + 16)
+        if stop < 0:
+            found.note("xmp: no end of packet within the size limit")
+            break
+        stop += len(b"</x:xmpmeta>")
+        total += stop - start
+        if total > MAX_TOTAL_XMP_BYTES:
+            found.note(f"xmp: packets beyond {MAX_TOTAL_XMP_BYTES:,} bytes not read")
+            break
+        packets.append(data[start:stop])
+        start = stop
+    return packets
 
 
 # -- XMP -----------------------------------------------------------------------------------------
 
-_NS_IPTC_EXT = "{http://iptc.org/std/Iptc4xmpExt/2008-02-29/}"
-_NS_XMP = "{http://ns.adobe.com/xap/1.0/}"
-_NS_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+_NS = {
+    "iptc": "{http://iptc.org/std/Iptc4xmpExt/2008-02-29/}",
+    "xmp": "{http://ns.adobe.com/xap/1.0/}",
+    "rdf": "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}",
+    "dc": "{http://purl.org/dc/elements/1.1/}",
+    "photoshop": "{http://ns.adobe.com/photoshop/1.0/}",
+    "tiff": "{http://ns.adobe.com/tiff/1.0/}",
+    "exif": "{http://ns.adobe.com/exif/1.0/}",
+}
+# XMP properties read, by (namespace, name) -> the key in xmp_info
+_XMP_FIELDS = {
+    _NS["iptc"] + "DigitalSourceType": "digital_source_types",
+    _NS["iptc"] + "AISystemUsed": "ai_system",
+    _NS["xmp"] + "CreatorTool": "creator_tool",
+    _NS["dc"] + "description": "description",
+    _NS["dc"] + "title": "title",
+    _NS["dc"] + "creator": "creator",
+    _NS["photoshop"] + "Credit": "credit",
+    _NS["photoshop"] + "Source": "source",
+    _NS["photoshop"] + "Instructions": "instructions",
+    _NS["tiff"] + "Software": "software",
+    _NS["tiff"] + "Make": "make",
+    _NS["tiff"] + "Model": "model",
+    _NS["tiff"] + "ImageDescription": "image_description",
+    _NS["exif"] + "UserComment": "user_comment",
+}
+# a packet naming none of these is not parsed at all (a file of 100,000 tiny packets costs a search each)
+_XMP_INTEREST = re.compile(rb"DigitalSourceType|AISystemUsed|CreatorTool|description|title|creator|Credit|Source"
+                           rb"|Instructions|Software|Make|Model|ImageDescription|UserComment")
+
+
+def _read_xmp_packets(packets: list[bytes], found: Found) -> None:
+    total, parsed = 0, 0
+    for i, packet in enumerate(packets):
+        if len(packet) > MAX_XMP_BYTES:
+            found.note(f"xmp: packet of {len(packet):,} bytes skipped (limit {MAX_XMP_BYTES:,})")
+            continue
+        total += len(packet)
+        if total > MAX_TOTAL_XMP_BYTES or parsed >= MAX_XMP_PACKETS:
+            found.note(f"xmp: {len(packets) - i} packet(s) beyond the limits ({MAX_TOTAL_XMP_BYTES:,} bytes, "
+                       f"{MAX_XMP_PACKETS} packets) not read")
+            break
+        if b"<!DOCTYPE" in packet or b"<!ENTITY" in packet:  # never parsed: entity bombs, external entities
+            found.note("xmp: refused (a DTD or entities in attacker-controlled XML)")
+            continue
+        if not _XMP_INTEREST.search(packet):
+            continue
+        parsed += 1
+        _read_xmp(packet, found)
+    types = found.xmp_info.get("digital_source_types")
+    if types is not None:
+        found.xmp_info["digital_source_types"] = list(dict.fromkeys(types))[:MAX_LIST]
+    found.xmp_info = {k: v for k, v in found.xmp_info.items() if v}
 
 
 def _read_xmp(packet: bytes, found: Found) -> None:
     from defusedxml import DefusedXmlException
     from defusedxml.ElementTree import fromstring
 
-    if len(packet) > MAX_XMP_BYTES:
-        found.notes.append(f"xmp: packet of {len(packet):,} bytes skipped (limit {MAX_XMP_BYTES:,})")
-        return
     stop = packet.rfind(b"</x:xmpmeta>")
     if stop > 0:  # drop the closing <?xpacket?> and padding (a DTD before the packet stays, and is refused)
         packet = packet[:stop + len(b"</x:xmpmeta>")]
@@ -234,28 +329,31 @@ def _read_xmp(packet: bytes, found: Found) -> None:
     try:
         root = fromstring(packet, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
-        found.notes.append(f"xmp: refused ({type(exc).__name__}: a DTD or entities in attacker-controlled XML)")
+        found.note(f"xmp: refused ({type(exc).__name__}: a DTD or entities in attacker-controlled XML)")
         return
     except Exception as exc:
-        found.notes.append(f"xmp: not well-formed ({one_line(exc, 120)})")
+        found.note(f"xmp: not well-formed ({one_line(exc, 120)})")
         return
-    types, tools = found.xmp_info.setdefault("digital_source_types", []), []
+    info = found.xmp_info
     for el in root.iter():
         for name, value in el.attrib.items():
-            if name == _NS_IPTC_EXT + "DigitalSourceType":
-                types.append(value)
-            elif name == _NS_XMP + "CreatorTool":
-                tools.append(value)
-        if el.tag == _NS_IPTC_EXT + "DigitalSourceType":
-            value = el.get(_NS_RDF + "resource") or (el.text or "").strip()
+            key = _XMP_FIELDS.get(name)
+            if key:
+                _xmp_value(info, key, value)
+        key = _XMP_FIELDS.get(el.tag) if isinstance(el.tag, str) else None
+        if key:
+            value = el.get(_NS["rdf"] + "resource") or (el.text or "").strip()
+            if not value:  # a language alternative or a sequence: rdf:Alt/rdf:Seq/rdf:Bag of rdf:li
+                value = next((li.text.strip() for li in el.iter(_NS["rdf"] + "li") if (li.text or "").strip()), "")
             if value:
-                types.append(value)
-        elif el.tag == _NS_XMP + "CreatorTool" and (el.text or "").strip():
-            tools.append(el.text.strip())
-    found.xmp_info["digital_source_types"] = [short(t.rstrip("/").rsplit("/", 1)[-1]) for t in types][:MAX_LIST]
-    if tools:
-        found.xmp_info["creator_tool"] = short(tools[0])
+                _xmp_value(info, key, value)
 
+
+def _xmp_value(info: dict, key: str, value: str) -> None:
+    if key == "digital_source_types":
+        info.setdefault(key, []).append(short(value.rstrip("/").rsplit("/", 1)[-1]))
+    elif key not in info:
+        info[key] = short(value)
 
 
 # -- EXIF ----------------------------------------------------------------------------------------
@@ -264,23 +362,29 @@ def _read_xmp(packet: bytes, found: Found) -> None:
 def _read_exif(blob: bytes, found: Found) -> None:
     from i2pscan.io.decode import read_exif
 
-    _add_exif(read_exif(blob), found)
+    add_exif(read_exif(blob), found)
 
 
-def _add_exif(tags: dict, found: Found) -> None:
+def add_exif(tags: dict, found: Found) -> None:
+    """Add tags parsed by io.decode.read_exif (``name`` or ``name@ifd0``) to ``found.exif_info``:
+    text as text (UserComment and MakerNote decoded), the first place that has a tag wins."""
     for k, v in tags.items():
-        if k == "UserComment":
-            v = _user_comment(v)
+        name = k.split("@", 1)[0]
+        if name in ("UserComment", "MakerNote"):
+            v = _user_comment(v) if name == "UserComment" else _maker_note(v)
         if isinstance(v, bytes):
             v = v.decode("utf-8", "replace")
         if isinstance(v, str):
             v = v.replace("\x00", "").strip()
-            if v:
-                found.exif_info.setdefault(k, v)
+            if v and name not in found.exif_info:
+                found.exif_info[name] = v
+                if k != name:
+                    found.exif_info.setdefault("_where", {})[name] = k.split("@", 1)[1]
 
 
 def _user_comment(value: Any) -> str | None:
-    """EXIF UserComment: 8 bytes naming the charset, then the text (A1111 writes UTF-16 here)."""
+    """EXIF UserComment: 8 bytes naming the charset, then the text (A1111 writes UTF-16 here).
+    Pillow hands it over undecoded."""
     if isinstance(value, str):
         return value
     if not isinstance(value, bytes):
@@ -294,6 +398,15 @@ def _user_comment(value: Any) -> str | None:
         return body.decode("utf-8", "replace")
     return value.decode("utf-8", "replace")
 
+
+def _maker_note(value: Any) -> str | None:
+    """A MakerNote is vendor binary; only a leading text (as OpenAI writes, ``OpenAI--…``) is kept."""
+    if isinstance(value, bytes):
+        value = value[:1024].decode("latin-1")
+    if not isinstance(value, str):
+        return None
+    match = re.match(r"[\x20-\x7e]{4,}", value[:1024])
+    return match.group(0) if match else None
 
 
 def short(value: Any, limit: int = SHORT_CHARS) -> Any:
