@@ -327,7 +327,7 @@ def scan_summary(summary, report: str | None = None) -> str:
     text = (f"{summary.files} file(s) scanned in {summary.seconds:.1f} s ({summary.images_per_second:.1f}/s): "
             f"{summary.flagged} flagged as synthetic {why}, {summary.errors} unreadable")
     if summary.not_scorable:
-        kinds = ", ".join(f"{n} {fmt}" for fmt, n in sorted(summary.not_scorable.items(), key=lambda kv: -kv[1]))
+        kinds = ", ".join(f"{n} {fmt}" for fmt, n in sorted(summary.not_scorable.items(), key=lambda kv: (-kv[1], kv[0])))
         text += f" ({sum(summary.not_scorable.values())} of them in formats no detector scores: {kinds})"
     if summary.skipped_done:
         text += f"; {summary.skipped_done} already in the report"
@@ -354,8 +354,13 @@ def report_summary(path: str, s) -> None:
     if s.by_generator:
         table("by generator (from metadata)", ["generator", "files"], [[k, v] for k, v in s.by_generator.items()],
               to_stdout=True)
+    if s.by_flagged_by:
+        table("flagged by", ["what", "files"], [[k, v] for k, v in s.by_flagged_by.items()], to_stdout=True)
     if s.top:
-        table(f"top {len(s.top)} flagged", ["score", "path"], [[r["score"], r["path"]] for r in s.top], to_stdout=True)
+        with_reason = any(r.get("reason") for r in s.top)
+        table(f"top {len(s.top)} flagged", ["score", "path"] + (["why"] if with_reason else []),
+              [[r["score"], r["path"]] + ([r.get("reason") or ""] if with_reason else []) for r in s.top],
+              to_stdout=True)
 
 
 # -- evaluate ----------------------------------------------------------------------------------

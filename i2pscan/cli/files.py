@@ -11,7 +11,7 @@ INFO_EXIT_CODES = "0 shown; 2 not a detector or calibration file, or a damaged o
 
 
 @click.command(cls=Command, sections=(OUTPUT, RUN), exit_codes="0 done; 2 not a readable report, or a folder in the way")
-@click.argument("report_file", metavar="REPORT.parquet", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.argument("report_file", metavar="REPORT.parquet|DIR/", type=click.Path(exists=True, path_type=str))
 @option("--top", type=click.IntRange(min=0), default=20, show_default=True, group=OUTPUT,
         help="How many flagged files to list.")
 @option("--html", "html_dir", type=click.Path(file_okay=False, path_type=str), default=None, metavar="DIR", group=OUTPUT,
@@ -26,7 +26,8 @@ INFO_EXIT_CODES = "0 shown; 2 not a detector or calibration file, or a damaged o
 @quiet_option
 @command
 def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, quiet):
-    """Summarise a scan report: counts, the detector and options used, and the top flagged files.
+    """Summarise a scan report (a file, or the dataset folder scan -o DIR/ writes): counts, the detector
+    and options used, what flagged files, and the top flagged files with why.
 
     With --html DIR, write a static review page instead (works offline, from file://): cards with
     thumbnails, filters, keyboard, a large view, score histograms, and decisions a moderator

@@ -28,7 +28,8 @@ from typing import Any
 from i2pscan.errors import one_line
 
 MAX_TEXT_BYTES = 4 << 20  # one text chunk, decompressed
-MAX_TOTAL_TEXT_BYTES = 16 << 20  # everything inflated or kept from one file's text chunks, together
+MAX_TOTAL_TEXT_BYTES = 16 << 20  # everything inflated from one file's compressed text, together
+MAX_TOTAL_PLAIN_BYTES = 16 << 20  # uncompressed text kept from one file (it is in the file already)
 MAX_XMP_BYTES = 4 << 20  # one XMP packet
 MAX_TOTAL_XMP_BYTES = 16 << 20  # all XMP packets of a file
 MAX_XMP_PACKETS = 1000  # parsed per file (packets naming no field of interest are never parsed)
@@ -47,7 +48,8 @@ class Found:
     notes: list[str] = field(default_factory=list)
     xmp_info: dict = field(default_factory=dict)
     exif_info: dict = field(default_factory=dict)
-    text_budget: int = MAX_TOTAL_TEXT_BYTES  # bytes of text this file may still inflate or keep
+    inflate_budget: int = MAX_TOTAL_TEXT_BYTES  # bytes of text this file may still inflate
+    text_budget: int = MAX_TOTAL_PLAIN_BYTES  # bytes of uncompressed text this file may still keep
 
     def note(self, text: str) -> None:
         if len(self.notes) < 20:
@@ -134,6 +136,7 @@ def _png_text(kind: bytes, body: bytes, found: Found) -> tuple[str, str] | None:
     if not sep or not key or len(key) > 79:
         return None
     name = key.decode("latin-1")
+    compressed = kind == b"zTXt"
     if kind == b"tEXt":
         raw, encoding = rest, "latin-1"
     elif kind == b"zTXt":
@@ -141,29 +144,30 @@ def _png_text(kind: bytes, body: bytes, found: Found) -> tuple[str, str] | None:
     else:
         if len(rest) < 2:
             return None
-        compressed, rest = rest[0], rest[2:]
+        compressed, rest = bool(rest[0]), rest[2:]
         _lang, _, rest = rest.partition(b"\0")
         _translated, _, raw = rest.partition(b"\0")
         raw, encoding = (_inflate(raw, name, found) if compressed else raw), "utf-8"
     if raw is None:
         return None
-    keep = min(MAX_TEXT_BYTES, found.text_budget)
-    if keep <= 0:
-        found.note(f"png text {short(name, 40)}: not read (the file's {MAX_TOTAL_TEXT_BYTES:,}-byte text budget is spent)")
-        return None
-    if len(raw) > keep:
+    if not compressed:  # inflated text was counted as it was inflated
+        keep = min(MAX_TEXT_BYTES, found.text_budget)
+        if keep <= 0:
+            found.note(f"png text {short(name, 40)}: not read (the file's {MAX_TOTAL_PLAIN_BYTES:,}-byte text "
+                       f"budget is spent)")
+            return None
         raw = raw[:keep]
-    found.text_budget -= len(raw)
+        found.text_budget -= len(raw)
     return name, raw.decode(encoding, "replace")
 
 
 def _inflate(raw: bytes, name: str, found: Found) -> bytes | None:
     """At most what is left of the file's text budget (and ``MAX_TEXT_BYTES``) of one compressed
     text; nothing at all once the budget is spent (``max_length=0`` would mean no limit)."""
-    limit = min(MAX_TEXT_BYTES, found.text_budget)
+    limit = min(MAX_TEXT_BYTES, found.inflate_budget)
     if limit <= 0:
-        found.note(f"png text {short(name, 40)}: not inflated (the file's {MAX_TOTAL_TEXT_BYTES:,}-byte text "
-                   f"budget is spent)")
+        found.note(f"png text {short(name, 40)}: not inflated (the file's {MAX_TOTAL_TEXT_BYTES:,}-byte budget "
+                   f"of inflated text is spent)")
         return None
     try:
         inflater = zlib.decompressobj()
@@ -171,6 +175,7 @@ def _inflate(raw: bytes, name: str, found: Found) -> bytes | None:
     except zlib.error:
         found.note(f"png text {short(name, 40)}: corrupt compressed text")
         return None
+    found.inflate_budget -= len(out)
     if inflater.unconsumed_tail:
         found.note(f"png text {short(name, 40)}: longer than {limit:,} bytes, cut")
     return out

@@ -275,7 +275,7 @@ def _page_meta(report: str, meta: dict, survey: Survey, names: list[str], root: 
     identity = json.dumps([os.path.abspath(report), meta.get("started"), meta.get("finished"),
                            meta.get("detector_id")], default=str)
     return {
-        "title": os.path.basename(report),
+        "title": os.path.basename(report.rstrip("/" + os.sep)) or report,
         "report": os.path.abspath(report),
         "report_id": hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:16],
         "rows": survey.rows,
