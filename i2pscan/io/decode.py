@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from i2pscan.errors import one_line
-from i2pscan.io.formats import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, is_dng, register_decoders, unscored_kind
-from i2pscan.io.metadata import exif_tags, read_exif  # noqa: F401 (read_exif: the evidence reader's)
+from i2pscan.io.formats import IMAGE_EXTENSIONS, is_dng, register_decoders, unscored_kind
+from i2pscan.io.metadata import exif_tags
 
 DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # Pillow's own refusal limit, about 179 MP
 DEFAULT_MAX_BYTES = 1 << 30

@@ -22,39 +22,15 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from dataclasses import dataclass, field
 from typing import Any
 
 from i2pscan.errors import one_line
+from i2pscan.provenance.found import (MAX_CHUNKS, MAX_LIST, MAX_TEXT_BYTES, MAX_TOTAL_PLAIN_BYTES, MAX_TOTAL_TEXT_BYTES,
+                                      MAX_TOTAL_XMP_BYTES, MAX_XMP_BYTES, MAX_XMP_PACKETS, Found, short)
+from i2pscan.provenance.xmp import read_xmp_packets
 
-MAX_TEXT_BYTES = 4 << 20  # one text chunk, decompressed
-MAX_TOTAL_TEXT_BYTES = 16 << 20  # everything inflated from one file's compressed text, together
-MAX_TOTAL_PLAIN_BYTES = 16 << 20  # uncompressed text kept from one file (it is in the file already)
-MAX_XMP_BYTES = 4 << 20  # one XMP packet
-MAX_TOTAL_XMP_BYTES = 16 << 20  # all XMP packets of a file
-MAX_XMP_PACKETS = 1000  # parsed per file (packets naming no field of interest are never parsed)
-MAX_CHUNKS = 100_000  # PNG chunks / JPEG segments / RIFF chunks walked per file (a hostile file may hold millions)
-MAX_LIST = 50  # status codes, source types... kept in the detail
-SHORT_CHARS = 256
-
-
-@dataclass
-class Found:
-    texts: dict[str, str] = field(default_factory=dict)  # PNG text chunks (and JPEG comments)
-    exif: list[bytes] = field(default_factory=list)
-    xmp: list[bytes] = field(default_factory=list)
-    manifest_bytes: int = 0
-    complete: bool = False  # a PNG, JPEG or WebP whose metadata places were all walked: nothing elsewhere
-    notes: list[str] = field(default_factory=list)
-    xmp_info: dict = field(default_factory=dict)
-    exif_info: dict = field(default_factory=dict)
-    inflate_budget: int = MAX_TOTAL_TEXT_BYTES  # bytes of text this file may still inflate
-    text_budget: int = MAX_TOTAL_PLAIN_BYTES  # bytes of uncompressed text this file may still keep
-
-    def note(self, text: str) -> None:
-        if len(self.notes) < 20:
-            self.notes.append(text)
-
+__all__ = ["MAX_LIST", "MAX_TEXT_BYTES", "MAX_TOTAL_TEXT_BYTES", "MAX_XMP_BYTES", "Found", "add_exif",
+           "may_hold_manifest", "read_headers", "short"]
 
 def read_headers(data: bytes, exif: dict | None = None, xmp: bytes | None = None) -> Found:
     """Everything but C2PA: container metadata (PNG text, JPEG/WebP segments), every XMP packet,
@@ -71,7 +47,7 @@ def read_headers(data: bytes, exif: dict | None = None, xmp: bytes | None = None
             packets.append(xmp)
         if not found.complete:  # XMP outside the places PNG/JPEG/WebP define for it (AVIF, HEIF, JXL, GIF, TIFF, SVG)
             packets += _find_xmp_packets(data, found)
-        _read_xmp_packets(packets, found)
+        read_xmp_packets(packets, found)
     except Exception as exc:
         found.note(f"xmp: {one_line(exc, 200)}")
     try:
@@ -266,106 +242,11 @@ def _find_xmp_packets(data: bytes, found: Found) -> list[bytes]:
     return packets
 
 
-# -- XMP -----------------------------------------------------------------------------------------
-
-_NS = {
-    "iptc": "{http://iptc.org/std/Iptc4xmpExt/2008-02-29/}",
-    "xmp": "{http://ns.adobe.com/xap/1.0/}",
-    "rdf": "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}",
-    "dc": "{http://purl.org/dc/elements/1.1/}",
-    "photoshop": "{http://ns.adobe.com/photoshop/1.0/}",
-    "tiff": "{http://ns.adobe.com/tiff/1.0/}",
-    "exif": "{http://ns.adobe.com/exif/1.0/}",
-}
-# XMP properties read, by (namespace, name) -> the key in xmp_info
-_XMP_FIELDS = {
-    _NS["iptc"] + "DigitalSourceType": "digital_source_types",
-    _NS["iptc"] + "AISystemUsed": "ai_system",
-    _NS["xmp"] + "CreatorTool": "creator_tool",
-    _NS["dc"] + "description": "description",
-    _NS["dc"] + "title": "title",
-    _NS["dc"] + "creator": "creator",
-    _NS["photoshop"] + "Credit": "credit",
-    _NS["photoshop"] + "Source": "source",
-    _NS["photoshop"] + "Instructions": "instructions",
-    _NS["tiff"] + "Software": "software",
-    _NS["tiff"] + "Make": "make",
-    _NS["tiff"] + "Model": "model",
-    _NS["tiff"] + "ImageDescription": "image_description",
-    _NS["exif"] + "UserComment": "user_comment",
-}
-# a packet naming none of these is not parsed at all (a file of 100,000 tiny packets costs a search each)
-_XMP_INTEREST = re.compile(rb"DigitalSourceType|AISystemUsed|CreatorTool|description|title|creator|Credit|Source"
-                           rb"|Instructions|Software|Make|Model|ImageDescription|UserComment")
-
-
-def _read_xmp_packets(packets: list[bytes], found: Found) -> None:
-    total, parsed = 0, 0
-    for i, packet in enumerate(packets):
-        if len(packet) > MAX_XMP_BYTES:
-            found.note(f"xmp: packet of {len(packet):,} bytes skipped (limit {MAX_XMP_BYTES:,})")
-            continue
-        total += len(packet)
-        if total > MAX_TOTAL_XMP_BYTES or parsed >= MAX_XMP_PACKETS:
-            found.note(f"xmp: {len(packets) - i} packet(s) beyond the limits ({MAX_TOTAL_XMP_BYTES:,} bytes, "
-                       f"{MAX_XMP_PACKETS} packets) not read")
-            break
-        if b"<!DOCTYPE" in packet or b"<!ENTITY" in packet:  # never parsed: entity bombs, external entities
-            found.note("xmp: refused (a DTD or entities in attacker-controlled XML)")
-            continue
-        if not _XMP_INTEREST.search(packet):
-            continue
-        parsed += 1
-        _read_xmp(packet, found)
-    types = found.xmp_info.get("digital_source_types")
-    if types is not None:
-        found.xmp_info["digital_source_types"] = list(dict.fromkeys(types))[:MAX_LIST]
-    found.xmp_info = {k: v for k, v in found.xmp_info.items() if v}
-
-
-def _read_xmp(packet: bytes, found: Found) -> None:
-    from defusedxml import DefusedXmlException
-    from defusedxml.ElementTree import fromstring
-
-    stop = packet.rfind(b"</x:xmpmeta>")
-    if stop > 0:  # drop the closing <?xpacket?> and padding (a DTD before the packet stays, and is refused)
-        packet = packet[:stop + len(b"</x:xmpmeta>")]
-    packet = packet.lstrip(b"\xef\xbb\xbf \t\r\n\x00")
-    try:
-        root = fromstring(packet, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except DefusedXmlException as exc:
-        found.note(f"xmp: refused ({type(exc).__name__}: a DTD or entities in attacker-controlled XML)")
-        return
-    except Exception as exc:
-        found.note(f"xmp: not well-formed ({one_line(exc, 120)})")
-        return
-    info = found.xmp_info
-    for el in root.iter():
-        for name, value in el.attrib.items():
-            key = _XMP_FIELDS.get(name)
-            if key:
-                _xmp_value(info, key, value)
-        key = _XMP_FIELDS.get(el.tag) if isinstance(el.tag, str) else None
-        if key:
-            value = el.get(_NS["rdf"] + "resource") or (el.text or "").strip()
-            if not value:  # a language alternative or a sequence: rdf:Alt/rdf:Seq/rdf:Bag of rdf:li
-                value = next((li.text.strip() for li in el.iter(_NS["rdf"] + "li") if (li.text or "").strip()), "")
-            if value:
-                _xmp_value(info, key, value)
-
-
-def _xmp_value(info: dict, key: str, value: str) -> None:
-    if key == "digital_source_types":
-        info.setdefault(key, []).append(short(value.rstrip("/").rsplit("/", 1)[-1]))
-    elif key not in info:
-        info[key] = short(value)
-
-
 # -- EXIF ----------------------------------------------------------------------------------------
 
 
 def _read_exif(blob: bytes, found: Found) -> None:
-    from i2pscan.io.decode import read_exif
+    from i2pscan.io.metadata import read_exif
 
     add_exif(read_exif(blob), found)
 
@@ -412,9 +293,3 @@ def _maker_note(value: Any) -> str | None:
         return None
     match = re.match(r"[\x20-\x7e]{4,}", value[:1024])
     return match.group(0) if match else None
-
-
-def short(value: Any, limit: int = SHORT_CHARS) -> Any:
-    if isinstance(value, str) and len(value) > limit:
-        return value[:limit] + "…"
-    return value
