@@ -68,8 +68,9 @@ class _Remember:
         help="No model: verdicts from each file's provenance metadata alone (synthetic, real for a validating "
              "C2PA capture, unknown otherwise); no detector, backbone or weights are loaded.")
 @option("--ext", "extensions", multiple=True, metavar="EXT[,EXT]", group=INPUT,
-        help="File extensions picked up in folders (default: jpg jpeg png webp bmp gif tif tiff, and avif heic heif "
-             "where a decoder is installed); repeatable.")
+        help="File extensions picked up in folders, replacing the default list (every image extension: jpg jpeg "
+             "png webp gif tif avif heic heif ..., and camera raw, svg and jxl, which get a row saying why they are "
+             "not scored); repeatable. Image files the list leaves out are counted in a warning.")
 @option("--exclude", multiple=True, metavar="GLOB", group=INPUT,
         help="Skip paths (below a folder) or names matching GLOB; repeatable.")
 @option("--hidden", is_flag=True, group=INPUT, help="Also scan hidden files and folders.")
