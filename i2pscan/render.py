@@ -297,8 +297,8 @@ def _vec(values) -> str:
 
 
 def scan_line(row: dict) -> str:
-    """``score  verdict  path`` (or ``-  error  path: message``), aligned for reading; a flagged
-    file's line ends with why (its ``reason``)."""
+    """``score  verdict  path`` (or ``-  error  path: message``), aligned for reading; a file its
+    metadata flagged ends with why (its ``reason``; a score above the threshold speaks for itself)."""
     declared = row.get("provenance")
     note = ""
     if declared not in (None, "none"):
@@ -308,7 +308,7 @@ def scan_line(row: dict) -> str:
         note = f"  [c2pa {row['c2pa']}]"
     score = f"{row['score']:6.4f}" if row.get("score") is not None else f"{'-':>6}"
     problem = f": {row['error']}" if row.get("error") else ""
-    why = f"  ({row['reason']})" if row.get("flagged_by") and row.get("reason") else ""
+    why = f"  ({row['reason']})" if row.get("flagged_by") in ("metadata", "both") and row.get("reason") else ""
     return f"{score}  {row['verdict']:<9}  {row['path']}{problem}{note}{why}"
 
 

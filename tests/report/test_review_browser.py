@@ -364,6 +364,12 @@ def test_review_workflow_reasons_filters_bulk_notes_identity_and_export(tmp_path
     page.click('.card[data-pos="1"]')
     page.keyboard.press("r")
     assert page.text_content("#export") == "Export decisions (3)"
+    # the large view opens each twin's own file: the byte 0xFF, and a literal backslash (not a separator)
+    page.keyboard.press("Enter")
+    assert page.get_attribute("#v-img", "src").endswith("/twin%5Cxff.png")
+    page.keyboard.press("ArrowLeft")
+    assert page.get_attribute("#v-img", "src").endswith("/twin%FF.png")
+    page.keyboard.press("Escape")
     with page.expect_download() as info:
         page.click("#export")
     exported = tmp_path / "decisions.csv"
