@@ -82,3 +82,15 @@ def short_path(path: str, limit: int = 160) -> str:
         return path
     head = limit // 3
     return f"{path[:head]}…{path[len(path) - (limit - head - 1):]}"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode (so it encodes to UTF-8, as Parquet and JSON lines need): each
+    lone surrogate, which a JSON escape such as ``\\ud800`` or an undecodable file name leaves
+    in a Python string, becomes the visible text ``\\ud800``."""
+    if not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

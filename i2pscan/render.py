@@ -302,7 +302,8 @@ def _vec(values) -> str:
 
 
 def scan_line(row: dict) -> str:
-    """``score  verdict  path`` (or ``-  error  path: message``), aligned for reading."""
+    """``score  verdict  path`` (or ``-  error  path: message``), aligned for reading; a file its
+    metadata flagged ends with why (its ``reason``; a score above the threshold speaks for itself)."""
     declared = row.get("provenance")
     note = ""
     if declared not in (None, "none"):
@@ -313,18 +314,28 @@ def scan_line(row: dict) -> str:
         note = f"  [c2pa {terminal_text(row['c2pa'])}]"
     score = f"{row['score']:6.4f}" if row.get("score") is not None else f"{'-':>6}"
     problem = f": {visible(row['error'])}" if row.get("error") else ""
-    return f"{score}  {row['verdict']:<9}  {terminal_text(row['path'])}{problem}{note}"
+    why = (f"  ({visible(row['reason'])})" if row.get("flagged_by") in ("metadata", "both") and row.get("reason")
+           else "")
+    return f"{score}  {row['verdict']:<9}  {terminal_text(row['path'])}{problem}{note}{why}"
 
 
 def scan_summary(summary, report: str | None = None) -> str:
-    """The one-line summary of a scan run."""
+    """The one-line summary of a scan run: what was flagged and by what, what could not be read."""
     from i2pscan.errors import short_path
 
-    why = ("by their metadata" if summary.threshold is None
-           else f"(threshold {summary.threshold:.4f}" + (f"; {summary.by_metadata} by their metadata)"
-                                                         if summary.by_metadata else ")"))
+    by = summary.flagged_by
+    if summary.threshold is None:
+        why = "by their metadata"
+    else:
+        parts = [f"{n} by {what}" for what, n in (("the model", by.get("model", 0)),
+                                                   ("their metadata alone", by.get("metadata", 0)),
+                                                   ("both", by.get("both", 0))) if n]
+        why = f"(threshold {summary.threshold:.4f}" + (f"; {', '.join(parts)})" if parts else ")")
     text = (f"{summary.files} file(s) scanned in {summary.seconds:.1f} s ({summary.images_per_second:.1f}/s): "
             f"{summary.flagged} flagged as synthetic {why}, {summary.errors} unreadable")
+    if summary.not_scorable:
+        kinds = ", ".join(f"{n} {fmt}" for fmt, n in sorted(summary.not_scorable.items(), key=lambda kv: (-kv[1], kv[0])))
+        text += f" ({sum(summary.not_scorable.values())} of them in formats no detector scores: {kinds})"
     if summary.skipped_done:
         text += f"; {summary.skipped_done} already in the report"
     return text + (f"; report: {short_path(report)}" if report else "")
@@ -350,8 +361,13 @@ def report_summary(path: str, s) -> None:
     if s.by_generator:
         table("by generator (from metadata)", ["generator", "files"], [[k, v] for k, v in s.by_generator.items()],
               to_stdout=True)
+    if s.by_flagged_by:
+        table("flagged by", ["what", "files"], [[k, v] for k, v in s.by_flagged_by.items()], to_stdout=True)
     if s.top:
-        table(f"top {len(s.top)} flagged", ["score", "path"], [[r["score"], r["path"]] for r in s.top], to_stdout=True)
+        with_reason = any(r.get("reason") for r in s.top)
+        table(f"top {len(s.top)} flagged", ["score", "path"] + (["why"] if with_reason else []),
+              [[r["score"], r["path"]] + ([r.get("reason") or ""] if with_reason else []) for r in s.top],
+              to_stdout=True)
 
 
 # -- evaluate ----------------------------------------------------------------------------------

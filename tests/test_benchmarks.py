@@ -25,15 +25,19 @@ def test_ablation_runs_every_strategy_on_the_tiny_backbone(toy_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_provenance_prints_its_three_tables():
+def test_bench_provenance_prints_its_three_tables(tmp_path):
     from helpers import CORPORA
 
     if not (CORPORA / "provenance").is_dir():
         pytest.skip("../shared/corpora is not present on this machine")
     r = subprocess.run([sys.executable, "bench_provenance.py", "--corpora", str(CORPORA), "--repeat", "1",
-                        "--model-repeat", "1"], cwd=BENCH, capture_output=True, text=True, timeout=600)
+                        "--model-repeat", "1", "--typical", "40", "--typical-dir", str(tmp_path / "typical")],
+                       cwd=BENCH, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     for title in ("scan --metadata-only (files/s", "time per file of the evidence reader's parts (ms)",
                   "tiny-backbone model scan of robustness/"):
         assert title in r.stdout
-    assert "--metadata-only, both           238" in r.stdout
+    import re
+
+    assert re.search(r"--metadata-only, both +238 ", r.stdout)
+    assert re.search(r"--metadata-only, typical without C2PA, 2 worker\(s\) +40 ", r.stdout)

@@ -10,8 +10,10 @@ from i2pscan.cli.options import OUTPUT, RUN, Command, option, quiet_option
 INFO_EXIT_CODES = "0 shown; 2 not a detector or calibration file, or a damaged one"
 
 
-@click.command(cls=Command, sections=(OUTPUT, RUN), exit_codes="0 done; 2 not a readable report, or a folder in the way")
-@click.argument("report_file", metavar="REPORT.parquet", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.command(cls=Command, sections=(OUTPUT, RUN),
+               exit_codes="0 done; 1 with --decisions: reviewers disagree on some files (listed on stderr); "
+                          "2 not a readable report or decisions file, or a folder in the way")
+@click.argument("report_file", metavar="REPORT.parquet|DIR/", type=click.Path(exists=True, path_type=str))
 @option("--top", type=click.IntRange(min=0), default=20, show_default=True, group=OUTPUT,
         help="How many flagged files to list.")
 @option("--html", "html_dir", type=click.Path(file_okay=False, path_type=str), default=None, metavar="DIR", group=OUTPUT,
@@ -20,20 +22,33 @@ INFO_EXIT_CODES = "0 shown; 2 not a detector or calibration file, or a damaged o
 @option("--max-thumbs", type=click.IntRange(min=0), default=None, metavar="N", group=OUTPUT,
         help="With --html: thumbnails for at most N files, flagged first by score [default: 5000].")
 @option("--root", type=click.Path(exists=True, file_okay=False, path_type=str), default=None, group=OUTPUT,
-        help="With --html: the folder the report's relative paths start from [default: the current folder].")
+        help="With --html or --decisions: the folder the report's relative paths start from [default: the current "
+             "folder].")
 @option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
         help="With --html: thumbnail processes (default: from the CPU count; 0 decodes in this process).")
+@option("--decisions", "decision_files", multiple=True, metavar="CSV", group=OUTPUT,
+        type=click.Path(exists=True, dir_okay=False, path_type=str),
+        help="Instead of the summary, merge reviewers' decision files (as the review page exports them; "
+             "repeatable): the agreed decisions go to stdout as one decisions CSV, the files reviewers disagree "
+             "on are listed on stderr.")
 @quiet_option
 @command
-def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, quiet):
-    """Summarise a scan report: counts, the detector and options used, and the top flagged files.
+def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, decision_files, quiet):
+    """Summarise a scan report (a file, or the dataset folder scan -o DIR/ writes): counts, the detector
+    and options used, what flagged files, and the top flagged files with why.
 
     With --html DIR, write a static review page instead (works offline, from file://): cards with
-    thumbnails, filters, keyboard, a large view, score histograms, and decisions a moderator
-    exports as a CSV path,label that calibrate, finetune and evaluate accept. Prints the page's path.
+    thumbnails and the reason for each verdict, filters, keyboard, a large view, score histograms,
+    and decisions (with notes, reviewer and time) a moderator exports as a CSV whose path,label
+    columns calibrate, finetune and evaluate accept. Prints the page's path. With --decisions
+    a.csv --decisions b.csv, merge reviewers' exported decisions about the report.
     """
     from i2pscan import render
 
+    if decision_files:
+        if html_dir is not None:
+            raise click.UsageError("--decisions and --html are separate steps: merge first, or build the page")
+        return _merge_decisions(report_file, list(decision_files), root)
     if html_dir is None:
         given = [name for name, value in (("--open", open_page), ("--max-thumbs", max_thumbs is not None),
                                           ("--root", root), ("--workers", workers is not None)) if value]
@@ -42,9 +57,14 @@ def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, qui
         from i2pscan.report.read import read_report
 
         return render.report_summary(report_file, read_report(report_file, top))
+    _review_page(report_file, html_dir, open_page, max_thumbs, root, workers)
+
+
+def _review_page(report_file, html_dir, open_page, max_thumbs, root, workers) -> None:
+    from i2pscan import render
     from i2pscan.io.pool import default_workers
-    from i2pscan.report.review import DEFAULT_MAX_THUMBS, build_page, open_in_browser
     from i2pscan.progress import progress
+    from i2pscan.report.review import DEFAULT_MAX_THUMBS, build_page, open_in_browser
 
     page = build_page(report_file, html_dir, DEFAULT_MAX_THUMBS if max_thumbs is None else max_thumbs, root=root,
                       workers=default_workers() if workers is None else workers, progress=progress)
@@ -55,6 +75,24 @@ def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, qui
     click.echo(page.index)
     if open_page and not open_in_browser(page.index):
         render.log(f"no display to open a browser on: open {page.index} in a browser")
+
+
+def _merge_decisions(report_file: str, files: list[str], root: str | None) -> None:
+    import os
+    import sys
+
+    from i2pscan import render
+    from i2pscan.cli.app import EXIT_CLEAN, EXIT_FLAGGED, exit_with
+    from i2pscan.report.decisions import merge, write_csv
+
+    merged = merge(report_file, files, root)
+    write_csv(merged.agreed, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+    for path, decisions in merged.conflicts.items():
+        render.log(f"conflict: {os.fsdecode(path)}: " + ", ".join(f"{d.reviewer} {d.label}" for d in decisions))
+    render.log(f"{len(merged.agreed):,} decision(s) agreed, {len(merged.conflicts):,} conflict(s) left out"
+               + (f", {merged.not_in_report:,} naming no file of the report" if merged.not_in_report else ""))
+    exit_with(EXIT_FLAGGED if merged.conflicts else EXIT_CLEAN)
 
 
 @click.command(cls=Command, exit_codes=INFO_EXIT_CODES)

@@ -18,6 +18,35 @@ EXIT_CODES = ("0 done, nothing flagged; 1 done, at least one image flagged; 2 us
               "the rows printed before it left")
 
 
+class _Remember:
+    """Hands rows to the printer, remembering which flagged files it printed, so that after a resume
+    ``--flagged-only`` also prints the files flagged in the report's earlier runs (and says so)."""
+
+    def __init__(self, printer: RowPrinter, flagged_only: bool):
+        self.printer, self.flagged_only, self.keys = printer, flagged_only, set()
+
+    def __call__(self, row: dict) -> None:
+        if self.flagged_only and row["verdict"] == "synthetic":
+            from i2pscan.report.schema import row_key
+
+            self.keys.add(row_key(row))
+        self.printer(row)
+
+    def earlier_runs(self, outcome) -> None:
+        if not (self.flagged_only and outcome.report and outcome.summary.skipped_done):
+            return
+        from i2pscan import render
+        from i2pscan.report.read import flagged_rows
+        from i2pscan.report.schema import row_key
+
+        earlier = 0
+        for row in flagged_rows(outcome.report):
+            if row_key(row) not in self.keys and not self.printer.closed:
+                self.printer(row)
+                earlier += 1
+        render.log(f"--flagged-only: {earlier} of the files printed were flagged by earlier runs of this report")
+
+
 @click.command(cls=Command, sections=(OUTPUT, INPUT, DETECTOR, RUN), exit_codes=EXIT_CODES)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @option("--out", "--output", "-o", "output", type=click.Path(path_type=str), default=None, group=OUTPUT,
@@ -29,7 +58,8 @@ EXIT_CODES = ("0 done, nothing flagged; 1 done, at least one image flagged; 2 us
 @option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True, group=OUTPUT,
         help="stdout: a line per file, or one JSON object per file.")
 @option("--flagged-only", is_flag=True, group=OUTPUT,
-        help="stdout: only the files flagged as synthetic (paths, or JSON rows).")
+        help="stdout: only the files flagged as synthetic (paths, or JSON rows); with --resume, those of the "
+             "report's earlier runs too.")
 @option("-0", "--null", "null", is_flag=True, group=OUTPUT, help="With --flagged-only: NUL-separated paths, for xargs -0.")
 @option("--hash", "want_hash", is_flag=True, group=OUTPUT, help="Add the sha256 of every file to the report.")
 @option("--flush-rows", type=click.IntRange(min=1), default=2048, show_default=True, group=OUTPUT,
@@ -38,8 +68,9 @@ EXIT_CODES = ("0 done, nothing flagged; 1 done, at least one image flagged; 2 us
         help="No model: verdicts from each file's provenance metadata alone (synthetic, real for a validating "
              "C2PA capture, unknown otherwise); no detector, backbone or weights are loaded.")
 @option("--ext", "extensions", multiple=True, metavar="EXT[,EXT]", group=INPUT,
-        help="File extensions picked up in folders (default: jpg jpeg png webp bmp gif tif tiff, and avif heic heif "
-             "where a decoder is installed); repeatable.")
+        help="File extensions picked up in folders, replacing the default list (every image extension: jpg jpeg "
+             "png webp gif tif avif heic heif ..., and camera raw, svg and jxl, which get a row saying why they are "
+             "not scored); repeatable. Image files the list leaves out are counted in a warning.")
 @option("--exclude", multiple=True, metavar="GLOB", group=INPUT,
         help="Skip paths (below a folder) or names matching GLOB; repeatable.")
 @option("--hidden", is_flag=True, group=INPUT, help="Also scan hidden files and folders.")
@@ -72,16 +103,18 @@ def scan(paths, output, fmt, flagged_only, null, detector_file, metadata_only, e
     if null and not flagged_only:
         raise click.UsageError("-0 goes with --flagged-only")
     printer = RowPrinter(fmt, flagged_only, null, stop_when_closed=output is None)
+    printed = _Remember(printer, flagged_only)
     exts = tuple(e.strip() for x in extensions for e in x.split(",") if e.strip()) or None
     try:
         outcome = run_scan(paths, output, None if metadata_only else detector_file, metadata_only=metadata_only,
-                           on_row=printer, ray=ray_address, extensions=exts, stdin=sys.stdin.buffer, **given)
+                           on_row=printed, ray=ray_address, extensions=exts, stdin=sys.stdin.buffer, **given)
     except ScanStopped as exc:
         if not isinstance(exc.cause, Exception):  # an interruption: say what is kept, exit as interrupted
             click.echo(with_flags(str(exc)), err=True)
             raise exc.cause from None
         raise
     if not outcome.stopped:  # `i2pscan scan ... | head`: the code says what the reader was given
+        printed.earlier_runs(outcome)
         render.log(render.scan_summary(outcome.summary, output))
     counts = (printer.flagged, printer.errors) if outcome.stopped else (outcome.flagged, outcome.errors)
     exit_with(EXIT_FLAGGED if counts[0] else EXIT_UNREADABLE if counts[1] else EXIT_CLEAN)

@@ -7,7 +7,6 @@ wrong, so that one input always gives one result.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import os
 import signal
@@ -21,14 +20,8 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from i2pscan.errors import one_line
-
-# HEIC/HEIF only where the optional decoder is installed (pip install i2pscan[heif]); its opener is
-# registered with Pillow when the first HEIF file is met, not when i2pscan is imported.
-HEIF_EXTENSIONS = ("heic", "heif") if importlib.util.find_spec("pillow_heif") else ()
-
-BASE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-AVIF_EXTENSIONS = ("avif",) if ".avif" in Image.registered_extensions() else ()
-IMAGE_EXTENSIONS = BASE_EXTENSIONS + AVIF_EXTENSIONS + HEIF_EXTENSIONS
+from i2pscan.io.formats import IMAGE_EXTENSIONS, is_dng, register_decoders, unscored_kind
+from i2pscan.io.metadata import exif_tags
 
 DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # Pillow's own refusal limit, about 179 MP
 DEFAULT_MAX_BYTES = 1 << 30
@@ -54,6 +47,7 @@ class Decoded:
     sha256: str | None = None
     data: bytes | None = None  # the file's bytes, when asked for (keep_bytes): shared with the evidence reader
     exif: dict | None = None  # with keep_bytes: the EXIF tags Pillow already parsed (read_exif's keys)
+    xmp: bytes | None = None  # an XMP packet Pillow found where the bytes do not show it (HEIF, AVIF items)
     provenance: dict | None = None  # report columns from provenance.EvidenceReader, when asked for
 
 
@@ -94,10 +88,12 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
             result.sha256 = hashlib.sha256(data).hexdigest()
         with _deadline(timeout_s), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = _open_checked(data, max_pixels, result)
+            image = _open_checked(data, max_pixels, result, path)
             if image is not None:
                 if keep_bytes:  # Pillow parses EXIF for the orientation anyway: share it with the evidence reader
-                    result.exif = _exif_tags(image.getexif)
+                    result.exif = exif_tags(image.getexif)
+                    xmp = image.info.get("xmp") if image.format in ("HEIF", "AVIF", "JXL") else None
+                    result.xmp = xmp if isinstance(xmp, bytes) else None
                 if rgb == "pillow":
                     result.image = image.convert("RGB") if image.mode in _PILLOW_CONVERTS else _to_rgb(image)
                 else:
@@ -164,74 +160,27 @@ def read_header(path: str, max_bytes: int = DEFAULT_MAX_BYTES, want_hash: bool =
     result.data = data
     if want_hash:
         result.sha256 = hashlib.sha256(data).hexdigest()
+    unscored = unscored_kind(data, path)
+    if unscored:
+        result.format = unscored[0]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            register_decoders(data)
             with Image.open(io.BytesIO(data)) as image:
-                result.format = image.format
+                result.format = "DNG" if is_dng(image) else unscored[0] if unscored else image.format
                 result.width, result.height = image.size
+                if image.format in ("HEIF", "AVIF", "JXL"):  # metadata in ISOBMFF items: Pillow's parse
+                    result.exif = exif_tags(image.getexif)
+                    xmp = image.info.get("xmp")
+                    result.xmp = xmp if isinstance(xmp, bytes) else None
     except Exception:  # not an image Pillow knows (SVG, JXL...): the evidence may still be there
         pass
     return result
 
 
-_EXIF_IFD0 = {0x010F: "Make", 0x0110: "Model", 0x0131: "Software", 0x010E: "ImageDescription", 0x013B: "Artist"}
-_EXIF_SUB = {0x9003: "DateTimeOriginal", 0xA434: "LensModel", 0x9286: "UserComment"}
-
-
-def read_exif(blob: bytes) -> dict:
-    """Selected tags of a raw EXIF block (a TIFF structure, optionally after ``Exif\\0\\0``):
-    {name: value} for Make, Model, Software, ImageDescription, Artist, DateTimeOriginal,
-    LensModel, UserComment (bytes). Empty when the block cannot be parsed; never raises."""
-    def load() -> Image.Exif:
-        exif = Image.Exif()
-        exif.load(blob)
-        return exif
-
-    return _exif_tags(load)
-
-
-def _exif_tags(get_exif) -> dict:
-    out: dict = {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            exif = get_exif()
-            for tag, name in _EXIF_IFD0.items():
-                if exif.get(tag) is not None:
-                    out[name] = exif.get(tag)
-            sub = exif.get_ifd(0x8769)
-            for tag, name in _EXIF_SUB.items():
-                if sub.get(tag) is not None:
-                    out[name] = sub.get(tag)
-    except Exception:  # broken EXIF is common and never fatal
-        pass
-    return out
-
-
-_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
-
-
-def _is_heif(data: bytes) -> bool:
-    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
-
-
 def _unidentified_message(data: bytes) -> str:
-    if _is_heif(data) and not HEIF_EXTENSIONS:
-        return "HEIF/HEIC image: install the optional decoder with pip install 'i2pscan[heif]'"
     return "not an image (or a format Pillow cannot read)"
-
-
-_heif_registered = False
-
-
-def _register_heif() -> None:
-    global _heif_registered
-    if not _heif_registered and HEIF_EXTENSIONS:
-        import pillow_heif
-
-        pillow_heif.register_heif_opener()
-        _heif_registered = True
 
 
 def limit_pixels(max_pixels: int) -> None:
@@ -241,11 +190,17 @@ def limit_pixels(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels // 2
 
 
-def _open_checked(data: bytes, max_pixels: int, result: Decoded) -> Image.Image | None:
-    if _is_heif(data):
-        _register_heif()
+def _open_checked(data: bytes, max_pixels: int, result: Decoded, path: str = "") -> Image.Image | None:
+    unscored = unscored_kind(data, path)
+    if unscored:
+        result.format, result.error = unscored
+        return None
+    register_decoders(data)
     image = Image.open(io.BytesIO(data))
     result.format = image.format
+    if is_dng(image):
+        result.format, result.error = unscored_kind(data, "x.dng")
+        return None
     width, height = image.size
     result.width, result.height = width, height
     if width * height > max_pixels:

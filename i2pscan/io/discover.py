@@ -11,6 +11,7 @@ from typing import Iterable, Iterator, Sequence
 
 from i2pscan.errors import InputError, short_path
 from i2pscan.io.decode import IMAGE_EXTENSIONS
+from i2pscan.io.formats import SCANNED_EXTENSIONS
 
 log = logging.getLogger("i2pscan")
 
@@ -80,6 +81,7 @@ def _stdin_paths(stdin: Iterable[bytes] | None) -> list[str]:
 
 def _walk(root: str, extensions: tuple[str, ...], options: DiscoverOptions) -> Iterator[str]:
     seen: set[tuple[int, int]] = set()
+    left_out: dict[str, int] = {}  # image extensions the chosen list leaves out: said, never silent
 
     def excluded(rel: str, name: str) -> bool:
         return any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(name, g) for g in options.exclude)
@@ -106,9 +108,17 @@ def _walk(root: str, extensions: tuple[str, ...], options: DiscoverOptions) -> I
                     continue
                 if entry.is_dir(follow_symlinks=True):
                     yield from visit(entry.path, rel)
-                elif os.path.splitext(name)[1][1:].lower() in extensions:
-                    yield entry.path
+                else:
+                    ext = os.path.splitext(name)[1][1:].lower()
+                    if ext in extensions:
+                        yield entry.path
+                    elif ext in SCANNED_EXTENSIONS:
+                        left_out[ext] = left_out.get(ext, 0) + 1
             except OSError:
                 yield entry.path  # unreadable entry: let decoding report it as an error row
 
     yield from visit(root, "")
+    if left_out:
+        counts = ", ".join(f"{n} .{ext}" for ext, n in sorted(left_out.items(), key=lambda kv: (-kv[1], kv[0])))
+        log.warning(f"{short_path(root)}: left out {sum(left_out.values())} image file(s) whose extension is not "
+                    f"in the list scanned ({counts}); --ext adds extensions")

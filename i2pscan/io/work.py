@@ -16,7 +16,7 @@ from i2pscan.io.pixels import perturb
 class EvidenceSource(Protocol):
     """Reads the provenance columns of a file from its bytes (``provenance.EvidenceReader``)."""
 
-    def columns(self, data: bytes | None, path: str, exif: dict | None) -> dict: ...
+    def columns(self, data: bytes | None, path: str, exif: dict | None, xmp: bytes | None = None) -> dict: ...
 
 
 @dataclass
@@ -88,5 +88,5 @@ class FileWork:
 def _add_evidence(info: Decoded, evidence: EvidenceSource | None, path: str) -> None:
     """Provenance columns from the bytes decoding already read (then the bytes are dropped)."""
     if evidence is not None:
-        info.provenance = evidence.columns(info.data, path, info.exif)
-    info.data = info.exif = None
+        info.provenance = evidence.columns(info.data, path, info.exif, info.xmp)
+    info.data = info.exif = info.xmp = None

@@ -2,8 +2,11 @@
 bindings): the only module that imports c2pa.
 
 Every network feature of the SDK is off: no remote manifest fetch, no OCSP, no network host
-allowed. The validation state is reported as the SDK gives it (``valid``, ``trusted``,
-``invalid``); a manifest the SDK refuses is ``error`` with its message.
+allowed. The validation state is the SDK's, named so that no one mistakes one for another:
+``trusted`` (the signer's chain ends in a ``--c2pa-trust`` anchor), ``valid-untrusted`` (signature
+and hashes hold, the signer is on no trust list given: anyone can make one with a public test
+key), ``invalid`` (e.g. the image changed after signing), and ``error`` (a manifest the SDK
+refuses, with its message).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from i2pscan.errors import I2PError, InputError, one_line
 from i2pscan.provenance.containers import MAX_LIST, Found, may_hold_manifest, short
 from i2pscan.provenance.generators import AI, source_type_kind
 
-C2PA_STATES = ("valid", "trusted", "invalid", "error")
+C2PA_STATES = ("trusted", "valid-untrusted", "invalid", "error")
+VALID = ("trusted", "valid-untrusted", "valid")  # "valid": what reports before 0.2 called valid-untrusted
 MAX_MANIFEST_BYTES = 64 << 20  # a C2PA manifest store larger than this is not handed to the SDK
 
 # Never touch the network: these c2pa-rs settings switch off every fetch the SDK can make.
@@ -139,7 +143,7 @@ def _supported_types(c2pa) -> set[str]:
 def _c2pa_summary(store: dict, state: str | None) -> dict:
     manifests = store.get("manifests") or {}
     active = manifests.get(store.get("active_manifest") or "", {})
-    out: dict[str, Any] = {"state": state,
+    out: dict[str, Any] = {"state": "valid-untrusted" if state == "valid" else state,
                            "codes": [s.get("code") for s in store.get("validation_status") or []
                                      if isinstance(s, dict) and s.get("code")][:MAX_LIST]}
     out["claim_generator"] = short(active.get("claim_generator") or " ".join(
@@ -150,13 +154,39 @@ def _c2pa_summary(store: dict, state: str | None) -> dict:
     types, agents = _actions(active)
     out["source_types"] = types[:MAX_LIST]
     out["software_agents"] = agents[:MAX_LIST]
-    ingredient_types = []
-    for ing in active.get("ingredients") or []:
-        label = ing.get("active_manifest") if isinstance(ing, dict) else None
-        if label and label in manifests:
-            ingredient_types += _actions(manifests[label])[0]
+    ingredients = [_ingredient(ing, manifests, 0, set()) for ing in (active.get("ingredients") or [])[:MAX_LIST]
+                   if isinstance(ing, dict)]
+    ingredient_types = [t for i in ingredients for t in i["source_types"]]
     out["ingredient_source_types"] = sorted(set(ingredient_types))[:MAX_LIST]
-    out["ingredient_ai"] = any(source_type_kind(t) in AI for t in ingredient_types)
+    out["ingredient_agents"] = list(dict.fromkeys(a for i in ingredients for a in i["agents"]))[:MAX_LIST]
+    kinds = [{source_type_kind(t) for t in i["source_types"]} for i in ingredients]
+    out["ingredient_ai"] = any(k & set(AI) for k in kinds)
+    # every ingredient generated (a text-to-image made, then edited): the file is generated; some: AI-edited
+    out["ingredient_kind"] = ("generated" if kinds and all("generated" in k for k in kinds) else
+                              "ai-edited" if out["ingredient_ai"] else None)
+    out["ingredients"] = [{k: i[k] for k in ("title", "source_types") if i.get(k)} for i in ingredients][:MAX_LIST]
+    return out
+
+
+_MAX_INGREDIENT_DEPTH = 8  # ingredients of ingredients: a hostile store may chain or loop them
+
+
+def _ingredient(ing: dict, manifests: dict, depth: int, seen: set) -> dict:
+    """An ingredient's title, and the source types and AI agents of its manifest and of its own
+    ingredients (to ``_MAX_INGREDIENT_DEPTH``, each manifest once)."""
+    out = {"title": short(ing.get("title")) if isinstance(ing.get("title"), str) else None, "source_types": [],
+           "agents": []}
+    label = ing.get("active_manifest")
+    if not isinstance(label, str) or label not in manifests or label in seen or depth >= _MAX_INGREDIENT_DEPTH:
+        return out
+    seen.add(label)
+    manifest = manifests[label]
+    out["source_types"], out["agents"] = _actions(manifest)
+    for sub in (manifest.get("ingredients") or [])[:MAX_LIST]:
+        if isinstance(sub, dict):
+            inner = _ingredient(sub, manifests, depth + 1, seen)
+            out["source_types"] += inner["source_types"]
+            out["agents"] += inner["agents"]
     return out
 
 
@@ -164,16 +194,16 @@ def _actions(manifest: dict) -> tuple[list[str], list[str]]:
     """(digital source types, software agents of AI actions) in a manifest's c2pa.actions assertions."""
     types, agents = [], []
     for assertion in manifest.get("assertions") or []:
-        if not str(assertion.get("label", "")).startswith("c2pa.actions"):
+        if not isinstance(assertion, dict) or not str(assertion.get("label", "")).startswith("c2pa.actions"):
             continue
-        for action in (assertion.get("data") or {}).get("actions") or []:
+        data = assertion.get("data") if isinstance(assertion.get("data"), dict) else {}
+        for action in data.get("actions") or []:
             dst = action.get("digitalSourceType") if isinstance(action, dict) else None
             if isinstance(dst, str):
                 name = dst.rstrip("/").rsplit("/", 1)[-1]
-                types.append(name)
+                types.append(short(name))
                 agent = action.get("softwareAgent")
                 agent = agent.get("name") if isinstance(agent, dict) else agent
                 if isinstance(agent, str) and source_type_kind(name) in AI:
                     agents.append(short(agent))
     return types, agents
-

@@ -1,58 +1,63 @@
 """Where metadata lives inside a file: PNG text chunks, JPEG segments, WebP chunks, TIFF/EXIF
-structures, XMP packets, and where a C2PA manifest store may be. Walks the container's bytes with
-every size bounded (a hostile file may hold millions of chunks or a decompression bomb of text)
-and never raises for a bad file: what it cannot read becomes a note.
+structures, XMP packets, and where a C2PA manifest store may be. Never raises for a bad file:
+what it cannot read becomes a note, and each place is read on its own (one that fails costs the
+others nothing).
+
+Why the PNG, JPEG and WebP walks are written here rather than taken from Pillow (which parses
+the EXIF found, io.decode.read_exif): hostile input demands it.
+
+- Pillow's ``im.text`` decodes every pixel of a PNG to find text after the image data (a
+  decompression bomb, and 100 times the cost of ``--metadata-only``); ``Image.open`` refuses a
+  whole PNG whose one text chunk inflates past 1 MB (ValueError), so a large ComfyUI workflow
+  would cost the file all of its evidence; and its per-process text limits are globals.
+- Here every inflate of a file draws on one budget (``MAX_TOTAL_TEXT_BYTES``), enforced at each
+  call: once it is spent nothing more is inflated (zlib reads ``max_length=0`` as "no limit", so
+  a zero budget never reaches it).
+- The same single pass finds where a C2PA store is (PNG ``caBX``, JPEG APP11, WebP ``C2PA``),
+  which Pillow does not expose, so files without one are never handed to the C2PA SDK.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
-from dataclasses import dataclass, field
 from typing import Any
 
 from i2pscan.errors import one_line
+from i2pscan.provenance.found import (MAX_CHUNKS, MAX_LIST, MAX_TEXT_BYTES, MAX_TOTAL_PLAIN_BYTES, MAX_TOTAL_TEXT_BYTES,
+                                      MAX_TOTAL_XMP_BYTES, MAX_XMP_BYTES, MAX_XMP_PACKETS, Found, short)
+from i2pscan.provenance.xmp import read_xmp_packets
 
-MAX_TEXT_BYTES = 4 << 20  # one text chunk, decompressed
-MAX_TOTAL_TEXT_BYTES = 16 << 20  # all text chunks of a file together
-MAX_XMP_BYTES = 4 << 20
-MAX_CHUNKS = 100_000  # PNG chunks / JPEG segments / RIFF chunks walked per file (a hostile file may hold millions)
-MAX_LIST = 50  # status codes, source types... kept in the detail
-SHORT_CHARS = 256
+__all__ = ["MAX_LIST", "MAX_TEXT_BYTES", "MAX_TOTAL_TEXT_BYTES", "MAX_XMP_BYTES", "Found", "add_exif",
+           "may_hold_manifest", "read_headers", "short"]
 
-
-@dataclass
-class Found:
-    texts: dict[str, str] = field(default_factory=dict)  # PNG text chunks (and JPEG comments)
-    exif: list[bytes] = field(default_factory=list)
-    xmp: list[bytes] = field(default_factory=list)
-    manifest_bytes: int = 0
-    complete: bool = False  # a PNG, JPEG or WebP whose metadata places were all walked: nothing elsewhere
-    notes: list[str] = field(default_factory=list)
-    xmp_info: dict = field(default_factory=dict)
-    exif_info: dict = field(default_factory=dict)
-    text_budget: int = MAX_TOTAL_TEXT_BYTES
-
-
-def read_headers(data: bytes, exif: dict | None = None) -> "Found":
-    """Everything but C2PA: container metadata (PNG text, JPEG/WebP segments), XMP, EXIF
-    (``exif``: tags decoding already parsed, else parsed here). Never raises."""
+def read_headers(data: bytes, exif: dict | None = None, xmp: bytes | None = None) -> Found:
+    """Everything but C2PA: container metadata (PNG text, JPEG/WebP segments), every XMP packet,
+    EXIF (``exif``: tags decoding already parsed, io.decode.read_exif's keys, else parsed here;
+    ``xmp``: a packet the decoder found, e.g. in HEIF/AVIF). Each place fails alone; never raises."""
     found = Found()
     try:
         _scan_container(data, found)
     except Exception as exc:  # a malformed container: keep what was read before it
-        found.notes.append(f"metadata: {one_line(exc, 200)}")
-    for xmp in found.xmp[:4]:
-        _read_xmp(xmp, found)
-    if not found.xmp and not found.complete:  # XMP outside the places PNG/JPEG/WebP define for it
-        packet = _find_xmp_packet(data, found)
-        if packet:
-            _read_xmp(packet, found)
-    if exif is not None:
-        _add_exif(exif, found)
-    else:
-        for blob in found.exif[:2]:
-            _read_exif(blob, found)
+        found.note(f"metadata: {one_line(exc, 200)}")
+    try:
+        packets = list(found.xmp)
+        if xmp:
+            packets.append(xmp)
+        if not found.complete:  # XMP outside the places PNG/JPEG/WebP define for it (AVIF, HEIF, JXL, GIF, TIFF, SVG)
+            packets += _find_xmp_packets(data, found)
+        read_xmp_packets(packets, found)
+    except Exception as exc:
+        found.note(f"xmp: {one_line(exc, 200)}")
+    try:
+        if exif is not None:
+            add_exif(exif, found)
+        else:
+            for blob in found.exif[:2]:
+                _read_exif(blob, found)
+    except Exception as exc:
+        found.note(f"exif: {one_line(exc, 200)}")
     return found
 
 
@@ -74,6 +79,9 @@ def _scan_container(data: bytes, found: Found) -> None:
         found.exif.append(data)  # a TIFF (or DNG) is one EXIF structure
 
 
+# -- PNG -----------------------------------------------------------------------------------------
+
+
 def _png(data: bytes, found: Found) -> None:
     pos, end = 8, len(data)
     for _ in range(MAX_CHUNKS):
@@ -90,7 +98,7 @@ def _png(data: bytes, found: Found) -> None:
             if item:
                 key, text = item
                 if key == "XML:com.adobe.xmp":
-                    found.xmp.append(text.encode("utf-8"))
+                    found.xmp.append(text.encode("utf-8", "surrogatepass"))
                 else:
                     found.texts.setdefault(key, text)
         elif kind == b"eXIf":
@@ -104,6 +112,7 @@ def _png_text(kind: bytes, body: bytes, found: Found) -> tuple[str, str] | None:
     if not sep or not key or len(key) > 79:
         return None
     name = key.decode("latin-1")
+    compressed = kind == b"zTXt"
     if kind == b"tEXt":
         raw, encoding = rest, "latin-1"
     elif kind == b"zTXt":
@@ -111,35 +120,52 @@ def _png_text(kind: bytes, body: bytes, found: Found) -> tuple[str, str] | None:
     else:
         if len(rest) < 2:
             return None
-        compressed, rest = rest[0], rest[2:]
+        compressed, rest = bool(rest[0]), rest[2:]
         _lang, _, rest = rest.partition(b"\0")
         _translated, _, raw = rest.partition(b"\0")
         raw, encoding = (_inflate(raw, name, found) if compressed else raw), "utf-8"
     if raw is None:
         return None
-    raw = raw[:min(MAX_TEXT_BYTES, max(found.text_budget, 0))]
-    found.text_budget -= len(raw)
+    if not compressed:  # inflated text was counted as it was inflated
+        keep = min(MAX_TEXT_BYTES, found.text_budget)
+        if keep <= 0:
+            found.note(f"png text {short(name, 40)}: not read (the file's {MAX_TOTAL_PLAIN_BYTES:,}-byte text "
+                       f"budget is spent)")
+            return None
+        raw = raw[:keep]
+        found.text_budget -= len(raw)
     return name, raw.decode(encoding, "replace")
 
 
 def _inflate(raw: bytes, name: str, found: Found) -> bytes | None:
-    limit = min(MAX_TEXT_BYTES, max(found.text_budget, 0))
+    """At most what is left of the file's text budget (and ``MAX_TEXT_BYTES``) of one compressed
+    text; nothing at all once the budget is spent (``max_length=0`` would mean no limit)."""
+    limit = min(MAX_TEXT_BYTES, found.inflate_budget)
+    if limit <= 0:
+        found.note(f"png text {short(name, 40)}: not inflated (the file's {MAX_TOTAL_TEXT_BYTES:,}-byte budget "
+                   f"of inflated text is spent)")
+        return None
     try:
         inflater = zlib.decompressobj()
         out = inflater.decompress(raw, limit)
     except zlib.error:
-        found.notes.append(f"png text {short(name, 40)}: corrupt compressed text")
+        found.note(f"png text {short(name, 40)}: corrupt compressed text")
         return None
+    found.inflate_budget -= len(out)
     if inflater.unconsumed_tail:
-        found.notes.append(f"png text {short(name, 40)}: longer than {limit:,} bytes, cut")
+        found.note(f"png text {short(name, 40)}: longer than {limit:,} bytes, cut")
     return out
 
 
+# -- JPEG, WebP ------------------------------------------------------------------------------------
+
 _XMP_SIG = b"http://ns.adobe.com/xap/1.0/\x00"
+_XMP_EXT_SIG = b"http://ns.adobe.com/xmp/extension/\x00"
 
 
 def _jpeg(data: bytes, found: Found) -> None:
     pos, end = 2, len(data)
+    extended: list[tuple[int, bytes]] = []
     for _ in range(MAX_CHUNKS):
         if pos + 4 > end:
             break
@@ -162,10 +188,17 @@ def _jpeg(data: bytes, found: Found) -> None:
             found.exif.append(body[6:])
         elif marker == 0xE1 and body.startswith(_XMP_SIG):
             found.xmp.append(body[len(_XMP_SIG):])
+        elif marker == 0xE1 and body.startswith(_XMP_EXT_SIG) and len(body) >= len(_XMP_EXT_SIG) + 40:
+            part = body[len(_XMP_EXT_SIG):]  # GUID (32), full length (4), offset (4), data: extended XMP
+            extended.append((struct.unpack(">I", part[36:40])[0], part[40:]))
         elif marker == 0xEB:  # APP11: JUMBF, where C2PA lives
             found.manifest_bytes += length
-        elif marker == 0xFE and body:
-            found.texts.setdefault("jpeg:comment", body[:MAX_TEXT_BYTES].decode("utf-8", "replace"))
+        elif marker == 0xFE and body and "jpeg:comment" not in found.texts:
+            keep = min(MAX_TEXT_BYTES, found.text_budget)
+            found.text_budget -= min(len(body), keep)
+            found.texts["jpeg:comment"] = body[:keep].decode("utf-8", "replace")
+    if extended:  # the parts of one large packet, in order of their offsets
+        found.xmp.append(b"".join(p for _, p in sorted(extended, key=lambda x: x[0]))[:MAX_XMP_BYTES + 1])
 
 
 def _webp(data: bytes, found: Found) -> None:
@@ -186,86 +219,58 @@ def _webp(data: bytes, found: Found) -> None:
             found.manifest_bytes += length
     found.complete = pos == end + (end & 1) or pos == end
 
-def _find_xmp_packet(data: bytes, found: Found) -> bytes | None:
-    """An XMP packet anywhere in the bytes (AVIF, HEIF, JXL, GIF, TIFF, SVG keep it in places of
-    their own; the packet is plain text wherever it is)."""
-    start = data.find(b"<x:xmpmeta")
-    if start < 0:
-        return None
-    stop = data.find(b"</x:xmpmeta>", start, start + MAX_XMP_BYTES + 16)
-    if stop < 0:
-        found.notes.append("xmp: no end of packet within the size limit")
-        return None
-    return data[start:stop + len(b"</x:xmpmeta>")]
 
-
-# -- XMP -----------------------------------------------------------------------------------------
-
-_NS_IPTC_EXT = "{http://iptc.org/std/Iptc4xmpExt/2008-02-29/}"
-_NS_XMP = "{http://ns.adobe.com/xap/1.0/}"
-_NS_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
-
-
-def _read_xmp(packet: bytes, found: Found) -> None:
-    from defusedxml import DefusedXmlException
-    from defusedxml.ElementTree import fromstring
-
-    if len(packet) > MAX_XMP_BYTES:
-        found.notes.append(f"xmp: packet of {len(packet):,} bytes skipped (limit {MAX_XMP_BYTES:,})")
-        return
-    stop = packet.rfind(b"</x:xmpmeta>")
-    if stop > 0:  # drop the closing <?xpacket?> and padding (a DTD before the packet stays, and is refused)
-        packet = packet[:stop + len(b"</x:xmpmeta>")]
-    packet = packet.lstrip(b"\xef\xbb\xbf \t\r\n\x00")
-    try:
-        root = fromstring(packet, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except DefusedXmlException as exc:
-        found.notes.append(f"xmp: refused ({type(exc).__name__}: a DTD or entities in attacker-controlled XML)")
-        return
-    except Exception as exc:
-        found.notes.append(f"xmp: not well-formed ({one_line(exc, 120)})")
-        return
-    types, tools = found.xmp_info.setdefault("digital_source_types", []), []
-    for el in root.iter():
-        for name, value in el.attrib.items():
-            if name == _NS_IPTC_EXT + "DigitalSourceType":
-                types.append(value)
-            elif name == _NS_XMP + "CreatorTool":
-                tools.append(value)
-        if el.tag == _NS_IPTC_EXT + "DigitalSourceType":
-            value = el.get(_NS_RDF + "resource") or (el.text or "").strip()
-            if value:
-                types.append(value)
-        elif el.tag == _NS_XMP + "CreatorTool" and (el.text or "").strip():
-            tools.append(el.text.strip())
-    found.xmp_info["digital_source_types"] = [short(t.rstrip("/").rsplit("/", 1)[-1]) for t in types][:MAX_LIST]
-    if tools:
-        found.xmp_info["creator_tool"] = short(tools[0])
+def _find_xmp_packets(data: bytes, found: Found) -> list[bytes]:
+    """Every XMP packet anywhere in the bytes (AVIF, HEIF, JXL, GIF, TIFF, SVG keep them in places
+    of their own; a packet is plain text wherever it is), within the file's XMP budget."""
+    packets, start, total = [], 0, 0
+    while len(packets) < MAX_XMP_PACKETS:
+        start = data.find(b"<x:xmpmeta", start)
+        if start < 0:
+            break
+        stop = data.find(b"</x:xmpmeta>", start, start + MAX_XMP_BYTES + 16)
+        if stop < 0:
+            found.note("xmp: no end of packet within the size limit")
+            break
+        stop += len(b"</x:xmpmeta>")
+        total += stop - start
+        if total > MAX_TOTAL_XMP_BYTES:
+            found.note(f"xmp: packets beyond {MAX_TOTAL_XMP_BYTES:,} bytes not read")
+            break
+        packets.append(data[start:stop])
+        start = stop
+    return packets
 
 
 # -- EXIF ----------------------------------------------------------------------------------------
 
 
 def _read_exif(blob: bytes, found: Found) -> None:
-    from i2pscan.io.decode import read_exif
+    from i2pscan.io.metadata import read_exif
 
-    _add_exif(read_exif(blob), found)
+    add_exif(read_exif(blob), found)
 
 
-def _add_exif(tags: dict, found: Found) -> None:
+def add_exif(tags: dict, found: Found) -> None:
+    """Add tags parsed by io.decode.read_exif (``name`` or ``name@ifd0``) to ``found.exif_info``:
+    text as text (UserComment and MakerNote decoded), the first place that has a tag wins."""
     for k, v in tags.items():
-        if k == "UserComment":
-            v = _user_comment(v)
+        name = k.split("@", 1)[0]
+        if name in ("UserComment", "MakerNote"):
+            v = _user_comment(v) if name == "UserComment" else _maker_note(v)
         if isinstance(v, bytes):
             v = v.decode("utf-8", "replace")
         if isinstance(v, str):
             v = v.replace("\x00", "").strip()
-            if v:
-                found.exif_info.setdefault(k, v)
+            if v and name not in found.exif_info:
+                found.exif_info[name] = v
+                if k != name:
+                    found.exif_info.setdefault("_where", {})[name] = k.split("@", 1)[1]
 
 
 def _user_comment(value: Any) -> str | None:
-    """EXIF UserComment: 8 bytes naming the charset, then the text (A1111 writes UTF-16 here)."""
+    """EXIF UserComment: 8 bytes naming the charset, then the text (A1111 writes UTF-16 here).
+    Pillow hands it over undecoded."""
     if isinstance(value, str):
         return value
     if not isinstance(value, bytes):
@@ -280,7 +285,11 @@ def _user_comment(value: Any) -> str | None:
     return value.decode("utf-8", "replace")
 
 
-def short(value: Any, limit: int = SHORT_CHARS) -> Any:
-    if isinstance(value, str) and len(value) > limit:
-        return value[:limit] + "…"
-    return value
+def _maker_note(value: Any) -> str | None:
+    """A MakerNote is vendor binary; only a leading text (as OpenAI writes, ``OpenAI--…``) is kept."""
+    if isinstance(value, bytes):
+        value = value[:1024].decode("latin-1")
+    if not isinstance(value, str):
+        return None
+    match = re.match(r"[\x20-\x7e]{4,}", value[:1024])
+    return match.group(0) if match else None

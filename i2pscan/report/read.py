@@ -25,20 +25,64 @@ class ReportSummary:
     unknown: int = 0  # --metadata-only: nothing declared
     by_provenance: dict[str, int] | None = None  # None: a report written before provenance columns
     by_generator: dict[str, int] | None = None
+    by_flagged_by: dict[str, int] | None = None  # None: a report written before flagged_by existed
 
 
-def open_report(path: str, required: tuple[str, ...] = ("path", "verdict")) -> tuple[pq.ParquetFile, dict]:
-    """A report file opened for reading in batches, and its metadata (an empty dict when it has
-    none or it cannot be parsed). Raises InputError for a missing, unreadable or foreign file."""
-    if not os.path.isfile(path):
+class DatasetReport:
+    """A dataset folder of part files (``scan -o DIR/``) read as one report, with the reading
+    interface of ``pyarrow.parquet.ParquetFile`` that the summary and the review page use:
+    ``schema_arrow`` (every part's columns, the first part's metadata), ``iter_batches`` and
+    ``read``. A part written by an older i2pscan lacks newer columns: they read as nulls."""
+
+    def __init__(self, parts: list[pq.ParquetFile]):
+        self.parts = parts
+        schemas = [p.schema_arrow for p in parts]
+        self.schema_arrow = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive") \
+            .with_metadata(schemas[0].metadata)
+
+    def iter_batches(self, batch_size: int = 65536, columns: list[str] | None = None):
+        names = columns or self.schema_arrow.names
+        for part in self.parts:
+            have = [c for c in names if c in part.schema_arrow.names]
+            for batch in part.iter_batches(batch_size=batch_size, columns=have):
+                arrays = [batch.column(have.index(c)) if c in have else
+                          pa.nulls(batch.num_rows, self.schema_arrow.field(c).type) for c in names]
+                yield pa.RecordBatch.from_arrays(arrays, schema=pa.schema([self.schema_arrow.field(c) for c in names]))
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        names = columns or self.schema_arrow.names
+        batches = list(self.iter_batches(columns=names))
+        return pa.Table.from_batches(batches, schema=pa.schema([self.schema_arrow.field(c) for c in names]))
+
+
+def report_parts(path: str) -> list[str]:
+    """The part files of a dataset folder, in the order they were written (hidden names skipped)."""
+    return sorted(os.path.join(path, n) for n in os.listdir(path)
+                  if n.endswith(".parquet") and not n.startswith((".", "_")))
+
+
+def open_report(path: str, required: tuple[str, ...] = ("path", "verdict")):
+    """A report opened for reading in batches (a Parquet file, or a dataset folder of part files
+    that ``scan -o DIR/`` writes, as a :class:`DatasetReport`), and its metadata (an empty dict
+    when it has none or it cannot be parsed). Raises InputError for a missing, unreadable or
+    foreign report."""
+    if os.path.isdir(path):
+        files = report_parts(path)
+        if not files:
+            raise InputError(f"{short_path(path)} is a folder with no report parts (part-*.parquet) in it")
+        try:
+            pf = DatasetReport([pq.ParquetFile(f) for f in files])
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise InputError(f"{short_path(path)} is not a readable Parquet dataset: {one_line(exc)}") from exc
+    elif not os.path.isfile(path):
         raise InputError(f"report not found: {short_path(path)}")
-    try:
-        pf = pq.ParquetFile(path)
-        raw = (pf.schema_arrow.metadata or {}).get(META_KEY)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"{short_path(path)} is not a readable Parquet report: {one_line(exc)}") from exc
+    else:
+        try:
+            pf = pq.ParquetFile(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise InputError(f"{short_path(path)} is not a readable Parquet report: {one_line(exc)}") from exc
     _check_columns(path, pf, required)
-    return pf, _metadata(path, raw)
+    return pf, _metadata(path, (pf.schema_arrow.metadata or {}).get(META_KEY))
 
 
 # what a column of a report must hold to be read as one (another tool's file may hold anything)
@@ -98,8 +142,22 @@ def read_report(path: str, top: int = 20) -> ReportSummary:
         by_provenance = _counts(table.column("provenance"))
         by_generator = _counts(table.column("generator")) if "generator" in table.column_names else {}
         by_generator.pop(None, None)
+    by_flagged_by = None
+    if "flagged_by" in table.column_names:
+        by_flagged_by = _counts(table.column("flagged_by"))
+        by_flagged_by.pop(None, None)
     return ReportSummary(table.num_rows, counts.get("synthetic", 0), counts.get("real", 0), counts.get("error", 0),
-                         meta, flagged.to_pylist(), counts.get("unknown", 0), by_provenance, by_generator)
+                         meta, flagged.to_pylist(), counts.get("unknown", 0), by_provenance, by_generator,
+                         by_flagged_by)
+
+
+def flagged_rows(path: str, batch_rows: int = 4096):
+    """Every flagged row of a report (a file or a dataset folder), in report order, one at a time."""
+    pf, _ = open_report(path)
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        table = pa.Table.from_batches([batch])
+        table = table.filter(pc.equal(table.column("verdict"), "synthetic"))
+        yield from table.to_pylist()
 
 
 def _counts(column) -> dict:

@@ -4,13 +4,16 @@ how a table written by an older i2pscan is brought to today's schema."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from i2pscan.errors import InputError, short_path
+from i2pscan.errors import InputError, one_line, short_path, valid_text
+
+log = logging.getLogger("i2pscan")
 
 SCHEMA = pa.schema([
     pa.field("path", pa.string(), nullable=False),
@@ -23,6 +26,8 @@ SCHEMA = pa.schema([
     pa.field("score", pa.float32()),
     pa.field("logit", pa.float32()),
     pa.field("verdict", pa.string(), nullable=False),
+    pa.field("flagged_by", pa.string()),  # model, metadata, both, or null (not flagged); reports before 0.2 lack it
+    pa.field("reason", pa.string()),  # one sentence: why the verdict
     pa.field("error", pa.string()),
     pa.field("sha256", pa.string()),
     # provenance evidence (provenance.py); reports written before these columns existed lack them
@@ -71,3 +76,34 @@ def read_meta(path: str) -> dict:
     except (OSError, pa.ArrowInvalid) as exc:
         raise InputError(f"cannot read {short_path(path)}: {exc}") from exc
     return json.loads(raw) if raw else {}
+
+
+def rows_table(rows: list[dict]) -> pa.Table:
+    """The rows as a table of the report's schema. A row that Arrow refuses (text that is not valid
+    Unicode, a value of the wrong type) becomes an error row for its file, naming why; the other
+    rows are written as they are, so that one file never costs a scan its report."""
+    try:
+        return pa.Table.from_pylist(rows, schema=SCHEMA)
+    except (pa.ArrowException, UnicodeError, ValueError, TypeError, OverflowError):
+        pass
+    tables = []
+    for row in rows:
+        try:
+            tables.append(pa.Table.from_pylist([row], schema=SCHEMA))
+        except (pa.ArrowException, UnicodeError, ValueError, TypeError, OverflowError) as exc:
+            log.warning(f"{valid_text(str(row.get('path')))}: its row could not be written ({one_line(exc, 160)}); "
+                        f"it is kept as an error row")
+            tables.append(pa.Table.from_pylist([unwritable_row(row, exc)], schema=SCHEMA))
+    return pa.concat_tables(tables)
+
+
+def unwritable_row(row: dict, exc: BaseException) -> dict:
+    """The error row of a file whose row could not be written: its identity, and why."""
+    def keep(name, kind):
+        value = row.get(name)
+        return value if isinstance(value, kind) else None
+
+    path = row.get("path")
+    return {"path": valid_text(path) if isinstance(path, str) else repr(path), "path_raw": keep("path_raw", bytes),
+            "size_bytes": keep("size_bytes", int), "mtime": None, "verdict": "error",
+            "error": valid_text(f"the row could not be written to the report: {one_line(exc, 200)}")}

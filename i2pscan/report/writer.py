@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from i2pscan.errors import ConfigError, I2PError, OutputError, ReportBusy, one_line, short_path
 from i2pscan.io.files import atomic_path, check_writable, remove_leftovers
-from i2pscan.report.schema import META_KEY, SCHEMA, conform, read_meta, row_key
+from i2pscan.report.schema import META_KEY, SCHEMA, conform, read_meta, row_key, rows_table
 
 log = logging.getLogger("i2pscan")
 
@@ -153,7 +153,7 @@ class ReportWriter:
         self._last_flush = time.monotonic()
         if not self._buffer:
             return
-        table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
+        table = rows_table(self._buffer)
         table = table.replace_schema_metadata({META_KEY: json.dumps(self.meta).encode()})
         name = os.path.join(self.parts, f"{self.shard_prefix}-{self._next_shard:06d}.parquet")
         _atomic_write(table, name)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from i2pscan.errors import ConfigError
-from i2pscan.io.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from i2pscan.io.decode import DEFAULT_MAX_PIXELS
+from i2pscan.io.formats import SCANNED_EXTENSIONS
 from i2pscan.io.pool import DEFAULT_FILE_TIMEOUT_S, default_workers
 from i2pscan.model.policy import COMBINE
 
@@ -68,10 +69,7 @@ def check_metadata_only(given: dict) -> None:
 
 
 def default_extensions(metadata_only: bool = False) -> tuple[str, ...]:
-    """The extensions picked up in folders: the decodable images, and with ``metadata_only`` the
-    containers provenance may live in as well (DNG, HEIC, JXL, SVG...)."""
-    if not metadata_only:
-        return IMAGE_EXTENSIONS
-    from i2pscan.provenance.evidence import METADATA_EXTENSIONS
-
-    return IMAGE_EXTENSIONS + tuple(e for e in METADATA_EXTENSIONS if e not in IMAGE_EXTENSIONS)
+    """The extensions picked up in folders, model scan or not: every image extension, those the
+    detectors cannot score (camera raw, SVG) included, so that each such file gets a row saying
+    why rather than being left out silently (io.formats)."""
+    return SCANNED_EXTENSIONS

@@ -139,7 +139,7 @@ def _read_manifest(path: str) -> list[LabelledImage]:
     base = os.path.dirname(os.path.abspath(path))
     try:
         if path.lower().endswith(".csv"):
-            with open(path, newline="", encoding="utf-8") as fh:
+            with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:  # names: exact bytes
                 rows = list(csv.DictReader(fh))
         else:
             import pyarrow.parquet as pq

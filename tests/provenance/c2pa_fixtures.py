@@ -52,19 +52,39 @@ def make_ca_and_signer() -> tuple[str, str, str]:
     return pem(ca), pem(cert) + pem(ca), key_pem
 
 
-def sign_jpeg(jpeg: bytes, chain_pem: str, key_pem: str, source_type: str, agent: str | None = None) -> bytes:
-    """``jpeg`` with a C2PA manifest whose c2pa.created action declares ``source_type``."""
+def sign_jpeg(jpeg: bytes, chain_pem: str, key_pem: str, source_type: str, agent: str | None = None,
+              mime: str = "image/jpeg") -> bytes:
+    """``jpeg`` (or another image of type ``mime``) with a C2PA manifest whose c2pa.created action
+    declares ``source_type``."""
     import c2pa
 
     action = {"action": "c2pa.created",
               "digitalSourceType": f"http://cv.iptc.org/newscodes/digitalsourcetype/{source_type}"}
     if agent:
         action["softwareAgent"] = {"name": agent}
-    manifest = {"claim_generator_info": [{"name": "i2pscan-tests", "version": "1"}], "title": "test.jpg",
-                "format": "image/jpeg",
+    manifest = {"claim_generator_info": [{"name": "i2pscan-tests", "version": "1"}], "title": "test",
+                "format": mime,
                 "assertions": [{"label": "c2pa.actions", "data": {"actions": [action]}}]}
     signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(b"es256", chain_pem.encode(), key_pem.encode(), None))
     builder = c2pa.Builder.from_json(json.dumps(manifest))
+    out = io.BytesIO()
+    builder.sign(signer, mime, io.BytesIO(jpeg), out)
+    return out.getvalue()
+
+
+def sign_edit_of(jpeg: bytes, ingredient: bytes, chain_pem: str, key_pem: str) -> bytes:
+    """``jpeg`` signed as an edit (c2pa.opened + c2pa.edited, no source type of its own) of
+    ``ingredient``, a signed file whose manifest becomes the ingredient's."""
+    import c2pa
+
+    manifest = {"claim_generator_info": [{"name": "i2pscan-tests-editor", "version": "1"}], "title": "edit.jpg",
+                "format": "image/jpeg",
+                "assertions": [{"label": "c2pa.actions", "data": {"actions": [{"action": "c2pa.opened", "parameters": {"ingredientIds": ["ing1"]}},
+                                                                              {"action": "c2pa.edited"}]}}]}
+    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(b"es256", chain_pem.encode(), key_pem.encode(), None))
+    builder = c2pa.Builder.from_json(json.dumps(manifest))
+    builder.add_ingredient(json.dumps({"title": "made.jpg", "relationship": "parentOf", "label": "ing1"}), "image/jpeg",
+                           io.BytesIO(ingredient))
     out = io.BytesIO()
     builder.sign(signer, "image/jpeg", io.BytesIO(jpeg), out)
     return out.getvalue()

@@ -105,7 +105,7 @@ def test_corpus_matches_what_the_sdk_reports(provenance_corpus, reader):
             assert ev.c2pa == "error", row["path"]
             assert c2pa["error"] == expected.split(": ", 1)[1], row["path"]
         else:
-            assert (ev.c2pa or "") == expected, row["path"]
+            assert (ev.c2pa or "") == {"valid": "valid-untrusted"}.get(expected, expected), row["path"]
             assert " ".join(c2pa.get("codes", [])) == row["c2pa_codes"], row["path"]
             assert " ".join(c2pa.get("source_types", [])) == row["c2pa_digital_source_types"], row["path"]
             assert (c2pa.get("claim_generator") or "") == row["c2pa_claim_generator"], row["path"]
@@ -122,11 +122,13 @@ def test_corpus_verdict_classes(provenance_corpus, reader):
         return reader.read(p.read_bytes(), str(p))
 
     ocsp = read("c2pa-rs/ocsp.jpg")  # Photoshop with Firefly: a real image with AI-made parts
-    assert (ocsp.provenance, ocsp.generator, ocsp.c2pa) == ("ai-edited", "Adobe Firefly", "valid")
+    assert (ocsp.provenance, ocsp.generator, ocsp.c2pa) == ("ai-edited", "Adobe Firefly", "valid-untrusted")
     assert ocsp.detail["c2pa"]["signer"]["issuer"] == "Adobe Inc."
     assert ocsp.detail["c2pa"]["signer"]["time"].startswith("2025-08-13")
     assert read("c2pa-rs/C.jpg").provenance == "generated"  # algorithmicMedia, validating
-    assert read("c2pa-rs/C_with_CAWG_data.jpg").provenance == "captured"  # digitalCapture, no AI action
+    cawg = read("c2pa-rs/C_with_CAWG_data.jpg")  # digitalCapture from an untrusted signer counts for nothing
+    assert (cawg.provenance, cawg.c2pa) == ("none", "valid-untrusted")
+    assert "counts only from a trusted signer" in cawg.reason
     tampered = read("c2pa-rs/XCA.jpg")  # an invalid manifest counts for nothing; its claims stay in the detail
     assert (tampered.provenance, tampered.c2pa) == ("none", "invalid")
     assert "assertion.dataHash.mismatch" in tampered.detail["c2pa"]["codes"]
@@ -134,7 +136,7 @@ def test_corpus_verdict_classes(provenance_corpus, reader):
     assert refused.c2pa == "error" and refused.provenance == "camera-exif"
     assert read("c2pa-rs/earth_apollo17.jpg").provenance == "none"
     dng = read("c2pa-python/C.dng")
-    assert (dng.provenance, dng.c2pa) == ("generated", "valid")
+    assert (dng.provenance, dng.c2pa) == ("generated", "valid-untrusted")
 
 
 # -- hand-made generator metadata ------------------------------------------------------------------
@@ -224,15 +226,19 @@ def test_signed_manifest_valid_without_anchors_trusted_with_them(tmp_path):
     ca, chain, key = make_ca_and_signer()
     signed = sign_jpeg(_jpeg(), chain, key, "trainedAlgorithmicMedia", agent="DALL-E")
     ev = EvidenceReader().read(signed, "s.jpg")
-    assert (ev.provenance, ev.generator, ev.c2pa) == ("generated", "DALL·E", "valid")
+    assert (ev.provenance, ev.generator, ev.c2pa) == ("generated", "DALL·E", "valid-untrusted")
     assert ev.detail["c2pa"]["codes"] == ["signingCredential.untrusted"]
     assert ev.detail["c2pa"]["signer"]["common_name"] == "i2pscan test signer"
     pem = tmp_path / "anchors.pem"
     pem.write_text(ca)
     trusted = EvidenceReader.from_trust_file(str(pem)).read(signed, "s.jpg")
     assert (trusted.c2pa, trusted.detail["c2pa"]["codes"]) == ("trusted", [])
-    capture = EvidenceReader().read(sign_jpeg(_jpeg(), chain, key, "digitalCapture"), "d.jpg")
-    assert (capture.provenance, capture.c2pa) == ("captured", "valid")
+    captured = sign_jpeg(_jpeg(), chain, key, "digitalCapture")
+    capture = EvidenceReader().read(captured, "d.jpg")  # anyone can sign a capture: untrusted, it counts for nothing
+    assert (capture.provenance, capture.c2pa) == ("none", "valid-untrusted")
+    trusted_capture = EvidenceReader.from_trust_file(str(pem)).read(captured, "d.jpg")
+    assert (trusted_capture.provenance, trusted_capture.c2pa) == ("captured", "trusted")
+    assert trusted_capture.reason == "C2PA manifest signed by i2pscan test signer (trusted) declares digitalCapture"
 
 
 # -- hostile input ---------------------------------------------------------------------------------
@@ -342,7 +348,11 @@ def test_metadata_only_scan_loads_no_model_and_opens_no_socket(provenance_corpus
     assert all(row["score"] is None and row["logit"] is None for row in rows)
     assert by_name["ocsp.jpg"]["verdict"] == "synthetic"
     assert by_name["ocsp.jpg"]["provenance_detail"]["c2pa"]["source_types"] == ["compositeWithTrainedAlgorithmicMedia"] * 2
-    assert by_name["C_with_CAWG_data.jpg"]["verdict"] == "real"
+    cawg = by_name["C_with_CAWG_data.jpg"]  # a capture signed with the public test key whitewashes nothing
+    assert (cawg["verdict"], cawg["c2pa"], cawg["flagged_by"]) == ("unknown", "valid-untrusted", None)
+    assert "counts only from a trusted signer" in cawg["reason"]
+    assert by_name["ocsp.jpg"]["flagged_by"] == "metadata"
+    assert by_name["ocsp.jpg"]["reason"].startswith("C2PA manifest signed by ")
     assert by_name["XCA.jpg"]["verdict"] == "unknown"
     assert by_name["C.dng"]["verdict"] == "synthetic"  # a DNG's manifest is read whatever Pillow makes of it
     assert by_name["sample1.svg"]["verdict"] == "unknown" and by_name["sample1.svg"]["error"] is None
@@ -350,7 +360,7 @@ def test_metadata_only_scan_loads_no_model_and_opens_no_socket(provenance_corpus
     assert table.num_rows == 25
     assert table.schema.field("provenance_detail").type == "string"
     counts = dict(zip(*np.unique(table.column("verdict").to_pylist(), return_counts=True)))
-    assert counts == {"synthetic": 11, "real": 1, "unknown": 13}
+    assert counts == {"synthetic": 11, "unknown": 14}
     # a folder picks up the containers C2PA lives in, and the report command counts by provenance
     r = run_cli("scan", provenance_corpus, "--metadata-only", "--workers", "0", "-q")
     assert len(r.stdout.splitlines()) == 25  # dng, heif, jxl and svg included
@@ -383,7 +393,8 @@ def test_metadata_verdict_override_and_evidence_model(tmp_path, detector_file, r
     assert r.stdout.splitlines() == ["d/a1111.png", "d/broken.png"]
     r = run_cli("scan", "d", "-d", detector_file, "--threshold", "0.999999", "--workers", "0")
     assert "[generated: AUTOMATIC1111]" in r.stdout
-    assert "flagged as synthetic (threshold 1.0000; 2 by their metadata)" in r.stderr
+    assert "flagged as synthetic (threshold 1.0000; 2 by their metadata alone)" in r.stderr
+    assert "(AUTOMATIC1111 generation parameters in PNG text parameters; model score " in r.stdout
 
 
 def test_option_errors(tmp_path, run_cli, chdir):
@@ -415,7 +426,7 @@ def test_c2pa_trust_on_the_command_line(tmp_path, run_cli, chdir):
     plain = json.loads(run_cli("scan", "s.jpg", "--metadata-only", "--workers", "0", "--format", "jsonl").stdout)
     trusted = json.loads(run_cli("scan", "s.jpg", "--metadata-only", "--workers", "0", "--format", "jsonl",
                                  "--c2pa-trust", "ca.pem").stdout)
-    assert (plain["c2pa"], trusted["c2pa"]) == ("valid", "trusted")
+    assert (plain["c2pa"], trusted["c2pa"]) == ("valid-untrusted", "trusted")
 
 
 def test_old_reports_without_provenance_columns_still_load(tmp_path, run_cli, chdir):
@@ -476,6 +487,8 @@ def test_model_scan_keeps_evidence_of_files_that_do_not_decode(provenance_corpus
              provenance_corpus / "c2pa-rs" / "ocsp.jpg"]
     r = run_cli("scan", *files, "-d", detector_file, "--workers", "0", "--format", "jsonl", "--evidence", "model")
     rows = {Path(x["path"]).name: x for x in map(json.loads, r.stdout.splitlines())}
-    assert rows["C.dng"]["c2pa"] == "valid" and rows["C.dng"]["provenance"] == "generated"
+    assert rows["C.dng"]["c2pa"] == "valid-untrusted" and rows["C.dng"]["provenance"] == "generated"
+    assert rows["C.dng"]["verdict"] == "error" and rows["C.dng"]["error"].startswith("camera raw image (DNG): not scored;")
     assert rows["sample1.jxl"]["verdict"] == "error" and rows["sample1.jxl"]["provenance"] == "none"
+    assert rows["sample1.jxl"]["error"].startswith("JPEG XL image: not scored; no JPEG XL decoder is installed")
     assert rows["ocsp.jpg"]["provenance"] == "ai-edited" and rows["ocsp.jpg"]["score"] is not None

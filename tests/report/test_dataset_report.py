@@ -59,3 +59,45 @@ def test_dataset_path_that_is_a_file_is_refused(tmp_path, detector_file, run_cli
     os.mkdir("folder")
     r = run_cli("scan", "a.png", "-d", detector_file, "-o", "folder", "-q")
     assert r.exit_code == 2 and "folder is a folder; -o needs a file name (or DIR/" in r.stderr
+
+
+def _declared(path: Path) -> Path:
+    """A PNG whose own metadata declares AI (flagged in a --metadata-only scan)."""
+    from PIL import Image, PngImagePlugin
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1")
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(path, pnginfo=info)
+    return path
+
+
+def test_report_reads_a_dataset_folder(tmp_path, run_cli, chdir):
+    for i in range(3):
+        _declared(Path("in") / f"ai{i}.png")
+    _img(Path("in") / "plain.png")
+    r = run_cli("scan", "in", "--metadata-only", "-o", "out/", "--workers", "0", "-q", "--flush-rows", "2")
+    assert r.exit_code == 1 and len(os.listdir("out")) == 2
+    r = run_cli("report", "out/")
+    assert r.exit_code == 0, r.stderr
+    assert "flagged as synthetic" in r.stdout and "│ 3" in r.stdout.split("flagged as synthetic")[1].splitlines()[0]
+    assert "AUTOMATIC1111 generation parameters in PNG text parameters" in r.stdout  # the why of the top files
+    r = run_cli("report", "out", "--html", "page", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip().endswith("page/index.html")
+    assert "out" in Path("page/index.html").read_text()
+    os.mkdir("empty")
+    r = run_cli("report", "empty")
+    assert r.exit_code == 2 and "empty is a folder with no report parts (part-*.parquet) in it" in r.stderr
+
+
+def test_flagged_only_after_a_resume_prints_every_flagged_file_of_the_report(tmp_path, run_cli, chdir):
+    _declared(Path("in/a.png"))
+    _img(Path("in/b.png"))
+    r = run_cli("scan", "in", "--metadata-only", "-o", "r.parquet", "--workers", "0", "-q")
+    assert r.exit_code == 1
+    _declared(Path("in/c.png"))
+    r = run_cli("scan", "in", "--metadata-only", "-o", "r.parquet", "--workers", "0", "--resume", "--flagged-only")
+    assert r.exit_code == 1
+    assert r.stdout.splitlines() == ["in/c.png", "in/a.png"]  # this run's, then the earlier runs'
+    assert "--flagged-only: 1 of the files printed were flagged by earlier runs of this report" in r.stderr

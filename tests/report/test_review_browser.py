@@ -293,3 +293,98 @@ def test_twenty_thousand_rows_paginate(tmp_path, open_page):
     assert shown and all(p.startswith("batch07/") and v == "synthetic" for p, v in shown)
     _, data = page_data(tmp_path / "page" / "index.html")
     assert len(data) == 20000
+
+
+def test_review_workflow_reasons_filters_bulk_notes_identity_and_export(tmp_path, open_page):
+    """Issue 20's workflow and issue 21.7's identity: the reason on every card, filters for generator,
+    C2PA state and flagged_by, a bulk decision on the filtered set, a note, reviewer and time in the
+    export, twin names (one not UTF-8, one with a literal backslash) decided apart, bidi escaped."""
+    import base64
+    import json as _json
+
+    folder = os.fsencode(tmp_path)
+    twin_raw, twin_text = b"twin\xff.png", b"twin\\xff.png"
+    bidi = "cat\u202egnp.exe"
+    for name in (twin_raw, twin_text, b"gen.png", b"plain.png"):
+        _img(Path(os.fsdecode(os.path.join(folder, name))))
+    detail = _json.dumps({"c2pa": {"state": "valid-untrusted", "codes": ["signingCredential.untrusted"] * 2,
+                                   "signer": {"common_name": "Some Signer"}, "source_types": ["trainedAlgorithmicMedia"]},
+                          "matched": ["c2pa:trainedAlgorithmicMedia"]})
+    rows = [{"path": "gen.png", "score": 0.2, "verdict": "synthetic", "flagged_by": "metadata",
+             "reason": "C2PA manifest signed by Some Signer (not a trusted signer) declares trainedAlgorithmicMedia; "
+                       "model score 0.2 < threshold 0.5"},
+            {"path": "twin\\xff.png", "path_raw": twin_raw, "score": 0.9, "verdict": "synthetic", "flagged_by": "model",
+             "reason": "model score 0.9 ≥ threshold 0.5"},
+            {"path": "twin\\xff.png", "score": 0.8, "verdict": "synthetic", "flagged_by": "model",
+             "reason": "model score 0.8 ≥ threshold 0.5"},
+            {"path": bidi, "score": 0.1, "verdict": "real", "reason": "model score 0.1 < threshold 0.5"},
+            {"path": "plain.png", "score": 0.3, "verdict": "real", "reason": "model score 0.3 < threshold 0.5"}]
+    provenance = [{"provenance": "generated", "generator": "Adobe Firefly", "c2pa": "valid-untrusted",
+                   "provenance_detail": detail}] + [{"provenance": "none"}] * 4
+    make_report(tmp_path / "r.parquet", rows, provenance)
+    from i2pscan.report.review import build_page
+
+    page = open_page(Path(build_page(str(tmp_path / "r.parquet"), str(tmp_path / "page"), max_thumbs=0,
+                                     root=str(tmp_path)).index))
+    assert not page.eval_on_selector("#plots-box", "d => d.open")  # the histograms are folded
+    reasons = page.eval_on_selector_all(".card .reason", "rs => rs.map(r => r.textContent)")
+    assert len(reasons) == 5 and reasons[0] == "flagged by model: model score 0.9 ≥ threshold 0.5"
+    assert reasons[2].startswith("flagged by metadata: C2PA manifest signed by Some Signer")
+    assert page.locator(".card .badge.c2pa-valid-untrusted").text_content() == "c2pa valid-untrusted"
+    names = page.eval_on_selector_all(".card .name", "ns => ns.map(n => n.textContent)")
+    assert "cat\\u202egnp.exe" in names and bidi not in names  # the override is shown, not obeyed
+    # filters
+    page.select_option("#f-gen", "Adobe Firefly")
+    assert [p for p, _ in _cards(page)] == ["gen.png"]
+    page.select_option("#f-gen", "")
+    page.select_option("#f-c2pa", "valid-untrusted")
+    assert len(_cards(page)) == 1
+    page.select_option("#f-c2pa", "")
+    page.select_option("#f-by", "model")
+    assert [p for p, _ in _cards(page)] == ["twin\\xff.png", "twin\\xff.png"]
+    # the detail pane: labels, the duplicated code once, raw JSON only when asked
+    page.select_option("#f-by", "")
+    page.click('.card[data-path="gen.png"]')
+    page.keyboard.press("Enter")
+    evidence = page.text_content("#v-evidence")
+    assert "valid-untrusted — signature and hashes hold, but the signer is on no trust list" in evidence
+    assert evidence.count("signingCredential.untrusted") == 1
+    assert not page.eval_on_selector("#v-raw", "d => d.open")
+    # a note, with the reviewer's name
+    page.fill("#reviewer", "alice")
+    page.dispatch_event("#reviewer", "change")
+    page.click("#v-note")
+    page.keyboard.type("signed by a test key")
+    page.keyboard.press("Escape")
+    page.keyboard.press("s")
+    # bulk: the two twins (filtered by model) marked synthetic at once, then one of them real by hand
+    page.select_option("#f-by", "model")
+    page.click("#bulk-synthetic")
+    assert "marked 2 filtered file(s) synthetic" in page.text_content("#status")
+    page.click('.card[data-pos="1"]')
+    page.keyboard.press("r")
+    assert page.text_content("#export") == "Export decisions (3)"
+    # the large view opens each twin's own file: the byte 0xFF, and a literal backslash (not a separator)
+    page.keyboard.press("Enter")
+    assert page.get_attribute("#v-img", "src").endswith("/twin%5Cxff.png")
+    page.keyboard.press("ArrowLeft")
+    assert page.get_attribute("#v-img", "src").endswith("/twin%FF.png")
+    page.keyboard.press("Escape")
+    with page.expect_download() as info:
+        page.click("#export")
+    exported = tmp_path / "decisions.csv"
+    info.value.save_as(exported)
+    data = exported.read_bytes()
+    lines = data.split(b"\r\n")
+    assert lines[0] == b"path,label,note,reviewer,decided_at,row,path_b64"
+    got = {}
+    for line in lines[1:]:
+        if line:
+            fields = line.rsplit(b",", 2)
+            exact = base64.b64decode(fields[2])
+            assert line.startswith(exact + b",")  # the path column holds the same exact bytes
+            got[exact] = line[len(exact) + 1:].split(b",")[0].decode()
+    assert got == {os.path.join(folder, b"gen.png"): "synthetic", os.path.join(folder, twin_raw): "synthetic",
+                   os.path.join(folder, twin_text): "real"}
+    assert b",synthetic,signed by a test key,alice," in data
+    assert page.events == []

@@ -49,14 +49,14 @@ MAX_CLASSES = 12
 MARK = "i2pscan review page"
 # Per file, in this order, in the page's JSON (then any other report column, then the thumbnail's
 # name and why there is none); the page reads the order from its metadata.
-FIELDS = ("path", "verdict", "score", "logit", "format", "width", "height", "size_bytes", "mtime", "sha256",
-          "error", "provenance", "generator", "c2pa", "provenance_detail")
+FIELDS = ("path", "verdict", "flagged_by", "reason", "score", "logit", "format", "width", "height", "size_bytes",
+          "mtime", "sha256", "error", "provenance", "generator", "c2pa", "provenance_detail", "path_raw")
 THUMB_FIELDS = ("thumb", "thumb_note")
 
 
 def _fields(names: list[str]) -> list[str]:
     """The page's fields for a report with these columns: the known ones, then the others."""
-    extra = [c for c in names if c not in FIELDS and c not in THUMB_FIELDS and c != "path_raw"]
+    extra = [c for c in names if c not in FIELDS and c not in THUMB_FIELDS]
     return list(FIELDS) + extra + list(THUMB_FIELDS)
 
 
@@ -279,7 +279,7 @@ def _page_meta(report: str, meta: dict, survey: Survey, names: list[str], root: 
     identity = json.dumps([os.path.abspath(report), meta.get("started"), meta.get("finished"),
                            meta.get("detector_id")], default=str)
     return {
-        "title": os.path.basename(report),
+        "title": os.path.basename(report.rstrip("/" + os.sep)) or report,
         "report": os.path.abspath(report),
         "report_id": hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:16],
         "rows": survey.rows,
@@ -348,7 +348,8 @@ def _write_page(out, pf: pq.ParquetFile, names: list[str], page_meta: dict, surv
 
 def _plain_column(batch: pa.RecordBatch, name: str) -> list:
     """A column as JSON-ready Python values: finite floats rounded to 6 digits (NaN as null),
-    times as ISO text, bytes as backslash-escaped text."""
+    times as ISO text, ``path_raw`` as base64 (the page keys decisions by a path's exact bytes),
+    other bytes as backslash-escaped text; text as valid Unicode."""
     col = batch.column(batch.schema.get_field_index(name))
     if pa.types.is_floating(col.type):
         col = col.cast(pa.float64())
@@ -357,6 +358,8 @@ def _plain_column(batch: pa.RecordBatch, name: str) -> list:
         if pa.types.is_timestamp(col.type):
             col = col.cast(pa.timestamp("s", tz=col.type.tz), safe=False)
         col = pc.strftime(col, format="%Y-%m-%dT%H:%M:%S%z" if getattr(col.type, "tz", None) else "%Y-%m-%dT%H:%M:%S")
+    elif name == "path_raw" and (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+        return [None if v is None else base64.b64encode(v).decode("ascii") for v in col.to_pylist()]  # exact bytes
     elif pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
         return [None if v is None else v.decode("utf-8", "backslashreplace") for v in col.to_pylist()]
     return col.to_pylist()
