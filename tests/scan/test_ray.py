@@ -87,12 +87,12 @@ def test_ray_scan_a_crashing_decoder_costs_one_error_row(tmp_path, detector_file
     class Misbehaving:  # reads evidence in the decode task's worker process, from the bytes decoding read
         real = EvidenceReader()
 
-        def columns(self, data, path, exif=None):
+        def columns(self, data, path, exif=None, xmp=None):
             if path.endswith("05.png"):
                 os._exit(9)  # what a segfaulting reader looks like from outside
             if path.endswith("08.png"):
                 time.sleep(3600)  # stuck in C code
-            return self.real.columns(data, path, exif)
+            return self.real.columns(data, path, exif, xmp)
 
     work = FileWork(CropTransform(detector.preprocess, 1), evidence=Misbehaving())
     rows = []
