@@ -22,7 +22,8 @@ INFO_EXIT_CODES = "0 shown; 2 not a detector or calibration file, or a damaged o
 @option("--root", type=click.Path(exists=True, file_okay=False, path_type=str), default=None, group=OUTPUT,
         help="With --html: the folder the report's relative paths start from [default: the current folder].")
 @option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
-        help="With --html: thumbnail processes (default: from the CPU count; 0 decodes in this process).")
+        help="With --html: thumbnail processes, isolated as a scan's decoding workers "
+             "(default: from the CPU count; at least 1).")
 @quiet_option
 @command
 def report(report_file, top, html_dir, open_page, max_thumbs, root, workers, quiet):

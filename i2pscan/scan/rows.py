@@ -84,7 +84,8 @@ def batch_rows(detector: Detector | None, batch: Batch, paths: Sequence[str], op
     if detector is not None and batch.pixels is not None:
         from i2pscan.model.inference import score_batch
 
-        logits, scores = score_batch(detector.model, batch.pixels, options.crops, options.combine, cut.temperature)
+        logits, scores = score_batch(detector.model, batch.pixels, options.crops, options.combine, cut.temperature,
+                                     batch.extents)
         scored = dict(zip(batch.ok, zip(logits, scores)))
     return [make_row(paths[item.index], item, scored.get(pos), None if cut is None else cut.logit, options.evidence)
             for pos, item in enumerate(batch.items)]

@@ -1,0 +1,186 @@
+"""Decode only what is scored (issue 19): JPEG crops decoded as regions are bit-identical to a full
+decode and crop, for every crop policy, orientation and kind of JPEG; anything else is decoded whole;
+crops travel as uint8 and normalise to exactly the float crops of before."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+
+from i2pscan.io import region
+from i2pscan.io.decode import decode
+from i2pscan.io.preprocess import CropTransform, Preprocess
+from i2pscan.io.work import FileWork
+
+pytestmark = pytest.mark.skipif(not region.available(), reason="nvImageCodec is not installed on this platform")
+
+I2P = Preprocess(64, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+TORCHVISION = Preprocess(64, I2P.mean, I2P.std, crop_mode="torchvision")
+
+
+def _photo(width: int, height: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([(xx * 3 + yy) % 256, (yy * 5) % 256, ((xx ^ yy) * 7) % 256], -1)
+    return np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+
+
+def _jpeg(path, width=301, height=203, mode="RGB", seed=0, orientation=None, **save) -> str:
+    image = Image.fromarray(_photo(width, height, seed))
+    if mode != "RGB":
+        image = image.convert(mode)
+    if orientation:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        save["exif"] = exif
+    image.save(path, "JPEG", **save)
+    return str(path)
+
+
+KINDS = {
+    "baseline 4:2:0": dict(quality=90, subsampling=2),
+    "baseline 4:2:2": dict(quality=85, subsampling=1),
+    "baseline 4:4:4": dict(quality=95, subsampling=0),
+    "progressive 4:2:0": dict(quality=90, progressive=True),
+    "progressive 4:4:4": dict(quality=70, subsampling=0, progressive=True),
+    "restart markers every row": dict(quality=90, restart_marker_rows=1),
+    "restart markers every 5 blocks": dict(quality=80, subsampling=0, restart_marker_blocks=5),
+    "optimised Huffman tables": dict(quality=75, optimize=True),
+    "greyscale": dict(mode="L", quality=90),
+    "greyscale progressive": dict(mode="L", quality=90, progressive=True),
+    "CMYK (Adobe)": dict(mode="CMYK", quality=90),
+    "an ICC profile (applied by neither)": dict(quality=90, icc_profile=ImageCms.ImageCmsProfile(
+        ImageCms.createProfile("LAB")).tobytes()),
+}
+
+
+@pytest.fixture
+def always_regions(monkeypatch):
+    """Region decoding even where bands would not pay, so that exactness is tested everywhere."""
+    monkeypatch.setattr(region, "BAND_GAIN", float("inf"))
+
+
+def _expected(path: str, transform: CropTransform, rgb: str) -> list[np.ndarray]:
+    whole = decode(path, rgb=rgb)  # today's path: the whole image, then the crops
+    assert whole.error is None
+    return transform.crop_arrays(whole.image)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("crops", [1, 4, 9])
+def test_region_crops_equal_the_full_decode_for_every_kind_of_jpeg(tmp_path, kind, crops, always_regions):
+    save = dict(KINDS[kind])
+    mode = save.pop("mode", "RGB")
+    path = _jpeg(tmp_path / "a.jpg", mode=mode, seed=crops, **save)
+    layout = region.jpeg_layout(open(path, "rb").read())
+    assert layout.exact, layout.why
+    for preprocess in (I2P, TORCHVISION):
+        transform = CropTransform(preprocess, crops)
+        got = decode(path, rgb=preprocess.rgb_mode, boxes=transform.boxes)
+        assert got.error is None and got.region and (got.width, got.height) == (301, 203)
+        expected = _expected(path, transform, preprocess.rgb_mode)
+        assert len(got.crops) == crops
+        for a, b in zip(got.crops, expected):
+            assert a.shape == b.shape and np.array_equal(a, b), kind
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_for_i2p_and_ignored_for_the_published_detectors(tmp_path, orientation,
+                                                                                      always_regions):
+    path = _jpeg(tmp_path / "o.jpg", 330, 190, quality=92, orientation=orientation)
+    for preprocess in (I2P, TORCHVISION):
+        transform = CropTransform(preprocess, 9)
+        got = decode(path, rgb=preprocess.rgb_mode, boxes=transform.boxes)
+        expected = _expected(path, transform, preprocess.rgb_mode)
+        swapped = orientation >= 5 and preprocess is I2P
+        assert (got.width, got.height) == ((190, 330) if swapped else (330, 190))
+        assert got.region
+        assert all(np.array_equal(a, b) for a, b in zip(got.crops, expected)), (orientation, preprocess.crop_mode)
+
+
+def test_random_sizes_offsets_and_odd_dimensions(tmp_path, always_regions):
+    rng = np.random.default_rng(7)
+    for i in range(12):
+        w, h = int(rng.integers(20, 400)), int(rng.integers(20, 400))
+        save = dict(quality=int(rng.integers(50, 100)), subsampling=int(rng.integers(0, 3)),
+                    progressive=bool(rng.integers(0, 2)))
+        path = _jpeg(tmp_path / f"{i}.jpg", w, h, seed=i, **save)
+        size = int(rng.integers(8, 100))
+        transform = CropTransform(Preprocess(size, I2P.mean, I2P.std), int(rng.integers(1, 10)))
+        got = decode(path, boxes=transform.boxes)
+        assert got.region
+        assert all(np.array_equal(a, b) for a, b in zip(got.crops, _expected(path, transform, "i2p"))), (w, h, save)
+
+
+def _strip_segment(data: bytes, marker: int) -> bytes:
+    pos = 2
+    while data[pos + 1] != marker:
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return data[:pos] + data[pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big"):]
+
+
+def test_jpegs_a_region_cannot_decode_exactly_are_decoded_whole(tmp_path):
+    good = _jpeg(tmp_path / "g.jpg", quality=90)
+    data = open(good, "rb").read()
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    rgb_coded = tmp_path / "rgb.jpg"
+    Image.fromarray(_photo(120, 90, 1)).save(rgb_coded, "JPEG", keep_rgb=True)
+    assert not region.jpeg_layout(truncated.read_bytes()).exact
+    assert region.jpeg_layout(rgb_coded.read_bytes()).why == "RGB-coded"
+    transform = CropTransform(I2P, 1)
+    cut = decode(str(truncated), boxes=transform.boxes)  # today's contract: a truncated file is an error row
+    assert cut.crops is None and cut.error == decode(str(truncated)).error and cut.error
+    rgb = decode(str(rgb_coded), boxes=transform.boxes)
+    assert not rgb.region and np.array_equal(rgb.crops[0], _expected(str(rgb_coded), transform, "i2p")[0])
+    no_jfif = tmp_path / "no-jfif.jpg"  # a CMYK file without its Adobe marker reads as plain CMYK
+    no_jfif.write_bytes(_strip_segment(open(_jpeg(tmp_path / "c.jpg", mode="CMYK"), "rb").read(), 0xEE))
+    got = decode(str(no_jfif), boxes=transform.boxes)
+    assert np.array_equal(got.crops[0], _expected(str(no_jfif), transform, "i2p")[0])
+
+
+def test_other_formats_keep_the_full_decode_with_conversions_on_the_crops(tmp_path):
+    rgba = np.concatenate([_photo(150, 110, 3), np.random.default_rng(3).integers(0, 255, (110, 150, 1), np.uint8)], 2)
+    files = {"rgba.png": Image.fromarray(rgba, "RGBA"), "p.gif": Image.fromarray(_photo(150, 110, 4)).convert("P"),
+             "i16.png": Image.fromarray(np.random.default_rng(5).integers(0, 60000, (110, 150), np.uint16)),
+             "f.tif": Image.fromarray(np.random.default_rng(6).normal(0, 3, (110, 150)).astype(np.float32))}
+    for name, image in files.items():
+        image.save(tmp_path / name)
+        for preprocess in (I2P, TORCHVISION):
+            transform = CropTransform(preprocess, 9)
+            got = decode(str(tmp_path / name), rgb=preprocess.rgb_mode, boxes=transform.boxes)
+            assert not got.region
+            expected = _expected(str(tmp_path / name), transform, preprocess.rgb_mode)
+            assert all(np.array_equal(a, b) for a, b in zip(got.crops, expected)), name
+
+
+def test_bands_cost_less_than_the_whole_image_or_it_is_decoded_whole():
+    size = 224
+    transform = CropTransform(Preprocess(size, I2P.mean, I2P.std), 9)
+    big = region.plan_bands(transform.boxes(6000, 4000), 6000, 4000)
+    assert len(big) == 3 and all(b[3] - b[1] == size for b in big)  # one band per row of crops
+    assert region.plan_bands(transform.boxes(1224, 816), 1224, 816) is None  # 9 crops cover most of 1 MP
+    assert region.plan_bands(CropTransform(transform.preprocess, 1).boxes(1224, 816), 1224, 816) == [(500, 296, 724, 520)]
+    overlapping = region.plan_bands([(0, 0, 10, 10), (5, 5, 20, 20), (0, 30, 10, 40)], 100, 100)
+    assert overlapping == [(0, 0, 20, 20), (0, 30, 10, 40)]
+
+
+@pytest.mark.parametrize("preprocess", [I2P, TORCHVISION], ids=["i2p", "torchvision"])
+def test_uint8_crops_normalise_to_the_float_crops_bit_for_bit(tmp_path, preprocess):
+    paths = [_jpeg(tmp_path / "big.jpg", 300, 200), _jpeg(tmp_path / "small.jpg", 40, 90, seed=2),
+             _jpeg(tmp_path / "tiny.jpg", 30, 20, seed=3)]
+    for crops in (1, 4):
+        transform = CropTransform(preprocess, crops)
+        for path in paths:
+            floats = FileWork(transform)(0, path).pixels
+            item = FileWork(transform, uint8=True)(0, path)
+            assert item.pixels.dtype == np.uint8 and item.pixels.shape == (crops, 3, 64, 64)
+            extents = None if item.extent is None else torch.tensor([item.extent] * crops)
+            got = preprocess.normalise_batch(torch.from_numpy(item.pixels), extents)
+            assert torch.equal(got, floats), (path, crops)
+            reference = torch.stack([preprocess.normalise(c) for c in _expected(path, transform, preprocess.rgb_mode)])
+            assert torch.equal(got, reference)
