@@ -299,17 +299,31 @@ def image_bytes_per_pixel(mode: str) -> int:
 
 
 def _shrunk(image: Image.Image, side: int) -> Image.Image:
-    """``image`` decoded and reduced to at most ``side`` px a side: a JPEG at a reduced DCT scale,
-    16-bit and float images through 8 bits in strips, then Pillow's thumbnail in place."""
+    """``image`` decoded and reduced to at most ``side`` px a side, never copied whole: a JPEG
+    at a reduced DCT scale, 16-bit and float images through 8 bits in strips, modes that Pillow
+    would convert whole before resampling (alpha, palette, CMYK...) converted to RGB and reduced
+    a strip of rows at a time; then Pillow's thumbnail."""
     if image.format == "JPEG" and image.mode in ("L", "RGB", "CMYK"):
         image.draft(image.mode, (side, side))
     image.load()
+    info = image.info  # the EXIF orientation goes with the new image
     if high_bit_depth(image.mode):
-        info = image.info
         image = Image.fromarray(Scaler.of(image).image(image), "L")
-        image.info = info  # the EXIF orientation with it
+    factor = max(1, max(image.size) // (2 * side))
+    if factor > 1 and image.mode not in ("L", "RGB"):
+        width, height = image.size
+        rows = factor * max(1, STRIP_ROWS_PIXELS // (width * factor))
+        small = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+        for top in range(0, height, rows):
+            strip = to_rgb(image.crop((0, top, width, min(top + rows, height))))
+            small.paste(strip.reduce(factor), (0, top // factor))
+        image = small
+    image.info = info
     image.thumbnail((side, side))
     return image
+
+
+STRIP_ROWS_PIXELS = 1 << 22  # pixels a strip of _shrunk holds
 
 
 def _decode_crops(data: bytes, image: Image.Image, boxes, rgb: str, result: Decoded) -> None:

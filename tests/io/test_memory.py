@@ -111,3 +111,20 @@ def test_high_bit_depth_crops_and_thumbnails_scale_as_the_whole_image(tmp_path):
         finally:
             convert.STRIP_VALUES = 1 << 22
         assert all(np.array_equal(a, b) for a, b in zip(got.crops, transform.crop_arrays(whole.image)))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16", "RGB"])
+def test_thumbnails_shrink_before_converting_and_look_like_the_whole_image_shrunk(tmp_path, mode):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    base = Image.fromarray(np.kron(rng.integers(0, 255, (12, 20, 4), np.uint8), np.ones((50, 50, 1), np.uint8)), "RGBA")
+    image = base.convert("I;16") if mode == "I;16" else base.convert(mode)
+    image.save(tmp_path / "a.png")
+    got = decode(str(tmp_path / "a.png"), max_side=64)
+    assert got.image.mode == "RGB" and max(got.image.size) == 64
+    reference = decode(str(tmp_path / "a.png")).image
+    reference.thumbnail((64, 64))
+    assert got.image.size == reference.size
+    diff = np.abs(np.asarray(got.image, np.int16) - np.asarray(reference, np.int16))
+    assert diff.mean() < 4, diff.mean()  # a thumbnail, not bit-exact: composited before or after shrinking
