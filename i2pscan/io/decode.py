@@ -115,6 +115,10 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
             warnings.simplefilter("ignore")
             image = _open_checked(data, max_pixels, max_image_bytes, result)
             if image is not None:
+                if image.format != "JPEG" or (boxes is None and not max_side):
+                    # now, not later: reading EXIF may load a PNG and swallow its decoding error
+                    # (a JPEG's EXIF is in its header: its pixels wait for region decoding or a draft)
+                    image.load()
                 if keep_bytes:  # Pillow parses EXIF for the orientation anyway: share it with the evidence reader
                     result.exif = _exif_tags(image.getexif)
                 if boxes is not None:
@@ -122,8 +126,6 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
                 else:
                     if max_side:
                         image = _shrunk(image, max_side)
-                    else:
-                        image.load()
                     if rgb == "pillow":
                         result.image = image.convert("RGB") if image.mode in _PILLOW_CONVERTS else to_rgb(image)
                     else:
@@ -331,8 +333,6 @@ def _decode_crops(data: bytes, image: Image.Image, boxes, rgb: str, result: Deco
     orients it), from JPEG regions where exact, else from the whole image decoded in its own mode
     with the conversion to RGB applied to each crop (every conversion is per pixel, and 16-bit
     and float scaling takes its range from the whole image, read in strips)."""
-    if image.format != "JPEG":
-        image.load()  # first: reading EXIF may load a PNG, and swallow a decoding error while at it
     orientation = orientation_of(image) if rgb == "i2p" else 1
     width, height = image.size
     size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
