@@ -151,6 +151,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("death_signal", [9, 0], ids=["pipe-and-signal", "pipe-only"])
 def test_workers_exit_within_seconds_of_their_scans_death(tmp_path, death_signal):
     """A scan SIGKILLed mid-run leaves no decoding worker behind (issue 21.3): each closes the

@@ -242,6 +242,7 @@ def _misbehaving_decoder(monkeypatch, crash: str = "", hang: str = ""):
     monkeypatch.setattr(work_module, "decode", decode)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1, 2])
 def test_thumbnails_decode_in_the_isolated_pool_a_crash_or_hang_is_a_placeholder(tmp_path, monkeypatch, workers):
     """Issue 21.6: whatever the worker count (0 included: at least one isolated process), a decoder
