@@ -64,6 +64,7 @@ class Decoded:
     provenance: dict | None = None  # report columns from provenance.EvidenceReader, when asked for
     crops: list | None = None  # with ``boxes``: the RGB uint8 arrays (HxWx3) of the boxes, instead of ``image``
     region: bool = False  # the crops were decoded as JPEG regions (not from a whole decoded image)
+    encoded: bytes | None = None  # with ``encoded_jpeg``: a JPEG's bytes, left for the model's device to decode
 
 
 RGB_MODES = ("i2p", "pillow")
@@ -76,7 +77,8 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
            want_hash: bool = False, timeout_s: float | None = None,
            keep_bytes: bool = False, rgb: str = "i2p",
            boxes: Callable[[int, int], Sequence[tuple[int, int, int, int]]] | None = None,
-           max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, max_side: int | None = None) -> Decoded:
+           max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, max_side: int | None = None,
+           encoded_jpeg: bool = False) -> Decoded:
     """Read and decode one image file into 8-bit RGB.
 
     The format is recognised from the content, not the extension. ``rgb="i2p"``: EXIF orientation
@@ -98,6 +100,9 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
     (io/region.py), any other file whole, with its conversions applied to the crops only.
     ``max_side``: shrink the image to at most that many pixels a side before converting it (for
     thumbnails; a JPEG is decoded at a reduced scale), so that no full-size RGB copy is made.
+    ``encoded_jpeg`` (with ``boxes``): a JPEG that region decoding could take exactly is not
+    decoded at all: ``encoded`` holds its bytes for the scoring device (io/device_decode.py), and
+    ``width``/``height`` its size as ``rgb`` orients it.
     """
     if rgb not in RGB_MODES:
         raise ValueError(f"rgb must be one of {RGB_MODES}, not {rgb!r}")
@@ -122,7 +127,7 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
                 if keep_bytes:  # Pillow parses EXIF for the orientation anyway: share it with the evidence reader
                     result.exif = _exif_tags(image.getexif)
                 if boxes is not None:
-                    _decode_crops(data, image, boxes, rgb, result)
+                    _decode_crops(data, image, boxes, rgb, result, encoded_jpeg)
                 else:
                     if max_side:
                         image = _shrunk(image, max_side)
@@ -146,7 +151,7 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
     except Exception as exc:  # a corrupt file can raise anything from a decoder
         result.error = one_line(exc)
     if result.error:
-        result.image = result.crops = None
+        result.image = result.crops = result.encoded = None
     return result
 
 
@@ -328,7 +333,7 @@ def _shrunk(image: Image.Image, side: int) -> Image.Image:
 STRIP_ROWS_PIXELS = 1 << 22  # pixels a strip of _shrunk holds
 
 
-def _decode_crops(data: bytes, image: Image.Image, boxes, rgb: str, result: Decoded) -> None:
+def _decode_crops(data: bytes, image: Image.Image, boxes, rgb: str, result: Decoded, encoded_jpeg: bool = False) -> None:
     """``result.crops``: the RGB pixels of ``boxes(width, height)`` (of the image as ``rgb``
     orients it), from JPEG regions where exact, else from the whole image decoded in its own mode
     with the conversion to RGB applied to each crop (every conversion is per pixel, and 16-bit
@@ -341,6 +346,10 @@ def _decode_crops(data: bytes, image: Image.Image, boxes, rgb: str, result: Deco
     if image.format == "JPEG":
         layout = region.jpeg_layout(data)
         if layout is not None and (layout.width, layout.height) == (width, height):
+            if encoded_jpeg and layout.exact:
+                result.encoded = data
+                result.width, result.height = size
+                return
             crops = region.decode_regions(data, layout, stored)
             result.region = crops is not None
     if crops is None:

@@ -38,6 +38,9 @@ class Batch:
     # uint8 crops with an image smaller than the crop: (top, left, height, width) of each crop row
     # of ``pixels`` inside its canvas (Preprocess.normalise_batch); None when no crop is padded
     extents: Any = None
+    # JPEGs left for the scoring device to decode (FileWork.encoded_jpeg): (position in ``items``,
+    # the file's bytes as a uint8 array); io/device_decode.py adds their crops to ``pixels``
+    encoded: list = field(default_factory=list)
 
     def pin_memory(self) -> "Batch":
         """The pixels as a tensor in page-locked memory (for a non-blocking copy to CUDA)."""
@@ -64,9 +67,10 @@ def collate(items: list[Item]) -> Batch:
             size = pixels.shape[-1]
             extents = np.concatenate([np.tile(np.asarray(items[i].extent or (0, 0, size, size), np.int64),
                                               (len(items[i].pixels), 1)) for i in ok])
+    encoded = [(i, it.encoded) for i, it in enumerate(items) if it.encoded is not None]
     for it in items:
-        it.pixels = None  # the stacked tensor holds them; do not send them twice between processes
-    return Batch(items=items, pixels=pixels, ok=ok, extents=extents)
+        it.pixels = it.encoded = None  # the batch holds them; do not send them twice between processes
+    return Batch(items=items, pixels=pixels, ok=ok, extents=extents, encoded=encoded)
 
 
 def worker_init(_worker_id: int = 0) -> None:

@@ -30,6 +30,7 @@ class Item:
     pixels: Any  # crops [n_crops, 3, S, S] (float: an array or a tensor; or uint8, FileWork.uint8), or None
     info: Decoded
     extent: tuple[int, int, int, int] | None = None  # uint8 crops of a small image: where it lies in the canvas
+    encoded: Any = None  # FileWork.encoded_jpeg: the JPEG's bytes (a uint8 array) for the scoring device to decode
 
 @dataclass(frozen=True)
 class FileWork:
@@ -42,6 +43,8 @@ class FileWork:
     torch's shared-memory file descriptors, which a dying worker can leave dangling).
     ``deadline_s`` stops one decode after that long (an alarm: set only for decoding workers).
     ``uint8``: crops stay uint8 (``transform.pack``), to be normalised where the model runs.
+    ``encoded_jpeg`` (with ``uint8``): a JPEG that region decoding could take exactly travels as
+    its bytes (``Item.encoded``), decoded on the scoring device (io/device_decode.py).
     A transform with ``boxes`` (preprocess.CropTransform) gets only its crops decoded (JPEG
     regions where exact); any other transform gets the whole image.
     """
@@ -56,6 +59,7 @@ class FileWork:
     deadline_s: float | None = None  # in a decoding worker: stop a decode taking longer (decode's timeout_s)
     uint8: bool = False
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    encoded_jpeg: bool = False
 
     def prepare_process(self) -> None:
         """Set up a decoding worker process (one i2pscan owns) for this work: Pillow's own
@@ -75,9 +79,13 @@ class FileWork:
         boxes = getattr(self.transform, "boxes", None)
         info = decode(path, max_pixels=self.max_pixels, want_hash=self.want_hash, keep_bytes=self.evidence is not None,
                       rgb=preprocess.rgb_mode if preprocess is not None else "i2p", timeout_s=self.deadline_s,
-                      boxes=None if self.perturbation else boxes, max_image_bytes=self.max_image_bytes)
+                      boxes=None if self.perturbation else boxes, max_image_bytes=self.max_image_bytes,
+                      encoded_jpeg=self.encoded_jpeg and self.uint8 and not self.perturbation)
         _add_evidence(info, self.evidence, path)
         pixels = extent = None
+        if info.encoded is not None:
+            encoded, info.encoded = np.frombuffer(info.encoded, np.uint8), None
+            return Item(index=index, pixels=None, info=info, encoded=encoded)
         if info.image is not None or info.crops is not None:
             try:
                 image = info.image

@@ -184,3 +184,32 @@ def test_uint8_crops_normalise_to_the_float_crops_bit_for_bit(tmp_path, preproce
             assert torch.equal(got, floats), (path, crops)
             reference = torch.stack([preprocess.normalise(c) for c in _expected(path, transform, preprocess.rgb_mode)])
             assert torch.equal(got, reference)
+
+
+def test_decoding_on_the_model_device_gives_the_same_rows_in_the_same_order(tmp_path, detector_file):
+    """``decode_on="device"`` (here the CPU: torchvision's decode_jpeg): JPEGs travel as bytes and
+    are decoded by the scorer, other files and refused ones by the exact path; one row per file, in
+    order, the same errors, logits within what another JPEG decoder gives."""
+    from helpers import noise_image, write_corrupt_files
+    from i2pscan.model.detector import Detector
+    from i2pscan.scan.options import ScanOptions
+    from i2pscan.scan.session import run_scan
+
+    paths = [_jpeg(tmp_path / "a.jpg", 300, 200, quality=92), _jpeg(tmp_path / "b.jpg", 50, 40, seed=2),
+             _jpeg(tmp_path / "c.jpg", 330, 190, seed=3, orientation=6), str(noise_image(tmp_path / "d.png", size=90)),
+             _jpeg(tmp_path / "e.jpg", 200, 200, mode="L", seed=4)]
+    paths += [str(p) for p in write_corrupt_files(tmp_path / "bad")]
+    detector = Detector.load(str(detector_file), device="cpu")
+    rows = {}
+    for where in ("cpu", "device"):
+        got = []
+        run_scan(paths, None, detector, ScanOptions(crops=4, workers=1, batch_size=3, decode_on=where),
+                 on_row=got.append)
+        rows[where] = got
+    exact, device = rows["cpu"], rows["device"]
+    assert [r["path"] for r in device] == [r["path"] for r in exact] == paths
+    assert [r["error"] for r in device] == [r["error"] for r in exact]
+    assert [(r["width"], r["height"]) for r in device] == [(r["width"], r["height"]) for r in exact]
+    for a, b in zip(exact, device):
+        if a["logit"] is not None:
+            assert abs(a["logit"] - b["logit"]) < 0.05, (a["path"], a["logit"], b["logit"])
