@@ -163,7 +163,50 @@ def _get_decoder():
             _unavailable = f"{type(exc).__name__}: {exc}"
             log.debug("JPEG region decoding unavailable (%s): decoding whole images", _unavailable)
             return None
+        differs = _self_check(_decoder)
+        if differs:  # another nvImageCodec or Pillow whose pixels differ: exactness first
+            _decoder, _unavailable = None, differs
+            log.warning("JPEG region decoding is off: %s; decoding whole images", differs)
+            return None
     return _decoder
+
+
+def _self_check(loaded) -> str | None:
+    """Regions of a few small JPEGs made here (4:2:0, 4:2:2 progressive, greyscale, restart markers)
+    against Pillow's full decode: None when all are bit-identical, else what differs. Once per
+    process, a few milliseconds: a library upgrade that changes a pixel turns region decoding off."""
+    import io
+
+    from PIL import Image
+    from nvidia import nvimgcodec
+
+    decoder, params = loaded
+    yy, xx = np.mgrid[0:83, 0:117]
+    pattern = np.stack([(xx * 7 + yy * 3) % 256, (yy * 11) % 256, ((xx ^ yy) * 5) % 256], -1).astype(np.uint8)
+    cases = {"4:2:0": dict(quality=90), "4:2:2 progressive": dict(quality=80, subsampling=1, progressive=True),
+             "restart markers": dict(quality=85, restart_marker_blocks=3)}
+    boxes = [(0, 0, 117, 83), (13, 9, 61, 50), (50, 33, 117, 83)]
+    try:
+        for name, save in list(cases.items()) + [("greyscale", dict(quality=90, mode="L"))]:
+            save = dict(save)
+            image = Image.fromarray(pattern).convert(save.pop("mode", "RGB"))
+            buf = io.BytesIO()
+            image.save(buf, "JPEG", **save)
+            data = buf.getvalue()
+            whole = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            stream = nvimgcodec.CodeStream(data)
+            for left, top, right, bottom in boxes:
+                with _quiet_stderr():
+                    out = decoder.decode(stream.get_sub_code_stream(
+                        region=nvimgcodec.Region(start=(top, left), end=(bottom, right))), params=params)
+                got = None if out is None else np.asarray(out.cpu())
+                if got is not None and got.ndim == 3 and got.shape[2] == 1:
+                    got = np.repeat(got, 3, axis=2)
+                if got is None or not np.array_equal(got, whole[top:bottom, left:right]):
+                    return f"its {name} pixels differ from Pillow's"
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the full decode is the safe answer
+        return f"its self-check failed ({type(exc).__name__}: {exc})"
+    return None
 
 
 @contextmanager

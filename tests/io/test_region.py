@@ -213,3 +213,19 @@ def test_decoding_on_the_model_device_gives_the_same_rows_in_the_same_order(tmp_
     for a, b in zip(exact, device):
         if a["logit"] is not None:
             assert abs(a["logit"] - b["logit"]) < 0.05, (a["path"], a["logit"], b["logit"])
+
+
+def test_a_library_whose_pixels_differ_turns_region_decoding_off(tmp_path, monkeypatch, caplog):
+    """The self-check at first use compares regions of small JPEGs with Pillow's full decode; a
+    difference (an nvImageCodec or Pillow upgrade) means whole-image decoding, with a warning."""
+    assert region._self_check(region._get_decoder()) is None  # this installation is exact
+    monkeypatch.setattr(region, "_decoder", None)
+    monkeypatch.setattr(region, "_unavailable", None)
+    monkeypatch.setattr(region, "_self_check", lambda loaded: "its 4:2:0 pixels differ from Pillow's")
+    path = _jpeg(tmp_path / "a.jpg", quality=90)
+    transform = CropTransform(I2P, 1)
+    with caplog.at_level("WARNING", logger="i2pscan"):
+        got = decode(path, boxes=transform.boxes)
+    assert not got.region and np.array_equal(got.crops[0], _expected(path, transform, "i2p")[0])
+    assert "JPEG region decoding is off: its 4:2:0 pixels differ from Pillow's" in caplog.text
+    assert not region.available()
