@@ -14,7 +14,8 @@ cannot be had, :func:`decode_regions` answers None and the caller decodes the wh
 
 Crops that share rows are decoded as one band (the union of their columns), and several crops
 spread over a large image as one band per row of crops, each a region decode, when that costs
-less than the whole image (:func:`plan_bands`).
+less than the whole image (:func:`plan_bands`). In a file with restart markers a band's entropy
+decoding starts at the restart interval above it (io/restart.py), not at the first row.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from i2pscan.io.restart import band_stream
 
 log = logging.getLogger("i2pscan")
 
@@ -50,6 +53,15 @@ class JpegLayout:
     components: int
     exact: bool  # a plain 8-bit Huffman JPEG of 1, 3 (YCbCr) or 4 (Adobe CMYK) components, complete
     why: str = ""  # when not ``exact``: why not
+    # for io/restart.py: the frame's marker and offset, the MCU size in pixels, the restart interval
+    # (MCUs; 0: none), the first scan's offset, where its entropy-coded data starts, its components
+    sof: int = 0
+    sof_at: int = 0
+    mcu: tuple[int, int] = (8, 8)
+    restart: int = 0
+    scan_at: int = 0
+    data_at: int = 0
+    scan_components: int = 0
 
 
 def jpeg_layout(data: bytes) -> JpegLayout | None:
@@ -66,6 +78,7 @@ def _layout(data: bytes) -> JpegLayout | None:
         return None
     pos, n = 2, len(data)
     sof = adobe = None
+    restart = 0
     while pos + 4 <= n:
         if data[pos] != 0xFF:
             return None
@@ -79,19 +92,22 @@ def _layout(data: bytes) -> JpegLayout | None:
         length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
         body = data[pos + 4:pos + 2 + length]
         if marker in _SOF_HUFFMAN or marker in _SOF_OTHER:
-            sof = (marker, body)
+            sof = (marker, body, pos)
         elif marker == 0xEE and body[:5] == b"Adobe" and len(body) >= 12:
             adobe = body[11]
+        elif marker == 0xDD:  # DRI: the restart interval
+            restart = struct.unpack(">H", body[:2])[0]
         elif marker == 0xDA:  # start of scan: the header ends here
-            return _verdict(data, pos, sof, adobe)
+            return _verdict(data, pos, sof, adobe, restart, body[0], pos + 2 + length)
         pos += 2 + length
     return None
 
 
-def _verdict(data: bytes, sos: int, sof, adobe: int | None) -> JpegLayout | None:
+def _verdict(data: bytes, sos: int, sof, adobe: int | None, restart: int, scan_components: int,
+             data_at: int) -> JpegLayout | None:
     if sof is None:
         return None
-    marker, body = sof
+    marker, body, sof_at = sof
     precision, height, width, ncomp = body[0], *struct.unpack(">HH", body[1:5]), body[5]
     ids = tuple(body[6 + 3 * i] for i in range(ncomp))
     why = ""
@@ -107,7 +123,11 @@ def _verdict(data: bytes, sos: int, sof, adobe: int | None) -> JpegLayout | None
         why = "YCCK" if adobe else "CMYK without an Adobe marker"  # decoded inverted there, unlike Pillow
     elif data.rfind(b"\xff\xd9") < sos:
         why = "no end-of-image marker (truncated?)"
-    return JpegLayout(width, height, ncomp, exact=not why, why=why)
+    hmax = max(body[7 + 3 * i] >> 4 for i in range(ncomp))
+    vmax = max(body[7 + 3 * i] & 15 for i in range(ncomp))
+    mcu = (8 * hmax, 8 * vmax) if scan_components > 1 else (8, 8)
+    return JpegLayout(width, height, ncomp, exact=not why, why=why, sof=marker, sof_at=sof_at, mcu=mcu,
+                      restart=restart, scan_at=sos, data_at=data_at, scan_components=scan_components)
 
 
 def plan_bands(boxes: Sequence[Box], width: int, height: int) -> list[Box] | None:
@@ -245,9 +265,13 @@ def decode_regions(data: bytes, layout: JpegLayout, boxes: Sequence[Box]) -> lis
         stream = nvimgcodec.CodeStream(data)
         pixels = []
         for left, top, right, bottom in bands:
+            source, shift = stream, 0
+            cut = band_stream(data, layout, top, bottom) if layout.restart else None
+            if cut is not None:  # restart markers: skip the intervals above the band
+                source, shift = nvimgcodec.CodeStream(cut[0]), cut[1]
             with _quiet_stderr():  # its warnings about a file it rejects go to fd 2
-                image = decoder.decode(stream.get_sub_code_stream(
-                    region=nvimgcodec.Region(start=(top, left), end=(bottom, right))), params=params)
+                image = decoder.decode(source.get_sub_code_stream(
+                    region=nvimgcodec.Region(start=(top - shift, left), end=(bottom - shift, right))), params=params)
             if image is None:
                 return None
             band = np.asarray(image.cpu())

@@ -229,3 +229,45 @@ def test_a_library_whose_pixels_differ_turns_region_decoding_off(tmp_path, monke
     assert not got.region and np.array_equal(got.crops[0], _expected(path, transform, "i2p")[0])
     assert "JPEG region decoding is off: its 4:2:0 pixels differ from Pillow's" in caplog.text
     assert not region.available()
+
+
+RESTART_KINDS = {
+    "4:2:0, a marker every MCU row": dict(subsampling=2, restart_marker_rows=1),
+    "4:2:2, every 3 MCUs": dict(subsampling=1, restart_marker_blocks=3),
+    "4:4:4, every 7 MCUs": dict(subsampling=0, restart_marker_blocks=7),
+    "greyscale, every 2 rows": dict(mode="L", restart_marker_rows=2),
+}
+
+
+@pytest.mark.parametrize("kind", RESTART_KINDS)
+def test_restart_markers_let_a_band_skip_what_lies_above_and_stay_exact(tmp_path, kind, monkeypatch):
+    """io/restart.py cuts the restart intervals around a band into a JPEG of their own: decoded by
+    Pillow, its rows inside the margin equal the original's; through region decoding, every crop
+    equals the full decode's, at every vertical offset."""
+    from PIL import Image
+
+    from i2pscan.io import restart
+
+    save = dict(RESTART_KINDS[kind], quality=88)
+    mode = save.pop("mode", "RGB")
+    path = _jpeg(tmp_path / "r.jpg", 203, 1200, mode=mode, seed=11, **save)
+    data = open(path, "rb").read()
+    layout = region.jpeg_layout(data)
+    assert layout.exact and layout.restart
+    whole = np.asarray(Image.open(path).convert("RGB"))
+    for top in range(0, 1200 - 64, 37):
+        cut = restart.band_stream(data, layout, top, top + 64)
+        if cut is None:
+            continue
+        band, shift = cut
+        rows = np.asarray(Image.open(io.BytesIO(band)).convert("RGB"))
+        assert np.array_equal(rows[top - shift:top - shift + 64], whole[top:top + 64]), (kind, top)
+    used = []
+    real = region.band_stream
+    monkeypatch.setattr(region, "band_stream", lambda *a: used.append(real(*a)) or used[-1])
+    for crops in (1, 4, 9):
+        transform = CropTransform(Preprocess(64, I2P.mean, I2P.std), crops)
+        got = decode(path, boxes=transform.boxes)
+        assert got.region
+        assert all(np.array_equal(a, b) for a, b in zip(got.crops, _expected(path, transform, "i2p"))), (kind, crops)
+    assert any(u is not None for u in used)  # the cut was taken, not only the decode from the top
