@@ -87,7 +87,6 @@ def worker_init(_worker_id: int = 0) -> None:
     os.close(devnull)
 
 
-
 PREFETCH_FACTOR = 4
 
 
@@ -97,8 +96,6 @@ def default_workers() -> int:
     except AttributeError:
         cpus = os.cpu_count() or 1
     return max(0, min(8, cpus - 1)) if cpus > 2 else cpus
-
-
 
 
 EXIT_CODE_WAIT_S = 5.0  # a worker whose pipe closed is exiting; this bounds the wait for its code
@@ -118,7 +115,7 @@ _PARENT_ENDS_LOCK = threading.Lock()
 # Second line, on Linux: the kernel sends this signal to a worker when the thread that forked it
 # ends (the scan's decode thread, or the scan itself, however it died). 0: none.
 PARENT_DEATH_SIGNAL = int(getattr(signal, "SIGKILL", 0))
-_PR_SET_PDEATHSIG = 1
+_PR_SET_PDEATHSIG = 1  # prctl's option number
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -135,10 +132,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _worker_main(conn, work: FileWork, parent_pid: int, inherited: list) -> None:
     for end in inherited:  # the scan's ends of this and every other worker's pipe
-        try:
-            end.close()
-        except OSError:
-            pass
+        end.close()
     _die_with_parent(parent_pid)
     worker_init()
     work.prepare_process()
