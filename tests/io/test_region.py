@@ -186,6 +186,7 @@ def test_uint8_crops_normalise_to_the_float_crops_bit_for_bit(tmp_path, preproce
             assert torch.equal(got, reference)
 
 
+@pytest.mark.slow
 def test_decoding_on_the_model_device_gives_the_same_rows_in_the_same_order(tmp_path, detector_file):
     """``decode_on="device"`` (here the CPU: torchvision's decode_jpeg): JPEGs travel as bytes and
     are decoded by the scorer, other files and refused ones by the exact path; one row per file, in
