@@ -11,8 +11,9 @@ same files:
   (224 px crops), best of ``--repeat``, the two paths interleaved;
 * a tiny-backbone scan end to end (``run_scan``: the decode pool, uint8 crops, the model, the rows),
   images/s per size and the per-image cost ratio 24 MP / 1 MP, region against full decode; the
-  per-image cost is (time of the files scanned four times over - once) / (3 x files), the better of
-  two, so that a scan's fixed start-up cost is left out (1 MP: ``--scan-small`` files, default 48).
+  per-image cost is (time of the files scanned four times over - time of one file) / (4 x files - 1),
+  the median of ``--repeat`` + 1 interleaved measurements, so that a scan's start-up is left out
+  (1 MP: ``--scan-small`` files, default 48).
 """
 
 from __future__ import annotations
@@ -68,22 +69,26 @@ def decode_rate(paths: list[str], crops: int) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def scan_cost(detector, paths: list[str], options: ScanOptions) -> float:
-    """Seconds per image of a scan, the fixed cost of a scan (pool start-up, first batch) left out:
-    the difference between scanning the files four times over and once, per extra image."""
-    run_scan(paths[:1], None, detector, options)  # warm-up
-
-    def timed(files: list[str]) -> float:
+def scan_costs(detector, files: dict[str, list[str]], options: ScanOptions, repeat: int) -> dict:
+    """{(label, region on): seconds per image of a scan, start-up left out}: (time of the files
+    scanned four times over - time of one file) / (4 x files - 1), the median of ``repeat``
+    measurements, region and full decode interleaved so that the machine's load hits both alike."""
+    def timed(paths: list[str]) -> float:
         started = time.perf_counter()
-        summary = run_scan(files, None, detector, options).summary
+        summary = run_scan(paths, None, detector, options).summary
         assert summary.errors == 0
         return time.perf_counter() - started
 
-    costs = []
-    for _ in range(2):  # the better of two measurements
-        once, more = timed(paths), timed(paths * 4)
-        costs.append((more - once) / (3 * len(paths)))
-    return min(costs)
+    samples: dict = {}
+    for _ in range(repeat):
+        for label, paths in files.items():
+            for on in (False, True):
+                switched(on)
+                timed(paths[:1])  # warm-up
+                one, many = timed(paths[:1]), timed(paths * 4)
+                samples.setdefault((label, on), []).append((many - one) / (4 * len(paths) - 1))
+    switched(True)
+    return {key: float(np.median(values)) for key, values in samples.items()}
 
 
 def main() -> None:
@@ -92,6 +97,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--skip-scan", action="store_true")
+    p.add_argument("--scan-only", action="store_true", help="only the scan table")
     p.add_argument("--scan-small", type=int, default=48, help="1 MP JPEGs in the scan rows")
     args = p.parse_args()
     workers = default_workers() if args.workers is None else args.workers
@@ -101,7 +107,7 @@ def main() -> None:
         scan_files = {"1 MP": [make_jpeg(folder, "1 MP", i) for i in range(args.scan_small)], "24 MP": files["24 MP"],
                       "24 MP, restart markers": files["24 MP, restart markers"]}
         rows = []
-        for label, paths in files.items():
+        for label, paths in ({} if args.scan_only else files).items():
             for crops in (1, 9):
                 rates = {}
                 for _ in range(args.repeat):
@@ -110,23 +116,27 @@ def main() -> None:
                         rates[on] = max(rates.get(on, 0.0), decode_rate(paths, crops))
                 rows.append([f"{label}, --crops {crops}", rates[False], rates[True], f"{rates[True] / rates[False]:.2f}x"])
         switched(True)
-        print_table("decode + 224 px crops, one process (images/s, best of --repeat)",
-                    ["JPEG", "full decode", "region decode", "region vs full"], rows)
+        if rows:
+            print_table("decode + 224 px crops, one process (images/s, best of --repeat)",
+                        ["JPEG", "full decode", "region decode", "region vs full"], rows)
         if args.skip_scan:
             return
         from bench_scan import detector_for
         from i2pscan.model.device import resolve_device
 
+        import torch
+
+        # one torch thread: on a shared machine two OpenMP threads spin against other jobs and the
+        # tiny model's time, not decoding, would be what the rows measure
+        torch.set_num_threads(1)
         detector = detector_for("i2p-tiny", "default", 6, resolve_device("cpu"))
         options = ScanOptions(batch_size=8, workers=workers)
+        cost = scan_costs(detector, scan_files, options, args.repeat + 1)
         rows = []
         for on in (False, True):
-            switched(on)
-            cost = {label: scan_cost(detector, paths, options) for label, paths in scan_files.items()}
-            rows.append(["region decode" if on else "full decode", 1 / cost["1 MP"], 1 / cost["24 MP"],
-                         f"{cost['24 MP'] / cost['1 MP']:.1f}x", 1 / cost["24 MP, restart markers"],
-                         f"{cost['24 MP, restart markers'] / cost['1 MP']:.1f}x"])
-        switched(True)
+            rows.append(["region decode" if on else "full decode", 1 / cost["1 MP", on], 1 / cost["24 MP", on],
+                         f"{cost['24 MP', on] / cost['1 MP', on]:.1f}x", 1 / cost["24 MP, restart markers", on],
+                         f"{cost['24 MP, restart markers', on] / cost['1 MP', on]:.1f}x"])
         print_table(f"tiny-backbone scan end to end, {args.scan_small} x 1 MP and {args.files} x 24 MP JPEGs, {workers} workers (images/s, "
                     f"start-up left out)",
                     ["JPEG decoding", "1 MP", "24 MP", "cost 24 MP / 1 MP", "24 MP, restart markers",
