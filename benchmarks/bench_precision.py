@@ -5,7 +5,7 @@
 ``rine-2class`` and ``univfd`` on ViT-L-14 (QuickGELU) with RANDOM weights (a file written to a
 temporary folder unless ``--weights`` names one), scoring the same random crops with the backbone
 in fp32 (the default for published detectors: their authors' numbers), in fp32 with TF32 matrix
-products allowed, and in bf16 (``--precision bf16``). Logit error is against the fp32 run;
+products allowed, in bf16 (``--precision bf16``) and in fp16 (autocast; not a detector option). Logit error is against the fp32 run;
 parity with the authors' models is a test (``tests/test_published.py``) and is asked to hold
 within 1e-3. Random weights give other activations than OpenAI's, so the errors are indicative.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
@@ -24,7 +25,7 @@ from _table import machine, print_table
 from i2pscan.model.device import resolve_device
 from i2pscan.model.detector import Detector
 
-MODES = ("fp32", "tf32", "bf16")
+MODES = ("fp32", "tf32", "bf16", "fp16")  # fp16: CLIP's released weights are fp16
 
 
 @contextlib.contextmanager
@@ -77,6 +78,8 @@ def main():
             for mode in MODES:
                 detector = Detector.load(name, device=device, pretrained=weights,
                                          precision="bf16" if mode == "bf16" else "fp32")
+                if mode == "fp16":  # not a detector precision (yet): the backbone under fp16 autocast
+                    detector.model = dataclasses.replace(detector.model, precision="fp16")
                 with tf32(mode == "tf32"):
                     results[mode] = run(detector, crops, args.batch_size)
                 del detector

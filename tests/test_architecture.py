@@ -151,6 +151,7 @@ def test_no_module_imports_another_modules_private_names():
     ("c2pa", ("i2pscan.provenance.c2pa",)),
     ("ray", ("i2pscan.scan.ray",)),
     ("matplotlib", ("i2pscan.plots",)),
+    ("nvidia", ("i2pscan.io.region",)),
 ])
 def test_each_library_has_its_importers(library, allowed):
     importers = sorted({name for name, path in MODULES.items() for target, _, _, _ in _imports(name, path, True)

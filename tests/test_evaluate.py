@@ -48,8 +48,11 @@ def controlled(tmp_path, detector_file, monkeypatch):
     detector = Detector.load(detector_file)
     mean, std = detector.preprocess.mean[0], detector.preprocess.std[0]
 
-    def logits(model, pixels):  # inference.logits: the one place every logit comes from
-        level = (torch.as_tensor(pixels)[:, 0].mean(dim=(1, 2)) * std + mean) * 255
+    def logits(model, pixels, extents=None):  # inference.logits: the one place every logit comes from
+        pixels = torch.as_tensor(pixels)
+        if pixels.dtype == torch.uint8:  # a scan's crops travel as uint8, normalised by inference.logits
+            return (pixels[:, 0].float().mean(dim=(1, 2)) - 128) / 16.0
+        level = (pixels[:, 0].mean(dim=(1, 2)) * std + mean) * 255
         return (level.round() - 128) / 16.0
 
     monkeypatch.setattr(inference, "logits", logits)

@@ -25,7 +25,8 @@ INFO_EXIT_CODES = "0 shown; 2 not a detector or calibration file, or a damaged o
         help="With --html or --decisions: the folder the report's relative paths start from [default: the current "
              "folder].")
 @option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
-        help="With --html: thumbnail processes (default: from the CPU count; 0 decodes in this process).")
+        help="With --html: thumbnail processes, isolated as a scan's decoding workers "
+             "(default: from the CPU count; at least 1).")
 @option("--decisions", "decision_files", multiple=True, metavar="CSV", group=OUTPUT,
         type=click.Path(exists=True, dir_okay=False, path_type=str),
         help="Instead of the summary, merge reviewers' decision files (as the review page exports them; "

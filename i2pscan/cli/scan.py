@@ -77,6 +77,10 @@ class _Remember:
 @option("--follow-symlinks", is_flag=True, group=INPUT, help="Follow symbolic links in folders (loops are detected).")
 @option("--max-pixels", type=click.IntRange(min=1), default=None, group=INPUT,
         help="Refuse images larger than this many pixels as decompression bombs [default: 178,956,970].")
+@option("--decode-on", "decode_on", type=click.Choice(["cpu", "device"]), default=None, group=RUN,
+        help="Where JPEGs are decoded: cpu (decoding workers; crops bit-identical to a full decode) or device "
+             "(where the model runs: nvjpeg on CUDA, a few levels off some pixels; see docs/scanning.md) "
+             "[default: cpu].")
 @detector_option(multiple=False)
 @scoring_options
 @option("--evidence", type=click.Choice(["all", "model"]), default=None, group=DETECTOR,

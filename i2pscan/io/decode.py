@@ -14,17 +14,24 @@ import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from i2pscan.errors import one_line
 from i2pscan.io.formats import IMAGE_EXTENSIONS, is_dng, register_decoders, unscored_kind
 from i2pscan.io.metadata import exif_tags
+from i2pscan.io import region
+from i2pscan.io.convert import TRANSPOSE, Scaler, high_bit_depth, orientation_of, oriented, stored_box, to_rgb
 
 DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # Pillow's own refusal limit, about 179 MP
 DEFAULT_MAX_BYTES = 1 << 30
+# what the decoded image may take in memory, as Pillow holds it (bit depth and channels counted:
+# 1 byte a pixel for L/P/1, 2 for I;16, 4 for RGB, RGBA, CMYK, I, F...): every 8-bit RGB image
+# under the pixel limit fits, and a worker's peak stays near this plus its start-up size, because
+# conversions work on the crops or in strips of rows, never on a second whole-image copy
+DEFAULT_MAX_IMAGE_BYTES = 768 << 20
 DEFAULT_DECODE_TIMEOUT_S = 60.0
 
 
@@ -49,17 +56,23 @@ class Decoded:
     exif: dict | None = None  # with keep_bytes: the EXIF tags Pillow already parsed (read_exif's keys)
     xmp: bytes | None = None  # an XMP packet Pillow found where the bytes do not show it (HEIF, AVIF items)
     provenance: dict | None = None  # report columns from provenance.EvidenceReader, when asked for
+    crops: list | None = None  # with ``boxes``: the RGB uint8 arrays (HxWx3) of the boxes, instead of ``image``
+    region: bool = False  # the crops were decoded as JPEG regions (not from a whole decoded image)
+    encoded: bytes | None = None  # with ``encoded_jpeg``: a JPEG's bytes, left for the model's device to decode
 
 
 RGB_MODES = ("i2p", "pillow")
 # Modes whose Image.convert("RGB") is what the published detectors' authors get; 16/32-bit and float
-# images would come out clipped to white or black there, so they go through _to_rgb in both modes.
+# images would come out clipped to white or black there, so they go through convert.to_rgb in both modes.
 _PILLOW_CONVERTS = ("1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LA", "La", "PA")
 
 
 def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
            want_hash: bool = False, timeout_s: float | None = None,
-           keep_bytes: bool = False, rgb: str = "i2p") -> Decoded:
+           keep_bytes: bool = False, rgb: str = "i2p",
+           boxes: Callable[[int, int], Sequence[tuple[int, int, int, int]]] | None = None,
+           max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, max_side: int | None = None,
+           encoded_jpeg: bool = False) -> Decoded:
     """Read and decode one image file into 8-bit RGB.
 
     The format is recognised from the content, not the extension. ``rgb="i2p"``: EXIF orientation
@@ -71,8 +84,19 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
     above ``max_pixels`` (decompression bombs, or above Pillow's own limit of this process: see
     :func:`limit_pixels`), above ``max_bytes``, or taking over ``timeout_s`` to decode (an alarm
     signal, so only in a process's main thread; None: no deadline) give an error, as does anything
-    that cannot be read at all. ``keep_bytes`` keeps the
+    that cannot be read at all, as does an image that would take more than ``max_image_bytes``
+    in memory once decoded. ``keep_bytes`` keeps the
     file's bytes in ``data`` (even when the pixels fail to decode), so that they are read once.
+
+    ``boxes(width, height)``: only these crops are wanted (left, top, right, bottom, in the image
+    as this ``rgb`` mode orients it): ``crops`` holds them as RGB uint8 arrays, exactly the pixels
+    of the whole decoded image's crops; a JPEG is decoded as regions where that is exact
+    (io/region.py), any other file whole, with its conversions applied to the crops only.
+    ``max_side``: shrink the image to at most that many pixels a side before converting it (for
+    thumbnails; a JPEG is decoded at a reduced scale), so that no full-size RGB copy is made.
+    ``encoded_jpeg`` (with ``boxes``): a JPEG that region decoding could take exactly is not
+    decoded at all: ``encoded`` holds its bytes for the scoring device (io/device_decode.py), and
+    ``width``/``height`` its size as ``rgb`` orients it.
     """
     if rgb not in RGB_MODES:
         raise ValueError(f"rgb must be one of {RGB_MODES}, not {rgb!r}")
@@ -88,17 +112,26 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
             result.sha256 = hashlib.sha256(data).hexdigest()
         with _deadline(timeout_s), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = _open_checked(data, max_pixels, result, path)
+            image = _open_checked(data, max_pixels, max_image_bytes, result, path)
             if image is not None:
+                if image.format != "JPEG" or (boxes is None and not max_side):
+                    # now, not later: reading EXIF may load a PNG and swallow its decoding error
+                    # (a JPEG's EXIF is in its header: its pixels wait for region decoding or a draft)
+                    image.load()
                 if keep_bytes:  # Pillow parses EXIF for the orientation anyway: share it with the evidence reader
                     result.exif = exif_tags(image.getexif)
                     xmp = image.info.get("xmp") if image.format in ("HEIF", "AVIF", "JXL") else None
                     result.xmp = xmp if isinstance(xmp, bytes) else None
-                if rgb == "pillow":
-                    result.image = image.convert("RGB") if image.mode in _PILLOW_CONVERTS else _to_rgb(image)
+                if boxes is not None:
+                    _decode_crops(data, image, boxes, rgb, result, encoded_jpeg)
                 else:
-                    result.image = _to_rgb(_oriented(image))
-                result.width, result.height = result.image.size
+                    if max_side:
+                        image = _shrunk(image, max_side)
+                    if rgb == "pillow":
+                        result.image = image.convert("RGB") if image.mode in _PILLOW_CONVERTS else to_rgb(image)
+                    else:
+                        result.image = to_rgb(oriented(image))
+                    result.width, result.height = result.image.size
     except FileNotFoundError:
         result.error = "file not found (deleted or moved during the scan?)"
     except PermissionError:
@@ -114,7 +147,7 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
     except Exception as exc:  # a corrupt file can raise anything from a decoder
         result.error = one_line(exc)
     if result.error:
-        result.image = None
+        result.image = result.crops = result.encoded = None
     return result
 
 
@@ -190,7 +223,9 @@ def limit_pixels(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels // 2
 
 
-def _open_checked(data: bytes, max_pixels: int, result: Decoded, path: str = "") -> Image.Image | None:
+def _open_checked(data: bytes, max_pixels: int, max_image_bytes: int, result: Decoded,
+                  path: str = "") -> Image.Image | None:
+    """The image opened (its header read, no pixel decoded yet), or None with ``result.error``."""
     unscored = unscored_kind(data, path)
     if unscored:
         result.format, result.error = unscored
@@ -209,67 +244,81 @@ def _open_checked(data: bytes, max_pixels: int, result: Decoded, path: str = "")
     if width < 1 or height < 1:
         result.error = f"invalid image size {width}x{height}"
         return None
-    image.load()
+    needed = width * height * image_bytes_per_pixel(image.mode)
+    if needed > max_image_bytes:
+        result.error = (f"decompression bomb: {width}x{height} {image.mode} pixels take {needed:,} bytes decoded, "
+                        f"above the limit of {max_image_bytes:,}")
+        return None
     return image
 
 
-_EXIF_ORIENTATION = 0x0112
+def image_bytes_per_pixel(mode: str) -> int:
+    """Bytes a pixel of ``mode`` takes in a Pillow image (3-channel modes are held in 4 bytes)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
 
 
-def _oriented(image: Image.Image) -> Image.Image:
-    try:
-        if image.getexif().get(_EXIF_ORIENTATION, 1) in (1, None):
-            return image  # exif_transpose would copy the whole image for nothing
-        return ImageOps.exif_transpose(image)
-    except Exception:  # broken EXIF: keep the stored orientation rather than lose the image
-        return image
+def _shrunk(image: Image.Image, side: int) -> Image.Image:
+    """``image`` decoded and reduced to at most ``side`` px a side, never copied whole: a JPEG
+    at a reduced DCT scale, 16-bit and float images through 8 bits in strips, modes that Pillow
+    would convert whole before resampling (alpha, palette, CMYK...) converted to RGB and reduced
+    a strip of rows at a time; then Pillow's thumbnail."""
+    if image.format == "JPEG" and image.mode in ("L", "RGB", "CMYK"):
+        image.draft(image.mode, (side, side))
+    image.load()
+    info = image.info  # the EXIF orientation goes with the new image
+    if high_bit_depth(image.mode):
+        image = Image.fromarray(Scaler.of(image).image(image), "L")
+    factor = max(1, max(image.size) // (2 * side))
+    if factor > 1 and image.mode not in ("L", "RGB"):
+        width, height = image.size
+        rows = factor * max(1, STRIP_ROWS_PIXELS // (width * factor))
+        small = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+        for top in range(0, height, rows):
+            strip = to_rgb(image.crop((0, top, width, min(top + rows, height))))
+            small.paste(strip.reduce(factor), (0, top // factor))
+        image = small
+    image.info = info
+    image.thumbnail((side, side))
+    return image
 
 
-_LAB_TO_SRGB = None
+STRIP_ROWS_PIXELS = 1 << 22  # pixels a strip of _shrunk holds
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(image)), "L").convert("RGB")
-    if mode == "LAB":
-        global _LAB_TO_SRGB
-        if _LAB_TO_SRGB is None:
-            _LAB_TO_SRGB = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
-                                                   "LAB", "RGB")
-        return ImageCms.applyTransform(image, _LAB_TO_SRGB)
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale a 16-bit, 32-bit or float single-channel image to 8 bits."""
-    a = array.astype(np.float64)
-    finite = np.isfinite(a)
-    if not finite.any():
-        return np.zeros(a.shape, np.uint8)
-    a = np.where(finite, a, 0.0)
-    lo, hi = float(a.min()), float(a.max())
-    if array.dtype.kind == "f":
-        scale = 255.0 if lo >= 0.0 and hi <= 1.0 else None
-    elif hi <= 255:
-        scale = 1.0
-    elif hi <= 65535 and lo >= 0:
-        scale = 255.0 / 65535.0
-    else:
-        scale = None
-    if scale is None:  # unknown range: stretch to the full 8 bits
-        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        scale = 1.0
-    return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+def _decode_crops(data: bytes, image: Image.Image, boxes, rgb: str, result: Decoded, encoded_jpeg: bool = False) -> None:
+    """``result.crops``: the RGB pixels of ``boxes(width, height)`` (of the image as ``rgb``
+    orients it), from JPEG regions where exact, else from the whole image decoded in its own mode
+    with the conversion to RGB applied to each crop (every conversion is per pixel, and 16-bit
+    and float scaling takes its range from the whole image, read in strips)."""
+    orientation = orientation_of(image) if rgb == "i2p" else 1
+    width, height = image.size
+    size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    stored = [stored_box(tuple(int(v) for v in b), orientation, width, height) for b in boxes(*size)]
+    crops = None
+    if image.format == "JPEG":
+        layout = region.jpeg_layout(data)
+        if layout is not None and (layout.width, layout.height) == (width, height):
+            if encoded_jpeg and layout.exact:
+                result.encoded = data
+                result.width, result.height = size
+                return
+            crops = region.decode_regions(data, layout, stored)
+            result.region = crops is not None
+    if crops is None:
+        image.load()
+        scaler = Scaler.of(image) if high_bit_depth(image.mode) else None
+        if rgb == "pillow" and image.mode in _PILLOW_CONVERTS:
+            crops = [np.asarray(image.crop(b).convert("RGB")) for b in stored]
+        else:
+            crops = [np.asarray(to_rgb(image.crop(b), scaler)) for b in stored]
+    if orientation != 1:
+        crops = [np.asarray(Image.fromarray(c).transpose(TRANSPOSE[orientation])) for c in crops]
+    result.crops = crops
+    result.width, result.height = size
 
 
 class _DecodeTimeout(Exception):

@@ -35,6 +35,12 @@ class Batch:
     items: list[Item]
     pixels: Any  # an array, or a tensor where the items held tensors; None when nothing decoded
     ok: list[int] = field(default_factory=list)  # positions in ``items`` with pixels
+    # uint8 crops with an image smaller than the crop: (top, left, height, width) of each crop row
+    # of ``pixels`` inside its canvas (Preprocess.normalise_batch); None when no crop is padded
+    extents: Any = None
+    # JPEGs left for the scoring device to decode (FileWork.encoded_jpeg): (position in ``items``,
+    # the file's bytes as a uint8 array); io/device_decode.py adds their crops to ``pixels``
+    encoded: list = field(default_factory=list)
 
     def pin_memory(self) -> "Batch":
         """The pixels as a tensor in page-locked memory (for a non-blocking copy to CUDA)."""
@@ -48,7 +54,7 @@ class Batch:
 
 def collate(items: list[Item]) -> Batch:
     ok = [i for i, it in enumerate(items) if it.pixels is not None]
-    pixels = None
+    pixels = extents = None
     if ok:
         parts = [items[i].pixels for i in ok]
         if all(isinstance(p, np.ndarray) for p in parts):
@@ -57,10 +63,14 @@ def collate(items: list[Item]) -> Batch:
             import torch
 
             pixels = torch.cat([torch.from_numpy(p) if isinstance(p, np.ndarray) else p for p in parts])
+        if any(items[i].extent is not None for i in ok):
+            size = pixels.shape[-1]
+            extents = np.concatenate([np.tile(np.asarray(items[i].extent or (0, 0, size, size), np.int64),
+                                              (len(items[i].pixels), 1)) for i in ok])
+    encoded = [(i, it.encoded) for i, it in enumerate(items) if it.encoded is not None]
     for it in items:
-        it.pixels = None  # the stacked tensor holds them; do not send them twice between processes
-    return Batch(items=items, pixels=pixels, ok=ok)
-
+        it.pixels = it.encoded = None  # the batch holds them; do not send them twice between processes
+    return Batch(items=items, pixels=pixels, ok=ok, extents=extents, encoded=encoded)
 
 
 def worker_init(_worker_id: int = 0) -> None:
@@ -77,7 +87,6 @@ def worker_init(_worker_id: int = 0) -> None:
     os.close(devnull)
 
 
-
 PREFETCH_FACTOR = 4
 
 
@@ -89,8 +98,6 @@ def default_workers() -> int:
     return max(0, min(8, cpus - 1)) if cpus > 2 else cpus
 
 
-
-
 EXIT_CODE_WAIT_S = 5.0  # a worker whose pipe closed is exiting; this bounds the wait for its code
 DEFAULT_FILE_TIMEOUT_S = 120.0  # twice decode()'s own deadline: only a decoder deaf to signals gets here
 STARTUP_TIMEOUT_S = 120.0
@@ -100,7 +107,33 @@ QUEUED_PER_WORKER = 2  # files a worker holds at once: one being decoded, one re
 _READY = "ready"
 
 
-def _worker_main(conn, work: FileWork) -> None:
+# The parent's ends of every live worker's pipe in this process. A forked worker inherits all of
+# them and closes them at once: otherwise its own pipe would never reach end-of-file when the scan
+# dies (the worker itself would hold the other end open) and it would outlive the scan for good.
+_PARENT_ENDS: set = set()
+_PARENT_ENDS_LOCK = threading.Lock()
+# Second line, on Linux: the kernel sends this signal to a worker when the thread that forked it
+# ends (the scan's decode thread, or the scan itself, however it died). 0: none.
+PARENT_DEATH_SIGNAL = int(getattr(signal, "SIGKILL", 0))
+_PR_SET_PDEATHSIG = 1  # prctl's option number
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if PARENT_DEATH_SIGNAL and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the pipe's end-of-file still ends the worker
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(0)
+
+
+def _worker_main(conn, work: FileWork, parent_pid: int, inherited: list) -> None:
+    for end in inherited:  # the scan's ends of this and every other worker's pipe
+        end.close()
+    _die_with_parent(parent_pid)
     worker_init()
     work.prepare_process()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
@@ -123,8 +156,11 @@ def _worker_main(conn, work: FileWork) -> None:
 class _Worker:
     def __init__(self, context, work: FileWork):
         self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=_worker_main, args=(child, work), daemon=True)
-        self.process.start()
+        with _PARENT_ENDS_LOCK:
+            _PARENT_ENDS.add(self.conn)
+            inherited = list(_PARENT_ENDS)
+            self.process = context.Process(target=_worker_main, args=(child, work, os.getpid(), inherited), daemon=True)
+            self.process.start()
         child.close()
         self.held: deque[tuple[int, str]] = deque()  # sent, not answered, in the order it works on them
         self.ready = False  # the process has started and said so
@@ -152,6 +188,8 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
+        with _PARENT_ENDS_LOCK:
+            _PARENT_ENDS.discard(self.conn)
         self.conn.close()
 
 
@@ -169,6 +207,10 @@ def _exit_text(code: int | None) -> str:
 class DecodePool:
     """Worker processes that run ``work`` on files and answer each file in input order.
 
+    ``work``: a :class:`FileWork` (a scan's decoding) or any work with the same methods
+    (``in_worker``, ``prepare_process``, ``__call__(index, path) -> Item``, ``failed``), such as
+    the review page's :class:`~i2pscan.io.work.ThumbWork`.
+
     ``items(paths)`` yields one :class:`Item` per path, in order, whatever happens to a worker:
     a worker that dies costs the file it was decoding an error row saying the decoder crashed; a
     worker silent for more than ``timeout_s`` on one file is killed and that file gets an error
@@ -181,7 +223,7 @@ class DecodePool:
                  window: int | None = None):
         if workers < 1:
             raise ValueError("DecodePool needs at least one worker")
-        self.work = dataclasses.replace(work, as_numpy=True, deadline_s=DEFAULT_DECODE_TIMEOUT_S)
+        self.work = work.in_worker(DEFAULT_DECODE_TIMEOUT_S)
         self.n_workers = workers
         self.timeout_s = timeout_s
         self.window = max(window or 0, workers * QUEUED_PER_WORKER * 2)

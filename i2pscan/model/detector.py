@@ -63,7 +63,8 @@ class Detector:
         self.architecture = meta.get("architecture", "i2p")
         self.precision = self._default_precision() if check_precision(precision) == "auto" else precision
         self.pretrained: str | None = None  # the weights given at load, when the recorded ones were not used
-        self.model = inference.Model(backbone, self.head, self.architecture, meta.get("view", "cls"), self.precision)
+        self.model = inference.Model(backbone, self.head, self.architecture, meta.get("view", "cls"), self.precision,
+                                     Preprocess.from_dict(meta["preprocessing"]) if "preprocessing" in meta else None)
 
     def _default_precision(self) -> str:
         """The arithmetic a detector's numbers were made in: a published detector's parity with its
@@ -142,8 +143,8 @@ class Detector:
                               f"are broken")
 
     def logits(self, pixels) -> torch.Tensor:
-        """Raw head logits of preprocessed crops [B, 3, S, S] (uncalibrated): ``inference.logits``,
-        the function its validation used."""
+        """Raw head logits of preprocessed crops [B, 3, S, S] (float, normalised; or uint8 as a scan
+        moves them) (uncalibrated): ``inference.logits``, the function its validation used."""
         return inference.logits(self.model, pixels)
 
     def probabilities(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch.nn.utils import parametrize
@@ -36,7 +38,8 @@ class Model:
     ``architecture`` ``i2p``: the head reads the class tokens (``view``) of its critical layers;
     ``rine``: RINE's head reads every block's ``ln_2`` class token; ``univfd``: UnivFD's linear
     probe reads the projected CLIP embedding. ``precision``: the backbone's arithmetic on CUDA
-    (``bf16`` or ``fp32``; a CPU always computes in fp32).
+    (``bf16`` or ``fp32``; a CPU always computes in fp32). ``preprocess``: how uint8 crops are
+    normalised (on the model's device) before the backbone reads them.
     """
 
     backbone: Backbone
@@ -44,6 +47,7 @@ class Model:
     architecture: str = "i2p"
     view: str = "cls"
     precision: str = "bf16"
+    preprocess: Preprocess | None = None
 
     @property
     def device(self) -> torch.device:
@@ -51,11 +55,17 @@ class Model:
 
 
 @torch.no_grad()
-def logits(model: Model, pixels) -> torch.Tensor:
-    """Head logits (float32, on the model's device) of preprocessed crops [B, 3, S, S] (an array
-    or a tensor): uncalibrated, one per crop."""
+def logits(model: Model, pixels, extents=None) -> torch.Tensor:
+    """Head logits (float32, on the model's device) of crops [B, 3, S, S] (an array or a tensor):
+    uncalibrated, one per crop. Float crops are taken as normalised; uint8 crops (a scan's) are
+    copied to the device as they are (non-blocking from pinned memory) and normalised there by
+    ``model.preprocess``, with ``extents`` (Batch.extents) for images smaller than the crop."""
     device = model.device
     pixels = torch.as_tensor(pixels).to(device, non_blocking=True)
+    if pixels.dtype == torch.uint8:
+        if model.preprocess is None:
+            raise ValueError("uint8 crops need the model's preprocessing (Model.preprocess)")
+        pixels = model.preprocess.normalise_batch(pixels, None if extents is None else torch.as_tensor(extents))
     with parametrize.cached(), autocast(device, model.precision):
         if model.architecture == "i2p":
             taps = model.backbone.taps(pixels, list(model.head.config.layers), model.view)
@@ -84,9 +94,10 @@ def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.sigmoid(logits / temperature)
 
 
-def score_batch(model: Model, pixels, crops: int, how: str, temperature: float) -> tuple[list[float], list[float]]:
+def score_batch(model: Model, pixels, crops: int, how: str, temperature: float,
+                extents=None) -> tuple[list[float], list[float]]:
     """(combined logit, calibrated score) of each image whose ``crops`` crops are in ``pixels``."""
-    combined = combine(logits(model, pixels), crops, how)
+    combined = combine(logits(model, pixels, extents), crops, how)
     return combined.cpu().tolist(), probabilities(combined, temperature).cpu().tolist()
 
 
@@ -98,6 +109,8 @@ def file_logits(model: Model, paths: Sequence[str], preprocess: Preprocess,
     by the scan's own decode pool: one decoding pass per crop count. Raises I2PError when no file
     decodes."""
     model.head.eval()
+    if model.preprocess is None:
+        model = dataclasses.replace(model, preprocess=preprocess)
     by_crops: dict[int, list[str]] = {}
     for key in policies:
         crops, _ = parse_policy(key)
@@ -107,12 +120,12 @@ def file_logits(model: Model, paths: Sequence[str], preprocess: Preprocess,
     for crops, keys in sorted(by_crops.items()):
         chunks: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         positions: list[int] = []
-        work = FileWork(CropTransform(preprocess, crops))
+        work = FileWork(CropTransform(preprocess, crops), uint8=True)
         label = description if crops == 1 else f"{description} ({crops} crops)"
         with progress(len(paths), label) as bar:
             for batch in scan_batches(paths, work, batch_size, workers, pin_memory=model.device.type == "cuda"):
                 if batch.pixels is not None:
-                    z = logits(model, batch.pixels).cpu()
+                    z = logits(model, batch.pixels, batch.extents).cpu()
                     for k in keys:
                         chunks[k].append(combine(z, crops, parse_policy(k)[1]))
                     positions.extend(batch.items[i].index for i in batch.ok)

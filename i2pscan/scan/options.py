@@ -11,8 +11,9 @@ from i2pscan.io.pool import DEFAULT_FILE_TIMEOUT_S, default_workers
 from i2pscan.model.policy import COMBINE
 
 EVIDENCE = ("all", "model")
+DECODE_ON = ("cpu", "device")
 # options that only a model uses: given with metadata_only, they are refused
-MODEL_OPTIONS = ("threshold", "crops", "combine", "pretrained", "precision", "max_pixels")
+MODEL_OPTIONS = ("threshold", "crops", "combine", "pretrained", "precision", "max_pixels", "decode_on")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class ScanOptions:
     c2pa_trust: str | None = None  # a PEM bundle of C2PA trust anchors (path)
     metadata_only: bool = False  # no model at all: verdicts from provenance evidence alone
     read_provenance: bool = True  # False: skip the evidence reader (a benchmark's baseline; the columns stay null)
+    decode_on: str = "cpu"  # "device": JPEGs decoded where the model runs (nvjpeg on CUDA; not bit-identical)
 
     def __post_init__(self):
         if self.evidence not in EVIDENCE:
@@ -40,6 +42,8 @@ class ScanOptions:
             raise ConfigError(f"`combine` must be one of {', '.join(COMBINE)}")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise ConfigError("`threshold` must be a probability strictly between 0 and 1")
+        if self.decode_on not in DECODE_ON:
+            raise ConfigError(f"`decode_on` must be one of {', '.join(DECODE_ON)}")
         if self.metadata_only and self.evidence == "model":
             raise ConfigError("`metadata_only` and `evidence` model contradict each other")
 

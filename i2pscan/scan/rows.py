@@ -114,10 +114,19 @@ def batch_rows(detector: Detector | None, batch: Batch, paths: Sequence[str], op
     """The rows of one decoded batch (``paths`` indexed by the items' positions), scored by
     ``detector`` at ``cut``: what every executor hands back."""
     scored: dict[int, tuple[float, float]] = {}
+    if detector is not None and batch.encoded:  # --decode-on device: JPEGs decoded where the model runs
+        from i2pscan.io.device_decode import decode_encoded
+        from i2pscan.io.preprocess import CropTransform
+        from i2pscan.io.work import FileWork
+
+        transform = CropTransform(detector.preprocess, options.crops)
+        batch = decode_encoded(batch, paths, transform, detector.device,
+                               FileWork(transform, max_pixels=options.max_pixels, uint8=True))
     if detector is not None and batch.pixels is not None:
         from i2pscan.model.inference import score_batch
 
-        logits, scores = score_batch(detector.model, batch.pixels, options.crops, options.combine, cut.temperature)
+        logits, scores = score_batch(detector.model, batch.pixels, options.crops, options.combine, cut.temperature,
+                                     batch.extents)
         scored = dict(zip(batch.ok, zip(logits, scores)))
     return [make_row(paths[item.index], item, scored.get(pos), None if cut is None else cut.logit, options.evidence,
                      None if cut is None else cut.threshold)

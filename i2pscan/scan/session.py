@@ -154,7 +154,8 @@ def file_work(detector: Detector | None, options: ScanOptions, evidence: Evidenc
 
     return FileWork(CropTransform(detector.preprocess, options.crops), want_hash=options.want_hash,
                     max_pixels=options.max_pixels, perturbation=options.perturbation,
-                    evidence=evidence if options.read_provenance else None)
+                    evidence=evidence if options.read_provenance else None, uint8=True,
+                    encoded_jpeg=options.decode_on == "device")
 
 
 class LocalExecutor:

@@ -128,3 +128,58 @@ def test_a_worker_killed_from_outside_costs_only_its_file(tmp_path, monkeypatch)
     items = list(DecodePool(FileWork(CropTransform(PP, 1)), workers=2).items(paths))
     assert [it.info.error for it in items] == [None, None, "the decoder crashed on this file "
                                                "(its process was killed by SIGKILL)", None, None, None]
+
+
+ORPHAN_SCRIPT = """
+import os, sys, time
+import i2pscan.io.pool as pool
+import i2pscan.io.work as work_module
+from i2pscan.io.preprocess import CropTransform, Preprocess
+from i2pscan.io.work import FileWork
+pool.PARENT_DEATH_SIGNAL = int(sys.argv[1])
+real = work_module.decode
+def slow(path, *args, **kwargs):
+    time.sleep(0.5)
+    return real(path, *args, **kwargs)
+work_module.decode = slow
+paths = sys.argv[2:]
+items = pool.DecodePool(FileWork(CropTransform(Preprocess(32, (0.5,) * 3, (0.25,) * 3), 1)), workers=3).items(paths * 50)
+next(items)
+children = [p.pid for p in __import__("multiprocessing").active_children()]
+print(" ".join(map(str, children)), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("death_signal", [9, 0], ids=["pipe-and-signal", "pipe-only"])
+def test_workers_exit_within_seconds_of_their_scans_death(tmp_path, death_signal):
+    """A scan SIGKILLed mid-run leaves no decoding worker behind (issue 21.3): each closes the
+    scan's inherited pipe ends, so end-of-file reaches it; on Linux a parent-death signal too."""
+    paths = _images(tmp_path, 4)
+    proc = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT, str(death_signal), *paths],
+                            stdout=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        workers = [int(pid) for pid in proc.stdout.readline().split()]
+        assert len(workers) == 3 and all(_alive(pid) for pid in workers)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in workers if _alive(pid)], "workers outlived their scan"
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, 9)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -467,8 +467,11 @@ def test_evaluate_counts_ai_metadata_and_measures_the_model_on_the_rest(tmp_path
     probe = Detector.load(detector_file)
     mean, std = probe.preprocess.mean[0], probe.preprocess.std[0]
 
-    def logits(model, pixels):  # the grey level is the logit, as in test_evaluate
-        return (((torch.as_tensor(pixels)[:, 0].mean(dim=(1, 2)) * std + mean) * 255).round() - 128) / 16.0
+    def logits(model, pixels, extents=None):  # the grey level is the logit, as in test_evaluate
+        pixels = torch.as_tensor(pixels)
+        if pixels.dtype == torch.uint8:  # a scan's crops travel as uint8
+            return (pixels[:, 0].float().mean(dim=(1, 2)) - 128) / 16.0
+        return (((pixels[:, 0].mean(dim=(1, 2)) * std + mean) * 255).round() - 128) / 16.0
 
     monkeypatch.setattr(inference, "logits", logits)
     detector = Detector.load(detector_file)

@@ -221,29 +221,58 @@ def test_cli_refuses_what_is_not_a_report(tmp_path, run_cli, chdir):
     assert not (tmp_path / "page").exists()
 
 
-def test_thumbnail_workers_survive_a_crashing_decoder(tmp_path, monkeypatch):
+def _misbehaving_decoder(monkeypatch, crash: str = "", hang: str = ""):
+    """Decoding that exits its process on ``crash`` and hangs on ``hang`` (forked workers inherit it)."""
     import multiprocessing
+    import time
 
-    from i2pscan.report.review import thumbs
+    import i2pscan.io.work as work_module
 
     if multiprocessing.get_start_method() != "fork":
         pytest.skip("the crash is injected by patching the parent, which only forked workers inherit")
-    paths = [str(_img(tmp_path / f"{i}.png", seed=i, size=(20, 30))) for i in range(5)]
-    real = thumbs.make_thumb
+    real = work_module.decode
 
-    def crashing(source, dest, size=thumbs.THUMB_SIZE, timeout_s=None):
-        if source.endswith("2.png"):
+    def decode(path, *args, **kwargs):
+        if crash and path.endswith(crash):
             os._exit(1)  # as a decoder segfault would
-        return real(source, dest, size, timeout_s)
+        if hang and path.endswith(hang):
+            time.sleep(3600)  # a decoder stuck in C code
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(thumbs, "make_thumb", crashing)
+    monkeypatch.setattr(work_module, "decode", decode)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_thumbnails_decode_in_the_isolated_pool_a_crash_or_hang_is_a_placeholder(tmp_path, monkeypatch, workers):
+    """Issue 21.6: whatever the worker count (0 included: at least one isolated process), a decoder
+    that crashes or hangs costs its file a placeholder and the rest get thumbnails."""
+    from i2pscan.report.review import thumbs
+
+    paths = [str(_img(tmp_path / f"{i}.png", seed=i, size=(20, 30))) for i in range(5)]
+    _misbehaving_decoder(monkeypatch, crash="2.png", hang="3.png")
     out = tmp_path / "thumbs"
     out.mkdir()
     done = []
-    notes = thumbs.make_thumbs(list(enumerate(paths)), str(out), workers=1, on_done=lambda: done.append(1))
-    assert notes == {0: None, 1: None, 2: "the decoder crashed", 3: None, 4: None}
-    assert sorted(os.listdir(out)) == [thumbs.thumb_name(i) for i in (0, 1, 3, 4)]
+    jobs = [(10 + i, p) for i, p in enumerate(paths)]
+    notes = thumbs.make_thumbs(jobs, str(out), workers=workers, on_done=lambda: done.append(1), timeout_s=2)
+    assert notes == {10: None, 11: None, 12: "the decoder crashed on this file (its process exited with code 1)",
+                     13: "the decoder hung on this file (no result after 2 s; its process was stopped)", 14: None}
+    assert sorted(os.listdir(out)) == [thumbs.thumb_name(i) for i in (10, 11, 14)]
     assert len(done) == 5  # progress counts every file, the crashed one included
+
+
+def test_the_review_page_survives_a_crashing_decoder_and_says_so_in_one_line(tmp_path, run_cli, chdir, monkeypatch):
+    for name in ("a.png", "b.png", "c.png"):
+        _img(tmp_path / name)
+    make_report(tmp_path / "r.parquet", [{"path": n, "score": 0.9, "verdict": "synthetic"} for n in ("a.png", "b.png", "c.png")])
+    _misbehaving_decoder(monkeypatch, crash="b.png")
+    r = run_cli("report", "r.parquet", "--html", "page", "--workers", "0")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == os.path.join("page", "index.html")
+    line, = [x for x in r.stderr.splitlines() if x.startswith("review page:")]
+    assert "3 files, 2 thumbnails (1 files gave none, e.g. the decoder crashed on this file" in line
+    assert sorted(os.listdir(tmp_path / "page")) == ["index.html", "thumbs"]  # no .thumbs-* left behind
 
 
 def test_other_columns_reach_the_page_and_an_empty_report_builds(tmp_path):

@@ -72,7 +72,7 @@ def test_non_finite_scores_are_error_rows(detector_file, tmp_path, run_cli, monk
     _img(tmp_path / "in" / "a.png")
     from i2pscan.model import inference
 
-    monkeypatch.setattr(inference, "logits", lambda model, pixels: torch.full((len(pixels),), float("nan")))
+    monkeypatch.setattr(inference, "logits", lambda model, pixels, extents=None: torch.full((len(pixels),), float("nan")))
     # a detector that is non-finite even on a neutral image is refused at load (test_detector_file);
     # this one is taken to fail only on some images
     monkeypatch.setattr(Detector, "_check_neutral", lambda self: None)

@@ -85,7 +85,7 @@ class Survey:
 
 
 def build_page(report: str, out_dir: str, max_thumbs: int = DEFAULT_MAX_THUMBS, root: str | None = None,
-               workers: int = 0, progress: Callable[[int, str], ContextManager] | None = None) -> PageSummary:
+               workers: int = 1, progress: Callable[[int, str], ContextManager] | None = None) -> PageSummary:
     """Write ``out_dir/index.html`` and ``out_dir/thumbs/`` for the scan report ``report``.
 
     ``root``: the folder the report's relative paths are relative to (default: the current
@@ -93,7 +93,8 @@ def build_page(report: str, out_dir: str, max_thumbs: int = DEFAULT_MAX_THUMBS, 
     paths are absolute so that the CSV works from wherever it is saved. Thumbnails go to the
     ``max_thumbs`` files first in review order (flagged by score, then the rest by score; error
     rows get none). ``out_dir`` must be new, empty, or an earlier review page (replaced).
-    ``workers`` decoding processes (0: in this process); ``progress(total, description)``, a
+    ``workers`` isolated decoding processes (at least one: a decoder that crashes or hangs costs its
+    file a placeholder, as in a scan); ``progress(total, description)``, a
     context manager yielding an object with ``advance()`` (as console.progress), follows the
     thumbnails. Raises I2PError for an unreadable report or an unusable folder.
     """
