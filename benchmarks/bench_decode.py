@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from _photos import photo_jpeg
 from _table import machine, print_table
 from i2pscan.io import region
 from i2pscan.io.preprocess import CropTransform, Preprocess
@@ -38,22 +39,9 @@ MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.2757
 
 
 def make_jpeg(folder: str, label: str, i: int) -> str:
-    from PIL import Image
-
-    try:
-        import skimage.data
-
-        base = Image.fromarray(skimage.data.astronaut())
-    except ImportError:
-        base = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), np.uint8))
-    w, h = SIZES[label]
-    rng = np.random.default_rng([list(SIZES).index(label), i])
-    img = np.asarray(base.resize((w, h), Image.Resampling.BICUBIC)).astype(np.int16)
-    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
-    path = os.path.join(folder, f"{label.replace(' ', '').replace(',', '')}-{i}.jpg")
     save = {"restart_marker_rows": 1} if "restart" in label else {}  # as many cameras' encoders write them
-    Image.fromarray(img).save(path, quality=90, **save)
-    return path
+    return photo_jpeg(folder, f"{label.replace(' ', '').replace(',', '')}-{i}", SIZES[label],
+                      [list(SIZES).index(label), i], **save)
 
 
 def switched(on: bool) -> None:

@@ -22,14 +22,13 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import torch
 
+from _photos import photo_jpeg
 from _table import machine, print_table
 from i2pscan.model.backbone import load_backbone
 from i2pscan.model.device import resolve_device
 from i2pscan.io.preprocess import CropTransform, Preprocess
-from i2pscan.io.pixels import save_image
 from i2pscan.io.pool import default_workers, scan_batches
 from i2pscan.io.work import FileWork
 from i2pscan.io.loader import ImageFiles, loader
@@ -52,22 +51,8 @@ def make_jpegs(folder: str, per_size: int) -> list[str]:
 
 
 def _make_jpeg(job: tuple[str, str, int]) -> str:
-    from PIL import Image
-
     folder, label, i = job
-    try:
-        import skimage.data
-
-        base = Image.fromarray(skimage.data.astronaut())
-    except ImportError:
-        base = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), np.uint8))
-    w, h = SIZES[label]
-    rng = np.random.default_rng([list(SIZES).index(label), i])
-    img = np.asarray(base.resize((w, h), Image.Resampling.BICUBIC)).astype(np.int16)
-    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
-    path = os.path.join(folder, f"{label.replace(' ', '')}-{i}.jpg")
-    save_image(img, path, quality=90)
-    return path
+    return photo_jpeg(folder, f"{label.replace(' ', '')}-{i}", SIZES[label], [list(SIZES).index(label), i])
 
 
 def detector_for(name: str, pretrained, last_block: int, device) -> Detector:

@@ -85,3 +85,12 @@ def tamper_detector(src, dst, meta_edit=None, tensor_edit=None):
         tensor_edit(tensors)
     tensorfile.write(dst, kind, tensors, meta)
     return dst
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, already dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from i2pscan.errors import one_line
 from i2pscan.io.formats import IMAGE_EXTENSIONS, is_dng, register_decoders, unscored_kind
@@ -82,7 +82,7 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEF
     orientation, alpha dropped), except that 16/32-bit and float images are scaled to 8 bits as
     above rather than clipped to a blank frame. Animations give their first frame. Truncated files, files
     above ``max_pixels`` (decompression bombs, or above Pillow's own limit of this process: see
-    :func:`limit_pixels`), above ``max_bytes``, or taking over ``timeout_s`` to decode (an alarm
+    :func:`set_worker_limits`), above ``max_bytes``, or taking over ``timeout_s`` to decode (an alarm
     signal, so only in a process's main thread; None: no deadline) give an error, as does anything
     that cannot be read at all, as does an image that would take more than ``max_image_bytes``
     in memory once decoded. ``keep_bytes`` keeps the
@@ -216,11 +216,18 @@ def _unidentified_message(data: bytes) -> str:
     return "not an image (or a format Pillow cannot read)"
 
 
-def limit_pixels(max_pixels: int) -> None:
+# Pillow refuses a whole PNG whose one compressed text chunk inflates past 1 MiB: a large ComfyUI
+# workflow would make the image an error row. The evidence reader caps a chunk at 4 MiB itself.
+MAX_PNG_TEXT_CHUNK = 4 << 20
+
+
+def set_worker_limits(max_pixels: int) -> None:
     """Make Pillow's own decompression-bomb limit this process's ``max_pixels`` (Pillow refuses
-    above twice its MAX_IMAGE_PIXELS). For processes i2pscan owns (its decoding workers): in any
-    other process Pillow's limit is left as it is, and ``decode`` refuses what exceeds either."""
+    above twice its MAX_IMAGE_PIXELS), and let a PNG text chunk inflate to MAX_PNG_TEXT_CHUNK (Pillow
+    still caps all text at 64 MiB). For processes i2pscan owns (its decoding workers): in any other
+    process Pillow's limits are left as they are, and ``decode`` refuses what exceeds either."""
     Image.MAX_IMAGE_PIXELS = max_pixels // 2
+    PngImagePlugin.MAX_TEXT_CHUNK = MAX_PNG_TEXT_CHUNK
 
 
 def _open_checked(data: bytes, max_pixels: int, max_image_bytes: int, result: Decoded,

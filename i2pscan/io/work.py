@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from i2pscan.errors import one_line
-from i2pscan.io.decode import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, Decoded, decode, limit_pixels, read_header
+from i2pscan.io.decode import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, Decoded, decode, set_worker_limits, read_header
 from i2pscan.io.pixels import THUMBNAIL_FORMAT, perturb, save_thumbnail
 
 
@@ -64,7 +64,7 @@ class FileWork:
     def prepare_process(self) -> None:
         """Set up a decoding worker process (one i2pscan owns) for this work: Pillow's own
         decompression-bomb limit becomes ``max_pixels``."""
-        limit_pixels(self.max_pixels)
+        set_worker_limits(self.max_pixels)
 
     def in_worker(self, deadline_s: float) -> "FileWork":
         """This work as a decode pool's worker does it: crops as arrays, decodes stopped after ``deadline_s``."""
@@ -138,7 +138,7 @@ class ThumbWork:
     deadline_s: float | None = None
 
     def prepare_process(self) -> None:
-        limit_pixels(self.max_pixels)
+        set_worker_limits(self.max_pixels)
 
     def in_worker(self, deadline_s: float) -> "ThumbWork":
         return dataclasses.replace(self, deadline_s=deadline_s)

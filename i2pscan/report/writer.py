@@ -25,9 +25,10 @@ from i2pscan.report.schema import META_KEY, SCHEMA, conform, read_meta, row_key,
 
 log = logging.getLogger("i2pscan")
 
-_OLD_DEFAULTS = {"evidence": "all", "metadata_only": False}  # reports written before these options existed
+_OLD_DEFAULTS = {"evidence": "all", "metadata_only": False, "decode_on": "cpu"}  # reports older than these options
+# a resumed scan's rows must come from the same pixels: --decode-on device is not bit-identical to the CPU path
 SAME_OPTIONS = ("crops", "combine", "threshold", "max_pixels", "want_hash", "perturbation", "evidence",
-                "metadata_only", "c2pa_trust")
+                "metadata_only", "c2pa_trust", "decode_on")
 
 
 def _same_arithmetic(a: dict | None, b: dict | None) -> bool:
@@ -128,7 +129,7 @@ class ReportWriter:
             raise ConfigError(f"cannot resume: {short_path(source)} was made by detector {str(theirs.get('detector_id'))[:12]}…, "
                            f"this scan uses {str(self.meta.get('detector_id'))[:12]}…; pass `overwrite` to start over")
         ours, old = self.meta.get("options", {}), theirs.get("options", {})
-        differs = [k for k in SAME_OPTIONS if ours.get(k) != old.get(k, _OLD_DEFAULTS.get(k))]
+        differs = [k for k in SAME_OPTIONS if ours.get(k, _OLD_DEFAULTS.get(k)) != old.get(k, _OLD_DEFAULTS.get(k))]
         if differs:
             raise ConfigError(f"cannot resume: {short_path(source)} was scanned with other {', '.join(differs)} "
                               f"({', '.join(f'{k}={old.get(k)!r}' for k in differs)}); use the same options, "

@@ -17,6 +17,7 @@ from i2pscan.io.preprocess import CropTransform, Preprocess
 from i2pscan.io.pixels import save_image
 from i2pscan.io.pool import DecodePool, scan_batches
 from i2pscan.io.work import FileWork
+from helpers import process_alive
 
 PP = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -162,24 +163,18 @@ def test_workers_exit_within_seconds_of_their_scans_death(tmp_path, death_signal
     workers = []
     try:
         workers = [int(pid) for pid in proc.stdout.readline().split()]
-        assert len(workers) == 3 and all(_alive(pid) for pid in workers)
+        assert len(workers) == 3 and all(process_alive(pid) for pid in workers)
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        while any(process_alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [pid for pid in workers if _alive(pid)], "workers outlived their scan"
+        assert not [pid for pid in workers if process_alive(pid)], "workers outlived their scan"
     finally:
         proc.kill()
         proc.wait()
         for pid in workers:
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, 9)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -155,3 +155,19 @@ def test_an_ai_claim_in_a_fifth_xmp_packet_is_read():
     started = time.monotonic()
     assert EvidenceReader().read(many, "m.jpg").provenance == "generated"
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.slow
+def test_a_large_compressed_workflow_is_scored_not_an_error_row(tmp_path, detector_file, run_cli):
+    """Pillow refuses a whole PNG whose one zTXt chunk inflates past 1 MiB; a decoding worker allows
+    what the evidence reader itself reads (4 MiB), so a big ComfyUI workflow costs nothing."""
+    workflow = json.dumps({"nodes": [{"id": i, "type": "KSampler", "widgets_values": ["x" * 64]} for i in range(20000)]})
+    assert 1 << 20 < len(workflow) < 4 << 20
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", '{"3":{"class_type":"CLIPTextEncode","inputs":{"text":"a fox"}}}')
+    info.add_text("workflow", workflow, zip=True)
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "big.png", pnginfo=info)
+    r = run_cli("scan", tmp_path / "big.png", "-d", detector_file, "--workers", "1", "--format", "jsonl")
+    row = json.loads(r.stdout)
+    assert row["error"] is None and row["score"] is not None, row
+    assert row["generator"] == "ComfyUI"

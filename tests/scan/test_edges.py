@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import noise_image, tamper_detector
+from helpers import noise_image, process_alive, tamper_detector
 from i2pscan.errors import I2PError
 from i2pscan.report.writer import ReportWriter
 from i2pscan.io.discover import DiscoverOptions, discover
@@ -46,14 +46,6 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 HOLDER = textwrap.dedent("""
@@ -86,7 +78,7 @@ def test_lock_belongs_to_the_scan_process_not_its_forked_children(tmp_path, run_
         assert r.exit_code == 2
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-        assert _alive(child)  # the forked child still runs, with the lock file open...
+        assert process_alive(child)  # the forked child still runs, with the lock file open...
         writer = ReportWriter(str(report), META, resume=True)  # ...and does not hold the lock
         assert writer.done == {"held.png"}
         writer.abandon()
@@ -125,10 +117,10 @@ def test_a_scan_killed_with_live_workers_can_be_resumed_at_once(tmp_path, detect
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     try:  # issue 21.3: the workers of a killed scan end within seconds, however it died
-        _wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=10)
+        _wait_for(lambda: not any(process_alive(pid) for pid in workers), timeout=10)
     finally:
         for pid in workers:
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
     writer = ReportWriter(str(tmp_path / "r.parquet"), json.loads(
         pq.read_schema(sorted(parts.glob("shard-*"))[0]).metadata[b"i2pscan"]), resume=True)  # at once: no refusal
