@@ -11,7 +11,7 @@ from i2pscan.model.policy import COMBINE
 
 EVIDENCE = ("all", "model")
 # options that only a model uses: given with metadata_only, they are refused
-MODEL_OPTIONS = ("threshold", "crops", "combine", "pretrained", "precision", "max_pixels")
+MODEL_OPTIONS = ("threshold", "crops", "combine", "pretrained", "precision", "max_pixels", "force_policy")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class ScanOptions:
     c2pa_trust: str | None = None  # a PEM bundle of C2PA trust anchors (path)
     metadata_only: bool = False  # no model at all: verdicts from provenance evidence alone
     read_provenance: bool = True  # False: skip the evidence reader (a benchmark's baseline; the columns stay null)
+    force_policy: bool = False  # scan with a crop policy the detector has no threshold for (centre-crop one)
 
     def __post_init__(self):
         if self.evidence not in EVIDENCE:
