@@ -284,3 +284,21 @@ def test_file_set_matches_real_paths_and_bytes_not_names(tmp_path):
     import hashlib
 
     assert files.entries() == [[str(a.resolve()), 10, hashlib.sha256(b"same bytes").hexdigest()]]
+
+
+def test_retention_is_logged_per_epoch_stored_and_shown(trained, run_cli):
+    keys = {"drift_mean", "drift_max", "delta_rel", "delta_max", "delta_max_rel"}
+    assert all(keys <= set(entry) for entry in trained.log)
+    best = next(e for e in trained.log if e["epoch"] == trained.meta["training"]["best_epoch"])
+    retention = trained.meta["training"]["retention"]
+    assert retention == {**{k: best[k] for k in keys}, "drift_images": 10}
+    assert 0 < retention["drift_mean"] <= retention["drift_max"] and 0 < retention["delta_rel"] < 1
+    import json
+
+    logged = [json.loads(line) for line in open(trained.path[:-len(".safetensors")] + ".log.jsonl")]
+    assert [e["drift_mean"] for e in logged] == [e["drift_mean"] for e in trained.log]
+    r = run_cli("info", trained.path)
+    assert r.exit_code == 0
+    line = next(x for x in r.stdout.splitlines() if x.startswith("retention"))
+    assert "embedding drift (1 - cos) mean" in line and "over 10 held-out real images" in line
+    assert any(x.startswith("epoch, temperature, threshold") and "in-distribution" in x for x in r.stdout.splitlines())
