@@ -7,8 +7,9 @@ variant at equal rho, steps and learning rate; and how stable each mask is acros
 For every training generator of a toy set (``i2pscan demo-data``; one is made when ``--toy`` is
 not given), one calibration, then one detector per variant and seed: the last epoch's embedding
 drift (mean and max of 1 - cos over the held-out real validation images), |delta|/|W0|, and the
-mean AUC on the other generators' validation images. Drift ratios are against ``random`` in the
-same run. ``--overlap``: also the Jaccard overlap of each variant's masks across seeds at batch
+mean AUC on the other generators' validation images. Drift ratios are against ``random`` (no drift
+penalty) in the same run; variants without "penalty" in their name train without it, to measure
+the mask alone. ``--overlap``: also the Jaccard overlap of each variant's masks across seeds at batch
 64 (``finetune --dry-run``). Everything runs on the tiny backbone, whose weights are random: these
 numbers choose toy defaults, they say nothing about CLIP.
 """
@@ -33,28 +34,29 @@ from i2pscan.train.finetune import FinetuneConfig, finetune, plan_mask
 from i2pscan.train.samples import load_labelled
 
 VARIANTS = {
-    "random": dict(strategy="random"),
-    "low-sensitivity": dict(strategy="low-sensitivity"),
-    "task-fisher": dict(strategy="task-fisher"),
+    "random": dict(strategy="random", drift_penalty=0.0),
+    "low-sensitivity": dict(strategy="low-sensitivity", drift_penalty=0.0),
+    "task-fisher": dict(strategy="task-fisher", drift_penalty=0.0),
     "head-only": dict(strategy="head-only"),
     "i2p (default)": dict(strategy="i2p"),
+    "i2p mask alone (no penalty)": dict(strategy="i2p", drift_penalty=0.0),
     "i2p before (q 0.5 raw warm-up head)": dict(strategy="i2p", q=0.5, saliency_head="warmup", warmup_views=1,
-                                                 sensitivity_projections=1),
-    "i2p q 0.05": dict(strategy="i2p", q=0.05),
-    "i2p q 0.2": dict(strategy="i2p", q=0.2),
-    "i2p q 0.3": dict(strategy="i2p", q=0.3),
-    "i2p q 0.5": dict(strategy="i2p", q=0.5),
-    "i2p q 0.1 group": dict(strategy="i2p", sensitivity_norm="group"),
-    "i2p q 0.5 group": dict(strategy="i2p", q=0.5, sensitivity_norm="group"),
-    "i2p q 0.1 tensor": dict(strategy="i2p", sensitivity_norm="tensor"),
-    "i2p ratio q 1": dict(strategy="i2p", q=1.0, select_by="ratio"),
-    "i2p warm-up head": dict(strategy="i2p", saliency_head="warmup"),
+                                                 sensitivity_projections=1, drift_penalty=0.0, weight_decay=0.05),
+    "i2p q 0.05": dict(strategy="i2p", q=0.05, drift_penalty=0.0),
+    "i2p q 0.2": dict(strategy="i2p", q=0.2, drift_penalty=0.0),
+    "i2p q 0.3": dict(strategy="i2p", q=0.3, drift_penalty=0.0),
+    "i2p q 0.5": dict(strategy="i2p", q=0.5, drift_penalty=0.0),
+    "i2p q 0.1 group": dict(strategy="i2p", sensitivity_norm="group", drift_penalty=0.0),
+    "i2p q 0.5 group": dict(strategy="i2p", q=0.5, sensitivity_norm="group", drift_penalty=0.0),
+    "i2p q 0.1 tensor": dict(strategy="i2p", sensitivity_norm="tensor", drift_penalty=0.0),
+    "i2p ratio q 1": dict(strategy="i2p", q=1.0, select_by="ratio", drift_penalty=0.0),
+    "i2p warm-up head": dict(strategy="i2p", saliency_head="warmup", drift_penalty=0.0),
     "i2p penalty 1e2": dict(strategy="i2p", drift_penalty=1e2),
     "i2p penalty 1e3": dict(strategy="i2p", drift_penalty=1e3),
     "i2p penalty 1e4": dict(strategy="i2p", drift_penalty=1e4),
     "i2p penalty 1e5": dict(strategy="i2p", drift_penalty=1e5),
     "random penalty 1e4": dict(strategy="random", drift_penalty=1e4),
-    "i2p no decay": dict(strategy="i2p", weight_decay=0.0),
+    "i2p decay 0.05 (no penalty)": dict(strategy="i2p", weight_decay=0.05, drift_penalty=0.0),
     "i2p rine head": dict(strategy="i2p", head="rine", head_dropout=0.5),
     "i2p univfd head": dict(strategy="i2p", head="univfd"),
 }
