@@ -10,7 +10,8 @@ drift (mean and max of 1 - cos over the held-out real validation images), |delta
 mean AUC on the other generators' validation images. Drift ratios are against ``random`` (no drift
 penalty) in the same run; variants without "penalty" in their name train without it, to measure
 the mask alone. ``--overlap``: also the Jaccard overlap of each variant's masks across seeds at batch
-64 (``finetune --dry-run``). Everything runs on the tiny backbone, whose weights are random: these
+64 (``finetune --dry-run`` with the generator's val folder as ``--val``, so that every seed has the
+same training data). Everything runs on the tiny backbone, whose weights are random: these
 numbers choose toy defaults, they say nothing about CLIP.
 """
 
@@ -131,10 +132,10 @@ def main() -> None:
             for name in variants:
                 if VARIANTS[name]["strategy"] in ("random", "head-only"):
                     continue
+                val = load_labelled(os.path.join(toy, gen, "val"))  # the same data for every seed
                 masks = [plan_mask(load_backbone("i2p-tiny"), cal, train,
-                                   FinetuneConfig(**{**dict(rho=args.rho, batch_size=64, seed=s, workers=0,
-                                                            sensitivity_samples=128, saliency_samples=128),
-                                                     **VARIANTS[name]})) for s in oseeds]
+                                   FinetuneConfig(**{**dict(rho=args.rho, batch_size=64, seed=s, workers=0),
+                                                     **VARIANTS[name]}), val=val) for s in oseeds]
                 pairs = [jaccard(a, b) for a, b in itertools.combinations(masks, 2)]
                 overlap_rows.append([gen, name, float(np.mean(pairs)), float(np.min(pairs))])
                 print(f"  {gen} {name}: overlap {np.mean(pairs):.3f} (min {np.min(pairs):.3f})", flush=True)
