@@ -421,3 +421,13 @@ def test_best_epoch_is_the_auc_unless_within_noise_then_the_loss():
     assert better_epoch(e(0.88, 0.2), e(0.90, 0.3), 10, 10)  # within one standard error
     assert not better_epoch(e(math.nan, 0.1), e(0.6, 0.5), 10, 10)
     assert better_epoch(e(0.6, 0.9), e(math.nan, 0.5), 10, 10)
+
+
+def test_thresholds_of_a_validation_set_missing_a_class_are_numbers_not_nan():
+    """No reals: nothing can be flagged wrongly (threshold -inf, probability 0, FPR 0); no fakes:
+    TPR 0. The detector file's schema takes numbers (mutmut: dropping the guards gave NaN)."""
+    only_fakes = thresholds_for({"1:mean": np.array([1.0, 2.0], np.float32)}, np.array([1, 1]), 0.05)["1:mean"]
+    assert only_fakes["threshold_logit"] == -math.inf and only_fakes["threshold"] == 0.0
+    assert (only_fakes["val_fpr"], only_fakes["val_tpr"], only_fakes["val_real"]) == (0.0, 1.0, 0)
+    only_reals = thresholds_for({"1:mean": np.arange(40, dtype=np.float32)}, np.zeros(40, int), 0.05)["1:mean"]
+    assert only_reals["val_tpr"] == 0.0 and only_reals["val_fpr"] == 1 / 40  # m = floor(0.05 * 41) = 2: one flagged

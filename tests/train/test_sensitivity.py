@@ -196,6 +196,15 @@ def test_mask_refusals_and_the_fixed_strategies():
     assert _chosen(build_mask("low-sensitivity", params, 0.001, 1.0, s, t)) == {lowest}
 
 
+def test_every_mask_records_the_normalisation_it_was_built_with():
+    """The detector file reports how sensitivity was scaled: masks that rank nothing (head-only,
+    full) record it too (mutmut: dropping the argument survived)."""
+    params, s, t = _toy_scores()
+    for strategy in ("head-only", "full", "random", "i2p"):
+        for norm in ("tensor", "group"):
+            assert build_mask(strategy, params, 0.1, 0.5, s, t, normalisation=norm).normalisation == norm
+
+
 def test_strategies_ask_for_exactly_the_scores_they_rank_by():
     assert {st: needs_scores(st) for st in STRATEGIES} == {
         "i2p": (True, True), "low-sensitivity": (True, False), "task-fisher": (False, True),
