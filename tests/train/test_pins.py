@@ -88,6 +88,33 @@ def test_the_gate_starts_at_the_calibrations_importance():
         "classifier.bias", "classifier.weight", "norms.0.bias", "norms.0.weight"]
 
 
+def test_each_head_kind_computes_its_own_forward():
+    """Fast, so that mutation testing (which runs no slow test) sees each kind's forward pass: the
+    univfd head is LayerNorm + linear on the last block's class token, its embedding the normed
+    token; i2p and rine gate the projected, normed taps (rine per dimension)."""
+    torch.manual_seed(0)
+    importance = np.array([0.05, 0.1, 0.15, 0.2, 0.3, 0.2])
+    taps = {b: torch.randn(3, 64, dtype=torch.float64) for b in range(1, 7)}  # float64: the head casts
+    univfd = DetectorHead(HeadConfig.for_layers([6], importance, 64, 16, kind="univfd")).eval()
+    with torch.no_grad():
+        univfd.norms[0].weight.uniform_(0.5, 1.5)
+        logits, embedding = univfd(taps)
+        z = univfd.norms[0](taps[6].float())
+        assert logits.shape == (3,) and embedding.shape == (3, 64)
+        torch.testing.assert_close(embedding, z)
+        torch.testing.assert_close(logits, univfd.classifier(z)[:, 0])
+    for kind, layers in (("i2p", [2, 5]), ("rine", [1, 2, 3, 4, 5, 6])):
+        head = DetectorHead(HeadConfig.for_layers(layers, importance, 64, 16, kind=kind)).eval()
+        with torch.no_grad():
+            logits, embedding = head(taps)
+            z = torch.stack([head.proj(n(taps[b].float())) for n, b in zip(head.norms, layers)], dim=1)
+            w = torch.softmax(head.gate, dim=0)
+            expect = ((w[None] if w.dim() == 2 else w[None, :, None]) * z).sum(dim=1)
+        assert logits.shape == (3,) and embedding.shape == (3, 16)
+        torch.testing.assert_close(embedding, expect)
+        torch.testing.assert_close(logits, head.classifier(expect)[:, 0])
+
+
 @pytest.mark.parametrize("kind, layers", [("i2p", [2, 5]), ("rine", [1, 2, 3, 4, 5, 6]), ("univfd", [6])])
 def test_finetune_builds_its_head_from_the_calibration(kind, layers):
     backbone = load_backbone("i2p-tiny")
