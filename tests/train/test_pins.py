@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from i2pscan.errors import FileRefused
 from i2pscan.model import inference
 from i2pscan.model.backbone import load_backbone
 from i2pscan.model.head import DetectorHead, HeadConfig
@@ -134,6 +135,19 @@ def test_old_head_configs_are_i2p_heads():
     assert (config.kind, config.dropout) == ("i2p", 0.0)
     with pytest.raises(ValueError, match="head kind must be one of i2p, rine, univfd"):
         HeadConfig.from_dict({**old, "kind": "mlp"})
+    with pytest.raises(FileRefused, match="head config has unknown key\\(s\\) alpha, beta: written by a newer i2pscan"):
+        HeadConfig.from_dict({**old, "beta": 1, "alpha": 2})
+    rine = HeadConfig.for_layers(range(1, 7), np.full(6, 1 / 6), 64, kind="rine", dropout=0.5)
+    assert HeadConfig.from_dict(rine.to_dict()) == rine and (rine.kind, rine.dropout) == ("rine", 0.5)
+
+
+def test_the_rine_heads_dropout_reaches_the_module():
+    """--head-dropout is RINE's regularisation: it must reach the head finetune builds."""
+    cal = SimpleNamespace(view="cls", critical=[2, 5], importance=np.full(6, 1 / 6), num_blocks=6)
+    head = ft._new_head(load_backbone("i2p-tiny"), cal, FinetuneConfig(head="rine", head_dropout=0.5))
+    assert head.config.dropout == 0.5 and head.drop.p == 0.5
+    wide = HeadConfig.for_layers([1], np.ones(1), 1024)  # proj_dim defaults to min(256, width)
+    assert (wide.proj_dim, wide.hidden_dim) == (256, 256)
 
 
 # -- retention -----------------------------------------------------------------------------------------
