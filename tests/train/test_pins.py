@@ -139,6 +139,10 @@ def test_old_head_configs_are_i2p_heads():
         HeadConfig.from_dict({**old, "beta": 1, "alpha": 2})
     rine = HeadConfig.for_layers(range(1, 7), np.full(6, 1 / 6), 64, kind="rine", dropout=0.5)
     assert HeadConfig.from_dict(rine.to_dict()) == rine and (rine.kind, rine.dropout) == ("rine", 0.5)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"^head dropout must be in \[0, 1\)$"):
+            HeadConfig.from_dict({**old, "dropout": bad})
+    assert HeadConfig.from_dict({**old, "dropout": 0.0}).dropout == 0.0
 
 
 def test_the_rine_heads_dropout_reaches_the_module():
