@@ -29,6 +29,16 @@ def test_combine_takes_each_images_mean_or_max_of_its_crops():
     assert inference.combine(z, 1, "max").tolist() == z.tolist()
 
 
+def test_score_batch_combines_as_asked_and_divides_by_the_temperature(monkeypatch):
+    """What scan computes per batch: the policy's combination, then sigmoid(logit / T)."""
+    z = torch.tensor([1.0, -2.0, 3.0, 0.5, 4.0, -1.0])
+    monkeypatch.setattr(inference, "logits", lambda model, pixels: z)
+    for how, combined in (("mean", [2 / 3, 3.5 / 3]), ("max", [3.0, 4.0])):
+        got, scores = inference.score_batch(None, None, 3, how, 4.0)
+        assert got == pytest.approx(combined)
+        assert scores == pytest.approx([1 / (1 + math.exp(-c / 4.0)) for c in combined])
+
+
 def test_file_logits_combine_each_policy_its_own_way(toy_dir, monkeypatch):
     """Two policies of one crop count come from one pass, each combined its way (a max computed as a
     mean, or the other way round, is caught here)."""
