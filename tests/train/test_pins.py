@@ -32,7 +32,7 @@ def test_combine_takes_each_images_mean_or_max_of_its_crops():
 def test_score_batch_combines_as_asked_and_divides_by_the_temperature(monkeypatch):
     """What scan computes per batch: the policy's combination, then sigmoid(logit / T)."""
     z = torch.tensor([1.0, -2.0, 3.0, 0.5, 4.0, -1.0])
-    monkeypatch.setattr(inference, "logits", lambda model, pixels: z)
+    monkeypatch.setattr(inference, "logits", lambda model, pixels, *extents: z)  # main adds `extents`
     for how, combined in (("mean", [2 / 3, 3.5 / 3]), ("max", [3.0, 4.0])):
         got, scores = inference.score_batch(None, None, 3, how, 4.0)
         assert got == pytest.approx(combined)
@@ -49,8 +49,8 @@ def test_file_logits_combine_each_policy_its_own_way(toy_dir, monkeypatch):
     seen = []
     real_logits = inference.logits
 
-    def spy(m, pixels):
-        out = real_logits(m, pixels)
+    def spy(m, pixels, *extents):  # main's decode branch passes `extents` along
+        out = real_logits(m, pixels, *extents)
         seen.append(out.clone())
         return out
 
