@@ -176,10 +176,8 @@ def _fmt(v: object) -> str:
 
 def calibration(cal) -> None:
     """The per-layer table, the importance chart and the critical layers, on stderr."""
-    rows = [[i + 1, float(cal.scores.auc[i]), float(cal.scores.accuracy[i]), float(cal.scores.fisher[i]),
-             float(cal.importance[i]), "critical" if i + 1 in cal.critical else ""] for i in range(cal.num_blocks)]
-    table(f"Layer importance ({cal.backbone['name']}, view {cal.view})",
-          ["block", "AUC", "accuracy", "Fisher", "importance", ""], rows)
+    _layer_table(cal.per_layer(), cal.critical, cal.selection(), f"Layer importance ({cal.backbone['name']}, view "
+                 f"{cal.view})", to_stdout=False)
     bar_chart("importance per block", [str(i + 1) for i in range(cal.num_blocks)], [float(w) for w in cal.importance],
               marks=["◀ S" if i + 1 in cal.critical else "" for i in range(cal.num_blocks)])
     counts = cal.sample.get("counts", {})
@@ -214,9 +212,23 @@ def info(path: str, kind: str, meta: dict, as_json: bool = False) -> None:
         rows += _detector_rows(meta) if kind == "detector" else _calibration_rows(meta)
     table(None, ["", ""], rows, to_stdout=True)
     if kind == "calibration":
-        layer_rows = [[r["block"], r["auc"], r["accuracy"], r["fisher"], r["importance"],
-                       "critical" if r["block"] in meta["critical_layers"] else ""] for r in meta["per_layer"]]
-        table("per layer", ["block", "AUC", "accuracy", "Fisher", "importance", ""], layer_rows, to_stdout=True)
+        _layer_table(meta["per_layer"], meta["critical_layers"], meta.get("selection"), "per layer", to_stdout=True)
+
+
+def _layer_table(per_layer: list[dict], critical, selection: dict | None, title: str, to_stdout: bool) -> None:
+    """Per block: AUC, its leave-one-generator-out AUC and 95 % interval where calibrate measured them."""
+    logo = any(r.get("logo_auc") is not None for r in per_layer)
+    ci = any(r.get("auc_lo") is not None for r in per_layer)
+    rows = [[r["block"], r["auc"]] + ([r.get("logo_auc")] if logo else [])
+            + ([f"{r['auc_lo']:.4f}-{r['auc_hi']:.4f}" if r.get("auc_lo") is not None else "–"] if ci else [])
+            + [r["accuracy"], r["fisher"], r["importance"], "critical" if r["block"] in critical else ""]
+            for r in per_layer]
+    columns = ["block", "AUC"] + ["LOGO AUC"] * logo + ["95% CI"] * ci + ["accuracy", "Fisher", "importance", ""]
+    table(title, columns, rows, to_stdout=to_stdout)
+    again = (f"; S came back in {selection['stability']:.0%} of {selection['resamples']} bootstrap resamples"
+             if selection and selection["resamples"] else "")
+    if selection:
+        (stdout if to_stdout else stderr).print(f"layers ranked by {selection['ranked_by']} AUC{again}", soft_wrap=True)
 
 
 def detectors(shipped: list[tuple[str, dict]], default: str) -> None:
@@ -275,22 +287,39 @@ def _calibration_rows(meta: dict) -> list[list]:
 
 def _detector_rows(meta: dict) -> list[list]:
     head, train, m = meta["head"], meta["training"], meta["mask"]
-    counts, val = train["counts"], train.get("validation", {})
+    counts, val, kind = train["counts"], train.get("validation", {}), head["config"].get("kind", "i2p")
+    centre = meta.get("thresholds", {}).get("1:mean", {})
+    expected = (f"; a new real image is flagged with probability {centre['expected_fpr']:.1%} in expectation "
+                f"(conformal rank of {centre['val_real']} validation reals)" if "expected_fpr" in centre else "")
+    how = (f"; sensitivity normalised: {m['normalisation']}, candidates by {m['select_by']}, saliency against the "
+           f"{m['saliency_head']} head" if "normalisation" in m else "")
     rows = [
-        ["critical layers S", str(head["layers"])],
+        ["critical layers S", str(head["layers"]) + ("" if kind == "i2p" else f" ({kind}-style head)")],
         ["L* (last block run)", str(meta["last_block"])],
         ["layer weights", ", ".join(f"{b}: {w:.3f}" for b, w in zip(head["layers"], head["gate"]))],
         ["mask", f"{m['strategy']}, rho {m['rho']}, q {m['q']}: {m['trainable']:,} of {m['eligible']:,} eligible "
-                 f"backbone weights tuned"],
-        ["threshold", f"{meta['threshold']:.4f} (at most {meta['target_fpr']:.1%} of validation real images flagged)"],
+                 f"backbone weights tuned{how}"],
+        ["threshold", f"{meta['threshold']:.4f} (target false-positive rate {meta['target_fpr']:.1%}{expected})"],
+        ["policies fitted", ", ".join(sorted(meta.get("thresholds", {}))) or "1:mean"],
         ["temperature", f"{meta['temperature']:.4f}"],
         ["training data", f"{counts['train']['real']} real + {counts['train']['fake']} fake; validation "
                           f"{counts['val']['real']} real + {counts['val']['fake']} fake"],
         ["training fingerprint", train["fingerprint"]],
         ["best epoch", f"{train['best_epoch']} of {train['epochs']}"],
     ]
+    sel = train.get("selection")
+    if sel:
+        rows.append(["epoch, temperature, threshold", f"chosen on {sel['val_subsets']} " + (
+            f"(held-out generators; trained on {sel['train_subsets']})" if sel["validation"] == "held-out generators"
+            else f"(in-distribution: temperature floored at {sel['temperature_floor']:g})")])
     if val:
         rows.append(["validation", ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))])
+    kept = train.get("retention")
+    if kept:
+        drift = (f"embedding drift (1 - cos) mean {kept['drift_mean']:.3g}, max {kept['drift_max']:.3g} over "
+                 f"{kept['drift_images']} held-out real images; " if "drift_mean" in kept else "drift not measured; ")
+        rows.append(["retention", f"{drift}|delta|/|W0| {kept['delta_rel']:.3g}, largest |delta| "
+                                  f"{kept['delta_max']:.3g} ({kept['delta_max_rel']:.3g} of its tensor's RMS)"])
     return rows
 
 
@@ -372,25 +401,22 @@ def report_summary(path: str, s) -> None:
 
 # -- evaluate ----------------------------------------------------------------------------------
 
-_HEADERS = {"detector": "detector", "perturbation": "perturbation", "subset": "subset", "n_real": "real",
-            "n_fake": "fake", "errors": "errors", "acc_real": "acc real", "acc_fake": "acc fake", "acc": "acc",
-            "acc_05": "acc@0.5", "ap": "AP", "auc": "AUC", "oracle_acc": "oracle acc", "tpr_at_fpr_1": "TPR@1%FPR",
-            "tpr_at_fpr_5": "TPR@5%FPR", "ai_meta": "AI metadata", "acc_no_meta": "acc w/o AI metadata"}
-_SHOWN = ("subset", "n_real", "n_fake", "errors", "acc_real", "acc_fake", "acc", "acc_05", "ap", "auc", "oracle_acc",
-          "tpr_at_fpr_1", "tpr_at_fpr_5", "ai_meta", "acc_no_meta")
+_SHOWN = ("subset", "n_real", "n_fake", "errors", "acc_real", "acc_fake", "acc", "fpr", "acc_05", "ap", "auc",
+          "oracle_acc", "tpr_at_fpr_1", "tpr_at_fpr_5", "tpr_at_target", "ai_meta", "acc_no_meta")
 
 
 def evaluation(result, clean: str = "none") -> None:
     """An evaluation's tables, one per perturbation, on stdout."""
     import math
 
-    def cell(v):
-        if isinstance(v, float):
-            return None if math.isnan(v) else f"{v:.3f}"
-        return v
+    from i2pscan.evaluate import HEADERS
+
+    def cell(v, key=""):
+        return (None if math.isnan(v) else f"{v:.3g}" if key == "drift" else f"{v:.3f}") if isinstance(v, float) else v
 
     shown = (("detector",) if result.rows and "detector" in result.rows[0] else ()) + _SHOWN
+    shown += ("drift",) * any(not math.isnan(r.get("drift", math.nan)) for r in result.rows)
     for perturbation in dict.fromkeys(r["perturbation"] for r in result.rows):
         rows = [r for r in result.rows if r["perturbation"] == perturbation]
         title = "evaluation" + ("" if perturbation == clean else f" under {perturbation}")
-        table(title, [_HEADERS[k] for k in shown], [[cell(r[k]) for k in shown] for r in rows], to_stdout=True)
+        table(title, [HEADERS[k] for k in shown], [[cell(r[k], k) for k in shown] for r in rows], to_stdout=True)

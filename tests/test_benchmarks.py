@@ -10,18 +10,21 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.slow
-def test_ablation_runs_every_strategy_on_the_tiny_backbone(toy_dir, tmp_path):
+def test_ablation_runs_every_row_on_the_tiny_backbone(toy_dir, tmp_path):
     out = tmp_path / "ablation.md"
     r = subprocess.run([sys.executable, "ablation.py", str(toy_dir), "--train", "tconv", "--epochs", "1",
-                        "--workers", "0", "--out", str(out), "--work", str(tmp_path / "work")],
-                       cwd=BENCH, capture_output=True, text=True, timeout=600)
+                        "--seeds", "0,1", "--workers", "0", "--padding-free", "--jpeg-align", "90", "--out", str(out),
+                        "--work", str(tmp_path / "work")], cwd=BENCH, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     table = out.read_text().splitlines()
-    assert table[0].startswith("| strategy | AUC pixelshuffle |")
-    strategies = [line.split("|")[1].strip() for line in table[2:]]
-    assert strategies == ["i2p", "low-sensitivity", "task-fisher", "random", "head-only", "full"]
-    for name in strategies:
-        assert (tmp_path / "work" / f"{name}.safetensors").exists()
+    assert table[0].startswith("| row | seeds | held-out AUC | held-out AP | TPR@target | acc@0.5 | acc | FPR | "
+                               "in-domain AUC | held-out AUC (unpadded) | held-out AUC (fakes:jpeg:90) |")
+    rows = [line.split("|")[1].strip() for line in table[2:]]
+    assert rows == ["i2p", "low-sensitivity", "task-fisher", "random", "head-only", "full", "i2p+rine-head",
+                    "rine-style", "univfd-style"]
+    assert all(line.split("|")[2].strip() == "2" and " ± " in line.split("|")[3] for line in table[2:])
+    for name in rows:
+        assert (tmp_path / "work" / f"{name}-seed1.safetensors").exists()
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from i2pscan.io.pixels import save_image
 from i2pscan.model import inference
 from i2pscan.model.detector import Detector
-from i2pscan.evaluate import CLEAN, METRICS, evaluate, metrics, write_result
+from i2pscan.evaluate import CLEAN, METRICS, evaluate, metrics, parse_perturbations, rows_for, write_result
 from i2pscan.plots import evaluation as plot
 from i2pscan.scan.options import ScanOptions
 
@@ -25,6 +25,10 @@ def test_metrics_match_hand_counts_and_sklearn():
     assert m["oracle_acc"] == pytest.approx(0.75)
     # the highest real is 2.0: at FPR 0 only 3.0 and 4.0 are caught
     assert m["tpr_at_fpr_1"] == pytest.approx(0.5) and m["tpr_at_fpr_5"] == pytest.approx(0.5)
+    assert m["fpr"] == 1 / 4  # one real (2.0) at or above the cut 1.5
+    assert metrics(labels, logits, cut=1.5, target_fpr=0.25)["tpr_at_target"] == pytest.approx(0.75)  # cut in (0.5, 1]
+    assert metrics(labels, logits, cut=1.5, target_fpr=0.5)["tpr_at_target"] == pytest.approx(1.0)
+    assert m["tpr_at_target"] == m["tpr_at_fpr_5"]  # the default target is 5 %
 
 
 def test_metrics_with_one_class_are_nan_not_errors():
@@ -98,6 +102,37 @@ def test_outputs_and_plots(controlled, tmp_path):
     assert len(written) == 4 and all(open(p, "rb").read(4) == b"\x89PNG" for p in written)
 
 
+def test_every_detector_is_read_the_same_way_and_fakes_only_perturbations(controlled):
+    """The fair protocol: TPR at the detector's own target FPR, FPR at its own threshold, its drift;
+    ``fakes:`` degrades the fakes only (JPEG-aligned evaluation); unpadded rows leave small images out."""
+    detector, root, truth = controlled
+    from i2pscan.train.samples import load_labelled
+
+    sample = load_labelled(root)
+    result = evaluate(detector, sample, ScanOptions(workers=0), ("none", "fakes:blur:2"))
+    clean = [r for r in result.rows if r["perturbation"] == "none"]
+    fakes = {r["subset"]: r for r in result.rows if r["perturbation"] == "fakes:blur:2"}
+    drift = detector.meta["training"]["retention"]["drift_mean"]
+    assert result.drift == drift > 0 and result.target_fpr == detector.meta["target_fpr"]
+    assert all(r["drift"] == drift for r in result.rows)
+    for r in clean:
+        assert r["fpr"] == pytest.approx(1 - r["acc_real"])
+    # uniform grey images: a blur changes nothing, so degrading the fakes only leaves every number as it was
+    for r in clean:
+        for m in ("acc", "ap", "auc", "fpr", "tpr_at_target"):
+            assert fakes[r["subset"]][m] == pytest.approx(r[m]), (r["subset"], m)
+    s = result.scores[0]
+    assert s.unpadded.all()  # 70 px images, 64 px crops: nothing is padded
+    kept = rows_for(s, s.subsets == "ganA", result.threshold_logit, result.target_fpr, result.drift)
+    assert kept[0]["subset"] == "ganA" and kept[0]["auc"] == pytest.approx(clean[0]["auc"]) and len(kept) == 1
+    assert parse_perturbations(["none", "fakes:jpeg:90", "blur:3"]) == ("none", "fakes:jpeg:90", "blur:3")
+    assert parse_perturbations([]) == ("none",)
+    from i2pscan.errors import I2PError
+
+    with pytest.raises(I2PError, match="^`perturb` jpeg:0: expected"):
+        parse_perturbations(["fakes:jpeg:0"])
+
+
 @pytest.mark.slow
 def test_evaluate_cli_on_genimage_layout(toy_dir, detector_file, run_cli, tmp_path):
     r = run_cli("evaluate", toy_dir, "--split", "val", "-d", detector_file, "--out", tmp_path / "e.csv",
@@ -110,6 +145,7 @@ def test_evaluate_cli_on_genimage_layout(toy_dir, detector_file, run_cli, tmp_pa
     assert set(table["subset"]) == {"tconv", "pixelshuffle", "overall", "mean"}
     tconv = table[(table["subset"] == "tconv") & (table["perturbation"] == "none")].iloc[0]
     assert tconv["auc"] > 0.85 and tconv["n_real"] == 24
+    assert {"fpr", "tpr_at_target", "drift"} <= set(table.columns) and tconv["drift"] > 0
 
 
 @pytest.mark.parametrize("args,message", [
@@ -117,6 +153,8 @@ def test_evaluate_cli_on_genimage_layout(toy_dir, detector_file, run_cli, tmp_pa
     (["--out", "x.txt"], "--out must end in"),
     (["--subset", "nope"], "no subset named nope"),
     (["--precision", "fp16"], "'fp16' is not one of"),
+    (["--perturb", "fakes:blur:-1"], "--perturb blur:-1"),
+    (["--crops", "4"], "no threshold fitted for --crops 4 --combine mean"),
 ])
 def test_evaluate_cli_errors(toy_dir, detector_file, run_cli, args, message):
     r = run_cli("evaluate", toy_dir, "-d", detector_file, *args)

@@ -21,7 +21,8 @@ from i2pscan.cli.options import (DATA, DETECTOR, OUTPUT, RUN, Command, detector_
 @scoring_options
 @option("--perturb", "perturbations", multiple=True, metavar="KIND:VALUE", group=DATA,
         help="Degrade images before scoring: jpeg:65, jpeg:30, blur:3, blur:5, resize:0.5, or none (clean); "
-             "repeatable, one evaluation each.")
+             "fakes:jpeg:Q re-encodes the fake images only (JPEG-aligned evaluation, for GenImage's JPEG reals "
+             "and PNG fakes); repeatable, one evaluation each.")
 @sample_options
 @seed_option
 @run_options
@@ -32,17 +33,17 @@ def evaluate(data, detector_file, out, plot_dir, perturbations, subset, quiet, *
     DATA takes the forms `calibrate` takes (GenImage's <generator>/val/{ai,nature} and
     ForenSynths' <set>/[class/]{0_real,1_fake} work as they are; the first folder names the
     subset). Prints per subset and overall: accuracy on real, fake and their mean at the
-    detector's threshold and at 0.5, AP, AUC, best-threshold accuracy, TPR at 1% and 5% FPR, and
-    the unweighted mean over subsets.
+    detector's threshold and at 0.5, AP, AUC, best-threshold accuracy, TPR at 1% and 5% FPR and
+    at the detector's target FPR, the FPR at its threshold, its recorded embedding drift, and the
+    unweighted mean over subsets.
     """
     from i2pscan import api, plots, render
-    from i2pscan.evaluate import CLEAN, write_result
+    from i2pscan.evaluate import parse_perturbations, write_result
     from i2pscan.io.files import check_writable
-    from i2pscan.io.pixels import parse_perturbation
 
     if out and not out.lower().endswith((".parquet", ".csv", ".md")):
         raise click.UsageError("--out must end in .parquet, .csv or .md")
-    perturbs = tuple(CLEAN if p == CLEAN else parse_perturbation(p) for p in perturbations) or (CLEAN,)
+    perturbs = parse_perturbations(perturbations)
     if out:
         check_writable(out)
     if plot_dir:

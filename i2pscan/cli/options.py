@@ -94,6 +94,9 @@ def scoring_options(f):
                help="How the logits of several crops are combined [default: mean].")(f)
     f = option("--crops", type=click.IntRange(min=1), default=None, group=DETECTOR,
                help="Crops per image at native resolution: centre, then corners, then a grid [default: 1].")(f)
+    f = option("--force-policy", "force_policy", is_flag=True, default=None, group=DETECTOR,
+               help="Score with --crops/--combine the detector has no threshold fitted for, using its centre-crop "
+                    "threshold (whose false-positive rate may differ) [default: refuse, exit 2].")(f)
     f = option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, group=DETECTOR,
                help="Flag at this calibrated probability instead of the detector's threshold.")(f)
     f = option("--pretrained", default=None, metavar="TAG|PATH", group=DETECTOR,

@@ -32,6 +32,10 @@ STRATEGIES = ("i2p", "low-sensitivity", "task-fisher", "random", "head-only", "f
         help="Sharpening of importance: w ∝ max(0, AUC-0.5)^gamma.")
 @option("--folds", type=click.IntRange(min=2), default=5, show_default=True, group=TRAINING,
         help="Cross-validation folds of each layer probe.")
+@option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True, group=TRAINING,
+        help="Bootstrap resamples for each layer's AUC interval and how often S comes back (0: none).")
+@option("--logo/--no-logo", default=True, show_default=True, group=TRAINING,
+        help="Rank layers by leave-one-generator-out AUC when DATA has two subsets (generators) or more.")
 @option("--view", type=click.Choice(["cls", "cls+patchmean"]), default="cls", show_default=True, group=TRAINING,
         help="Features per layer: the class token, or it and the mean patch token.")
 @sample_options
@@ -76,7 +80,7 @@ def calibrate(data, out, plot, backbone, pretrained, quick_gelu, max_per_class, 
         help="Which backbone weights may move.")
 @option("--rho", type=click.FloatRange(0, 1, min_open=True), default=0.01, show_default=True, group=TRAINING,
         help="Fraction of eligible backbone weights that are tuned.")
-@option("--q", "q", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True, group=TRAINING,
+@option("--q", "q", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True, group=TRAINING,
         help="i2p: the fraction of weights with the lowest sensitivity that are candidates.")
 @option("--epochs", type=click.IntRange(min=1), default=5, show_default=True, group=TRAINING, help="Training epochs.")
 @option("--max-steps", type=click.IntRange(min=1), default=None, group=TRAINING,
@@ -87,10 +91,30 @@ def calibrate(data, out, plot, backbone, pretrained, quick_gelu, max_per_class, 
         group=TRAINING, help="Learning rate of the backbone delta.")
 @option("--lr-head", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, group=TRAINING,
         help="Learning rate of the head.")
-@option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True, group=TRAINING,
-        help="Decay of the delta toward the pretrained weights (never of the weights themselves).")
-@option("--warmup-steps", type=click.IntRange(min=0), default=300, show_default=True, group=TRAINING,
-        help="Head-only steps on cached frozen features before task saliency is measured.")
+@option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True, group=TRAINING,
+        help="AdamW's decay of the delta toward the pretrained weights (never of the weights themselves).")
+@option("--drift-penalty", type=click.FloatRange(min=0), default=1e4, show_default=True, group=TRAINING,
+        help="Strength of the sensitivity-weighted penalty on the delta, sum_i w_i delta_i^2 with w_i proportional "
+             "to sensitivity and scaled so that the sum is the embedding drift it predicts (0: none).")
+@option("--warmup-steps", type=click.IntRange(min=0), default=None, group=TRAINING,
+        help="Head-only steps on frozen features of augmented crops before training [default: three passes over "
+             "them, at least 100].")
+@option("--warmup-views", type=click.IntRange(min=1), default=2, show_default=True, group=TRAINING,
+        help="Augmented crops of each training image the head warms up, and the saliency probe fits, on.")
+@option("--saliency-head", type=click.Choice(["probe", "warmup"]), default="probe", show_default=True, group=TRAINING,
+        help="What task saliency is measured against: a convex logistic probe on the critical layers (no "
+             "random initialisation), or the warmed-up head.")
+@option("--sensitivity-norm", type=click.Choice(["none", "tensor", "group"]), default="none", show_default=True,
+        group=TRAINING, help="Put sensitivity on one scale before ranking: none (as measured: what drift follows), "
+                             "per tensor, or per group (tensor, and the q/k/v rows of attention apart).")
+@option("--select-by", type=click.Choice(["saliency", "ratio"]), default="saliency", show_default=True,
+        group=TRAINING, help="i2p: rank the low-sensitivity candidates by saliency, or by saliency per unit of "
+                             "sensitivity.")
+@option("--head", type=click.Choice(["i2p", "rine", "univfd"]), default="i2p", show_default=True, group=TRAINING,
+        help="i2p: the critical layers, one gate weight each; rine: every block, a per-dimension gate "
+             "initialised from importance (no early exit); univfd: a linear layer on the last block.")
+@option("--head-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+        group=TRAINING, help="Dropout before the head's projection and classifier.")
 @option("--contrastive-weight", type=click.FloatRange(min=0), default=0.0, show_default=True, group=TRAINING,
         help="Weight of the supervised-contrastive term on the projected features.")
 @option("--sensitivity-samples", type=click.IntRange(min=1), default=256, show_default=True, group=TRAINING,
@@ -102,14 +126,20 @@ def calibrate(data, out, plot, backbone, pretrained, quick_gelu, max_per_class, 
                              "tapped features.")
 @option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
         group=TRAINING, help="Threshold: flag at most this fraction of validation real images.")
-@option("--crop-policies", default="1:mean", show_default=True, metavar="N:mean|max[,...]", group=TRAINING,
+@option("--crop-policies", default="1:mean,5:mean,5:max,9:mean,9:max", show_default=True,
+        metavar="N:mean|max[,...]", group=TRAINING,
         help="Crop policies (scan --crops N --combine mean|max) to fit a threshold and temperature for; "
-             "1:mean is always fitted. A scan with another policy warns.")
+             "1:mean is always fitted. A scan with another policy refuses unless given --force-policy.")
 @option("--val", "val_data", type=click.Path(exists=True, path_type=str), default=None, group=DATA,
         help="Validation data (same forms as DATA; --subset applies to it, --split does not); "
              "default: hold out --val-split of DATA.")
 @option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
         group=DATA, help="Fraction of DATA held out for validation when --val is not given.")
+@option("--val-by", type=click.Choice(["auto", "subset", "random"]), default="auto", show_default=True, group=DATA,
+        help="Without --val: hold out whole subsets (generators; auto does when DATA has two or more, so that epoch, "
+             "temperature and threshold are chosen on generators training never saw) or a random fraction.")
+@option("--drift-samples", type=click.IntRange(min=0), default=256, show_default=True, group=TRAINING,
+        help="Held-out real validation images whose embedding drift (1 - cos) is logged per epoch and stored.")
 @sample_options
 @seed_option
 @run_options
@@ -120,9 +150,9 @@ def finetune(data, calibration_file, out, resume, dry_run, pretrained, val_data,
 
     Uses the backbone and critical layers of --calibration. Only a fraction --rho of the attention
     and MLP weights of blocks 1..L* move (chosen by --strategy), plus a small head over the
-    critical layers. Keeps the epoch with the best validation AUC, fits a temperature and a
-    threshold at --target-fpr, and writes the detector to --out. Ctrl-C leaves a checkpoint;
-    run again with --resume to continue.
+    critical layers. Logs the embedding drift per epoch, keeps the epoch with the best validation
+    AUC, fits a temperature and a conformal threshold at --target-fpr for each crop policy, and
+    writes the detector to --out. Ctrl-C leaves a checkpoint; run again with --resume to continue.
     """
     from i2pscan import api, render
     from i2pscan.io.files import check_writable

@@ -12,6 +12,8 @@ from i2pscan.errors import ConfigError
 
 COMBINE = ("mean", "max")
 DEFAULT_POLICY = "1:mean"
+# what finetune fits by default: the centre crop, centre + corners (5), and the 3x3 grid (9), by mean and by max
+STANDARD_POLICIES = ("1:mean", "5:mean", "5:max", "9:mean", "9:max")
 
 
 def policy_key(crops: int, combine: str) -> str:

@@ -28,6 +28,7 @@ _opt_str = {"type": ["string", "null"], "maxLength": 4096}
 _num = {"type": "number"}
 _prob = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
 _count = {"type": "integer", "minimum": 0}
+_nonneg = {"type": "number", "minimum": 0}
 _dim = {"type": "integer", "minimum": 1, "maximum": MAX_DIM}
 _block = {"type": "integer", "minimum": 1, "maximum": MAX_BLOCKS}
 _sha = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
@@ -90,7 +91,9 @@ I2P_SCHEMA = _obj({
             "layers": {**_array(_block, unique=True), "minItems": 1},
             "in_dim": _dim, "proj_dim": _dim, "hidden_dim": _dim,
             "gate_init": {**_array({"type": "number", "exclusiveMinimum": 0, "maximum": 1}), "minItems": 1},
-        }),
+            "kind": {"enum": ["i2p", "rine", "univfd"]},
+            "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        }, required=["layers", "in_dim", "proj_dim", "hidden_dim", "gate_init"]),
         "layers": _array(_block, unique=True),
         "gate": _array({"type": "number", "minimum": 0, "maximum": 1}),
     }),
@@ -102,7 +105,10 @@ I2P_SCHEMA = _obj({
                        "temperature": {"type": "number", "minimum": TEMPERATURE_RANGE[0],
                                        "maximum": TEMPERATURE_RANGE[1]},
                        "val_fpr": {"type": "number", "minimum": 0, "maximum": 1},
+                       "val_tpr": {"type": "number", "minimum": 0, "maximum": 1},
                        "val_real": _count,
+                       # the conformal threshold's false-positive rate on a new real image, in expectation
+                       "expected_fpr": {"type": "number", "minimum": 0, "maximum": 1},
                    }, required=["threshold", "threshold_logit", "temperature"])},
     "mask": _obj({
         "strategy": {"enum": ["i2p", "low-sensitivity", "task-fisher", "random", "head-only", "full"]},
@@ -112,7 +118,10 @@ I2P_SCHEMA = _obj({
         "per_block": {"type": "object", "maxProperties": MAX_BLOCKS,
                       "additionalProperties": _obj({"trainable": _count, "eligible": _count})},
         "tensors": _array(_short, max_items=4096, unique=True),
-    }),
+        "normalisation": {"enum": ["none", "tensor", "group"]},
+        "select_by": {"enum": ["saliency", "ratio"]},
+        "saliency_head": {"enum": ["probe", "warmup"]},
+    }, required=["strategy", "rho", "q", "trainable", "eligible", "per_block", "tensors"]),
     "training": _obj({
         "config": {"type": "object", "maxProperties": 128},
         "counts": {"type": "object", "maxProperties": 16},
@@ -122,6 +131,17 @@ I2P_SCHEMA = _obj({
         "validation": {"type": "object", "maxProperties": 64, "additionalProperties": {"type": ["number", "null"]}},
         "skipped": _count,
         "arithmetic": {"enum": ["bf16", "fp32"]},
+        # how epoch, temperature and threshold were chosen (train/validation.py); files before issue 18 have none
+        "selection": _obj({
+            "validation": {"enum": ["held-out generators", "in-distribution"]},
+            "train_subsets": _array(_str, max_items=4096), "val_subsets": _array(_str, max_items=4096),
+            "temperature_floor": {"type": ["number", "null"], "minimum": 0},
+        }, required=["validation"]),
+        # how far training moved the representation (train/retention.py); files before issue 18 have none
+        "retention": _obj({
+            "drift_mean": _nonneg, "drift_max": _nonneg, "delta_rel": _nonneg, "delta_max": _nonneg,
+            "delta_max_rel": _nonneg, "drift_images": _count,
+        }, required=["drift_images"]),
     }, required=["counts", "fingerprint", "best_epoch", "epochs"], extra=False),
     "calibration": _obj({
         "critical_layers": _array(_block, unique=True),

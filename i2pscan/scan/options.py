@@ -13,7 +13,8 @@ from i2pscan.model.policy import COMBINE
 EVIDENCE = ("all", "model")
 DECODE_ON = ("cpu", "device")
 # options that only a model uses: given with metadata_only, they are refused
-MODEL_OPTIONS = ("threshold", "crops", "combine", "pretrained", "precision", "max_pixels", "decode_on")
+MODEL_OPTIONS = ("threshold", "crops", "combine", "pretrained", "precision", "max_pixels", "decode_on",
+                 "force_policy")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ScanOptions:
     metadata_only: bool = False  # no model at all: verdicts from provenance evidence alone
     read_provenance: bool = True  # False: skip the evidence reader (a benchmark's baseline; the columns stay null)
     decode_on: str = "cpu"  # "device": JPEGs decoded where the model runs (nvjpeg on CUDA; not bit-identical)
+    force_policy: bool = False  # scan with a crop policy the detector has no threshold for (centre-crop one)
 
     def __post_init__(self):
         if self.evidence not in EVIDENCE:

@@ -21,6 +21,7 @@ from i2pscan.model.backbone import VIEWS, Backbone
 from i2pscan.train.samples import FileSet, LabelledSample
 from i2pscan.errors import ConfigError, InputError
 from i2pscan.train.features import extract
+from i2pscan.train.resampling import Resampling, resample_layers, warn_if_noise
 
 KIND = "calibration"
 log = logging.getLogger("i2pscan")
@@ -36,8 +37,12 @@ class CalibrateConfig:
     seed: int = 0
     batch_size: int = 32
     workers: int = 0
+    bootstrap: int = 200  # resamples of the images for each layer's AUC interval (0: none)
+    logo: bool = True  # rank layers by leave-one-generator-out AUC when the sample has two generators or more
 
     def __post_init__(self):
+        if self.bootstrap < 0:
+            raise ConfigError("`bootstrap` must be at least 0")
         if self.top_k < 1:
             raise ConfigError("`top_k` must be at least 1")
         if self.folds < 2:
@@ -50,11 +55,13 @@ class CalibrateConfig:
 
 @dataclass
 class LayerScores:
-    """Held-out probe results for every block (index 0 is block 1)."""
+    """Held-out probe results for every block (index 0 is block 1). ``oof``: every image's
+    out-of-fold decision value per layer [L, n] (what the bootstrap resamples; not saved)."""
 
     auc: np.ndarray
     accuracy: np.ndarray
     fisher: np.ndarray
+    oof: np.ndarray | None = None
 
 
 @dataclass
@@ -72,6 +79,7 @@ class Calibration:
     config: dict
     sample: dict = field(default_factory=dict)
     created: str = ""
+    resampling: Resampling | None = None  # files from before issue 18 have none
 
     @property
     def last_block(self) -> int:
@@ -91,6 +99,10 @@ class Calibration:
             "feature_mean": self.feature_mean.float(),
             "feature_std": self.feature_std.float(),
         }
+        r = self.resampling
+        if r is not None:
+            tensors.update({k: torch.as_tensor(getattr(r, k), dtype=torch.float64)
+                            for k in ("auc_lo", "auc_hi", "auc_se", "logo_auc")})
         meta = {
             "i2pscan_version": __version__,
             "backbone": self.backbone,
@@ -101,17 +113,34 @@ class Calibration:
             "config": self.config,
             "sample": self.sample,
             "created": self.created,
-            "per_layer": [
-                {"block": i + 1, "auc": float(a), "accuracy": float(c), "fisher": float(f), "importance": float(w)}
-                for i, (a, c, f, w) in enumerate(zip(self.scores.auc, self.scores.accuracy,
-                                                     self.scores.fisher, self.importance))
-            ],
+            "selection": self.selection(),
+            "per_layer": self.per_layer(),
         }
         tensorfile.write(path, KIND, tensors, meta)
+
+    def per_layer(self) -> list[dict]:
+        """One record per block: probe AUC, accuracy, Fisher ratio, importance, and (when
+        resampled) the AUC interval and standard error and the leave-one-generator-out AUC."""
+        r = self.resampling
+        return [{"block": i + 1, "auc": float(a), "accuracy": float(c), "fisher": float(f), "importance": float(w),
+                 **({} if r is None else _resampled(r, i))}
+                for i, (a, c, f, w) in enumerate(zip(self.scores.auc, self.scores.accuracy, self.scores.fisher,
+                                                     self.importance))]
+
+    def selection(self) -> dict | None:
+        """How S was chosen: the AUC it ranks by, and how often S came back under the bootstrap."""
+        r = self.resampling
+        return None if r is None else {"ranked_by": r.ranked_by, "stability": r.stability, "resamples": r.resamples}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Calibration":
         _, meta, t = tensorfile.read(path, (KIND,))
+        selection = meta.get("selection")
+        resampling = None
+        if selection and "auc_se" in t:
+            resampling = Resampling(t["auc_lo"].numpy(), t["auc_hi"].numpy(), t["auc_se"].numpy(),
+                                    float(selection["stability"]), t["logo_auc"].numpy(), selection["ranked_by"],
+                                    int(selection["resamples"]))
         return cls(
             backbone=meta["backbone"],
             preprocessing=meta["preprocessing"],
@@ -124,7 +153,17 @@ class Calibration:
             config=meta["config"],
             sample=meta["sample"],
             created=meta.get("created", ""),
+            resampling=resampling,
         )
+
+
+def _resampled(r: Resampling, i: int) -> dict:
+    """A layer's resampling numbers for the metadata (JSON has no NaN: absent ones are null)."""
+    def num(x):
+        return None if np.isnan(x) else float(x)
+
+    return {"auc_lo": num(r.auc_lo[i]), "auc_hi": num(r.auc_hi[i]), "auc_se": num(r.auc_se[i]),
+            "logo_auc": num(r.logo_auc[i])}
 
 
 def calibrate(backbone: Backbone, sample: LabelledSample, config: CalibrateConfig = CalibrateConfig()) -> Calibration:
@@ -144,8 +183,12 @@ def calibrate(backbone: Backbone, sample: LabelledSample, config: CalibrateConfi
     folds = int(min(config.folds, per_class.min()))
     feats = [extracted.features[b].double().numpy() for b in blocks]
     scores = score_layers(feats, labels, folds=folds, c=config.probe_c, seed=config.seed)
-    importance = importance_weights(scores.auc, config.gamma)
-    critical = critical_layers(scores.auc, config.top_k)
+    subsets = np.asarray([sample.items[i].subset for i in extracted.kept])
+    resampling = resample_layers([_informative_columns(x) for x in feats], scores, labels, subsets, config, _probe)
+    ranking = scores.auc if resampling.ranked_by == "out-of-fold" else resampling.logo_auc
+    importance = importance_weights(ranking, config.gamma)
+    critical = critical_layers(ranking, config.top_k)
+    warn_if_noise(ranking, resampling, critical)
     stacked = torch.stack([extracted.features[b] for b in blocks])
     counts = sample.subset(extracted.kept).counts()
     return Calibration(
@@ -167,6 +210,7 @@ def calibrate(backbone: Backbone, sample: LabelledSample, config: CalibrateConfi
             "skipped": [{"path": p, "error": e} for p, e in extracted.failures],
         },
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        resampling=resampling,
     )
 
 
@@ -177,10 +221,11 @@ def score_layers(features: list[np.ndarray], labels: np.ndarray, folds: int = 5,
     is scored by a probe that did not see it, so none of the three rewards memorising."""
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     splits = list(splitter.split(np.zeros(len(labels)), labels))
-    auc, acc, fisher = [], [], []
+    auc, acc, fisher, oofs = [], [], [], []
     for x in features:
         oof = np.zeros(len(labels))
         x = _informative_columns(x)
+        oofs.append(oof)
         if x.shape[1] == 0:  # a constant layer: no probe can do better than chance
             auc.append(0.5)
             acc.append(float(np.mean(labels == 0)))
@@ -192,7 +237,7 @@ def score_layers(features: list[np.ndarray], labels: np.ndarray, folds: int = 5,
         auc.append(roc_auc_score(labels, oof))
         acc.append(float(np.mean((oof > 0) == labels)))
         fisher.append(_fisher_ratio(oof, labels))
-    return LayerScores(np.asarray(auc), np.asarray(acc), np.asarray(fisher))
+    return LayerScores(np.asarray(auc), np.asarray(acc), np.asarray(fisher), np.stack(oofs) if oofs else None)
 
 
 def _informative_columns(x: np.ndarray, rel_tol: float = 1e-5) -> np.ndarray:

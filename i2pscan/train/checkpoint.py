@@ -39,8 +39,9 @@ def write_log(path: str, log: list[dict]) -> None:
 
 
 
-def save_checkpoint(path, mask: Mask, deltas, head, optimizer, run: RunState, meta: dict) -> None:
-    tensors = {}
+def save_checkpoint(path, mask: Mask, deltas, head, optimizer, run: RunState, meta: dict,
+                    penalty: dict | None = None) -> None:
+    tensors = {f"penalty.{n}": w.detach().cpu() for n, w in (penalty or {}).items()}
     for name, idx in mask.indices.items():
         if idx is not None:
             tensors[f"mask.{name}"] = idx
@@ -60,7 +61,7 @@ def save_checkpoint(path, mask: Mask, deltas, head, optimizer, run: RunState, me
             tensors[f"optim.{pid}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
     meta = {**meta, "epoch": run.epoch, "step": run.step, "best_auc": run.best_auc, "best_epoch": run.best_epoch,
             "log": run.log, "param_groups": opt_state["param_groups"], "strategy": mask.strategy,
-            "rho": mask.rho, "q": mask.q, "numels": mask.numels,
+            "rho": mask.rho, "q": mask.q, "normalisation": mask.normalisation, "numels": mask.numels,
             "dense": [n for n, idx in mask.indices.items() if idx is None]}
     tensorfile.write(path, CHECKPOINT_KIND, tensors, meta)
 
@@ -77,7 +78,7 @@ def load_checkpoint(path, config, train, val, backbone) -> dict:
         raise FileRefused(f"cannot resume {path}: it was trained on other backbone weights")
     indices = {n: tensors[f"mask.{n}"] for n in meta["numels"] if f"mask.{n}" in tensors}
     indices.update({n: None for n in meta["dense"]})
-    mask = Mask(meta["strategy"], indices, meta["numels"], meta["rho"], meta["q"])
+    mask = Mask(meta["strategy"], indices, meta["numels"], meta["rho"], meta["q"], meta.get("normalisation", "none"))
     return {"mask": mask, "meta": meta, "tensors": tensors}
 
 

@@ -27,10 +27,11 @@ class Extracted:
 
 @torch.no_grad()
 def extract(backbone: Backbone, paths: Sequence[str], blocks: Sequence[int], view: str = "cls",
-            batch_size: int = 32, workers: int = 0, description: str = "features") -> Extracted:
-    """Centre-crop every file and tap ``blocks``; files that fail to decode are listed, not fatal."""
+            batch_size: int = 32, workers: int = 0, description: str = "features", transform=None) -> Extracted:
+    """Tap ``blocks`` for every file, centre-cropped (or through ``transform``, e.g. the training
+    augmentation); files that fail to decode are listed, not fatal."""
     preprocess = Preprocess.from_dict(backbone.preprocessing())
-    dataset = ImageFiles(paths, CropTransform(preprocess, 1))
+    dataset = ImageFiles(paths, transform or CropTransform(preprocess, 1))
     device = backbone.device
     chunks: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
     kept: list[int] = []

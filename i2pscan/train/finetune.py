@@ -9,7 +9,6 @@ toward theta0. Each completed epoch leaves a checkpoint beside the output, from 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,48 +21,61 @@ from torch import nn
 from i2pscan.version import __version__
 from i2pscan.errors import ConfigError, FileRefused, InputError, OutputError, TrainingFailed
 from i2pscan.io.files import remove_leftovers
-from i2pscan.io.loader import ImageFiles, loader
-from i2pscan.io.preprocess import CropTransform, Preprocess
 from i2pscan.model.backbone import Backbone
 from i2pscan.model.detector_file import Delta, write_detector
-from i2pscan.model.head import DetectorHead, HeadConfig
-from i2pscan.model.policy import DEFAULT_POLICY, normalise_policies
+from i2pscan.model.head import KINDS, DetectorHead, HeadConfig
+from i2pscan.model.policy import DEFAULT_POLICY, STANDARD_POLICIES, normalise_policies
 from i2pscan.model.sparse import DenseDelta, SparseDelta, attach
 from i2pscan.train.augment import Augment
 from i2pscan.train.calibrate import Calibration
 from i2pscan.train.checkpoint import (checkpoint_path, load_checkpoint, log_path, restore_checkpoint, save_checkpoint,
                                       write_log)
-from i2pscan.train.loop import RunState, Trainer, snapshot, warm_up_head
-from i2pscan.train.samples import FileSet, LabelledSample, split_stratified
-from i2pscan.train.sensitivity import STRATEGIES, Mask, build_mask, intrinsic_sensitivity, needs_scores, task_saliency
+from i2pscan.train.loop import RunState, Trainer, better_epoch, snapshot
+from i2pscan.train.retention import RETENTION_KEYS, delta_size, drift, drift_images, make_drift_set
+from i2pscan.train.samples import LabelledSample
+from i2pscan.train.validation import VAL_BY, hold_out_validation, validation_protocol
+from i2pscan.train.plan import penalty_weights, plan
+from i2pscan.train.sensitivity import NORMALISATIONS, STRATEGIES, Mask, needs_scores
 from i2pscan.train.thresholds import fit_thresholds
 
 log = logging.getLogger("i2pscan")
+SALIENCY_HEADS = ("probe", "warmup")
+SELECT_BY = ("saliency", "ratio")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     strategy: str = "i2p"
     rho: float = 0.01
-    q: float = 0.5
+    q: float = 0.1
     epochs: int = 5
     max_steps: int | None = None
     batch_size: int = 32
     accumulate: int = 1
     lr_backbone: float = 1e-4
     lr_head: float = 1e-3
-    weight_decay: float = 0.05
+    weight_decay: float = 0.0  # AdamW's decay of the delta toward theta0 (0.05 was nominal: drift unchanged)
+    drift_penalty: float = 1e4  # strength of sum_i w_i delta_i^2, w ~ sensitivity, in units of predicted drift
     head_weight_decay: float = 1e-4
-    warmup_steps: int = 300
+    warmup_steps: int | None = None  # head warm-up steps; None: three passes over the warm-up features, >= 100
+    warmup_views: int = 2  # augmented crops of each training image the head warms up (and the probe fits) on
+    saliency_head: str = "probe"  # what task saliency is measured against: the convex probe, or the warm-up head
+    sensitivity_norm: str = "none"  # put sensitivity on one scale per tensor or group before ranking (drift: none)
+    select_by: str = "saliency"  # i2p: rank the candidates by saliency, or by saliency / sensitivity ("ratio")
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.1
     val_split: float = 0.2
+    val_by: str = "auto"  # auto: hold out whole subsets (generators) when the data has several, else a fraction
     target_fpr: float = 0.05
+    drift_samples: int = 256  # held-out real images whose embedding drift is logged per epoch (0: none)
     sensitivity_samples: int = 256
+    sensitivity_projections: int = 8  # random projections v per image, averaged
     saliency_samples: int = 256
     sensitivity_target: str = "embedding"
     proj_dim: int | None = None
-    crop_policies: tuple[str, ...] = (DEFAULT_POLICY,)  # fit a threshold for each (N:mean|max); 1:mean always
+    head: str = "i2p"  # i2p (critical layers, one gate weight per layer), rine (all blocks, per-dimension gate), univfd
+    head_dropout: float = 0.0
+    crop_policies: tuple[str, ...] = STANDARD_POLICIES  # fit a threshold for each (N:mean|max); 1:mean always
     augment: Augment = field(default_factory=Augment)
     seed: int = 0
     workers: int = 0
@@ -79,12 +91,35 @@ class FinetuneConfig:
             raise ConfigError("`val_split` must be in (0, 1)")
         if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
             raise ConfigError("`epochs`, `batch_size` and `accumulate` must be at least 1")
+        if self.head not in KINDS:
+            raise ConfigError(f"`head` must be one of {', '.join(KINDS)}")
+        if not 0 <= self.head_dropout < 1:
+            raise ConfigError("`head_dropout` must be in [0, 1)")
+        if self.select_by not in SELECT_BY:
+            raise ConfigError(f"`select_by` must be one of {', '.join(SELECT_BY)}")
+        if self.val_by not in VAL_BY:
+            raise ConfigError(f"`val_by` must be one of {', '.join(VAL_BY)}")
         if self.sensitivity_target not in ("embedding", "taps"):
             raise ConfigError("`sensitivity_target` must be embedding or taps")
         object.__setattr__(self, "crop_policies", normalise_policies(self.crop_policies))
-        if self.warmup_steps < 1 and needs_scores(self.strategy)[1]:
+        if self.saliency_head not in SALIENCY_HEADS:
+            raise ConfigError(f"`saliency_head` must be one of {', '.join(SALIENCY_HEADS)}")
+        if self.sensitivity_norm not in NORMALISATIONS:
+            raise ConfigError(f"`sensitivity_norm` must be one of {', '.join(NORMALISATIONS)}")
+        if self.drift_penalty < 0:
+            raise ConfigError("`drift_penalty` must be at least 0")
+        if self.drift_penalty > 0 and self.drift_samples < 1:
+            raise ConfigError("`drift_penalty` is scaled by the drift images' embeddings: `drift_samples` must be at "
+                              "least 1")
+        if self.sensitivity_projections < 1:
+            raise ConfigError("`sensitivity_projections` must be at least 1")
+        if self.warmup_views < 1:
+            raise ConfigError("`warmup_views` must be at least 1")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError("`warmup_steps` must be at least 0")
+        if self.warmup_steps == 0 and self.saliency_head == "warmup" and needs_scores(self.strategy)[1]:
             raise ConfigError(f"`strategy` {self.strategy} ranks weights by the task saliency of a warmed-up head: "
-                              f"`warmup_steps` must be at least 1 (or choose low-sensitivity or random)")
+                              f"`warmup_steps` must be at least 1 (or `saliency_head` probe)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +151,7 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
     out = os.fspath(out)
     _check_calibration(backbone, calibration)
     train, val, cal_overlap = hold_out_validation(train, val, config, calibration)
+    protocol = validation_protocol(train, val)
     ckpt = checkpoint_path(out)
     for written in (out, ckpt, log_path(out)):  # what a run killed mid-write left
         remove_leftovers(written)
@@ -128,17 +164,22 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
         raise OutputError(f"an interrupted run left {ckpt}", "pass `resume` to continue it, or delete it to start over")
 
     head = _new_head(backbone, calibration, config)
-    params = backbone.tunable_parameters(calibration.last_block)
+    last_block = max(head.layers)
+    params = backbone.tunable_parameters(last_block)
+    sensitivity = None
     if state is None:
-        mask = _plan(backbone, head, params, train, calibration, config)
+        planned = plan(backbone, head, params, train, calibration.view, config)
+        mask, sensitivity = planned.mask, planned.sensitivity
     else:
         mask = state["mask"]
 
     if on_mask is not None:
         on_mask(mask)
-    view, last_block = calibration.view, calibration.last_block
-    backbone.truncate(last_block)
+    view = calibration.view
+    # the backbone stays whole while training (taps stop at L* anyway), so that drift can be measured
+    # on the projected embedding; it is cut after L* before the thresholds are fitted
     deltas = _attach(backbone, params, mask)
+    drift_set = make_drift_set(backbone, drift_images(val, config.drift_samples), config.batch_size, config.workers)
     optimizer = torch.optim.AdamW([
         {"params": [d.values for d in deltas.values()], "lr": config.lr_backbone, "weight_decay": config.weight_decay},
         {"params": list(head.parameters()), "lr": config.lr_head, "weight_decay": config.head_weight_decay},
@@ -151,6 +192,12 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
         run.best = snapshot(deltas, head, None)
 
     trainer = Trainer(backbone, head, deltas, optimizer, train, val, view, config)
+    if state is not None:
+        trainer.penalty = {k[len("penalty."):]: t.to(backbone.device) for k, t in state["tensors"].items()
+                           if k.startswith("penalty.")}
+    else:
+        trainer.penalty = penalty_weights(mask, sensitivity, None if drift_set is None else drift_set.reference,
+                                          config.drift_penalty)
     ckpt_meta = {"train_fingerprint": train.fingerprint(), "val_fingerprint": val.fingerprint(),
                  "backbone_sha256": backbone.sha256, "config": config.to_dict()}
     for epoch in range(run.epoch, config.epochs):
@@ -159,22 +206,25 @@ def finetune(backbone: Backbone, calibration: Calibration, train: LabelledSample
         started = time.monotonic()
         train_loss = trainer.train_epoch(epoch, run)
         metrics, val_scored = trainer.validate()
-        entry = {"epoch": epoch + 1, "step": run.step, "train_loss": train_loss, **metrics,
+        retained = {**(drift(backbone, drift_set) if drift_set is not None else {}), **delta_size(deltas, params)}
+        entry = {"epoch": epoch + 1, "step": run.step, "train_loss": train_loss, **metrics, **retained,
                  "seconds": round(time.monotonic() - started, 3)}
         run.log.append(entry)
-        if run.best_epoch == 0 or metrics["val_auc"] > run.best_auc:  # NaN AUC: keep the first epoch
+        best = next((e for e in run.log if e["epoch"] == run.best_epoch), None)
+        if better_epoch(entry, best, *np.bincount(val_scored[1].astype(int), minlength=2)[::-1]):
             run.best_auc, run.best_epoch = metrics["val_auc"], epoch + 1
             run.best = snapshot(deltas, head, val_scored)
         run.epoch = epoch + 1
-        save_checkpoint(ckpt, mask, deltas, head, optimizer, run, ckpt_meta)
+        save_checkpoint(ckpt, mask, deltas, head, optimizer, run, ckpt_meta, trainer.penalty)
         write_log(log_path(out), run.log)
         log.info("epoch {epoch}: loss {train_loss:.4f}, val AUC {val_auc:.4f}, AP {val_ap:.4f}, "
                     "acc {val_acc:.4f}".format(**entry))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, entry)
 
+    backbone.truncate(last_block)
     meta = _finish(run, deltas, head, val, calibration, backbone, mask, config, train, trainer.failures,
-                   cal_overlap)
+                   cal_overlap, 0 if drift_set is None else len(drift_set.paths), protocol)
     write_detector(out, meta, head, {n: Delta(d.indices, d.values.detach()) for n, d in deltas.items()})
     write_log(log_path(out), run.log)
     os.remove(ckpt)
@@ -191,52 +241,17 @@ def plan_mask(backbone: Backbone, calibration: Calibration, train: LabelledSampl
     Writes nothing; the backbone is left as it was."""
     _check_calibration(backbone, calibration)
     train, _, _ = hold_out_validation(train, val, config, calibration)
-    params = backbone.tunable_parameters(calibration.last_block)
-    return _plan(backbone, _new_head(backbone, calibration, config), params, train, calibration, config)
-
-
-def _plan(backbone, head, params, train, calibration, config) -> Mask:
-    warm_up_head(backbone, head, train, calibration.view, config)
-    return _choose_mask(backbone, head, params, train, calibration.view, list(calibration.critical), config)
-
-
-def hold_out_validation(train: LabelledSample, val: LabelledSample | None, config: FinetuneConfig,
-           calibration: Calibration | None = None) -> tuple[LabelledSample, LabelledSample, int]:
-    """(training, validation, how many validation images the calibration also used).
-
-    Validation never shares a file with training: the same real path (symlinks resolved) or the
-    same bytes. Calibration images go to the training part of an automatic split as far as each
-    group allows; any that validate anyway (or are in ``--val``) are counted and warned about.
-    """
-    cal_files = FileSet((calibration.sample.get("files") or []) if calibration is not None else [])
-    if val is None:
-        avoid = cal_files.find(train.paths) if len(cal_files) else []
-        train_idx, val_idx = split_stratified(train, config.val_split, config.seed, avoid=avoid)
-        train, val = train.subset(train_idx), train.subset(val_idx)
-    else:
-        shared = FileSet.of(val.paths).find(train.paths)
-        if shared:
-            example = train.paths[shared[0]]
-            raise InputError(f"{len(shared)} training image(s) are also validation images (the same file or the "
-                             f"same bytes, e.g. {example}); give `val` data of its own, or `split` to keep only "
-                             f"training images in DATA")
-    _check_classes(train, "training")
-    _check_classes(val, "validation")
-    overlap = len(cal_files.find(val.paths)) if len(cal_files) else 0
-    if overlap:
-        log.warning(f"{overlap} of {len(val.items)} validation image(s) were in the calibration sample "
-                     f"(they chose the critical layers): calibrate on images that do not validate")
-    real = int(np.sum(val.labels == 0))
-    needed = math.ceil(1 / config.target_fpr)
-    if real < needed:
-        log.warning(f"only {real} real validation image(s): a threshold at --target-fpr {config.target_fpr} "
-                     f"needs at least {needed} to be more than a guess")
-    return train, val, overlap
+    head = _new_head(backbone, calibration, config)
+    params = backbone.tunable_parameters(max(head.layers))
+    return plan(backbone, head, params, train, calibration.view, config).mask
 
 
 def _new_head(backbone: Backbone, calibration: Calibration, config: FinetuneConfig) -> DetectorHead:
     in_dim = backbone.width * (2 if calibration.view == "cls+patchmean" else 1)
-    config_ = HeadConfig.for_layers(calibration.critical, calibration.importance, in_dim, config.proj_dim)
+    layers = {"i2p": calibration.critical, "rine": range(1, calibration.num_blocks + 1),
+              "univfd": [calibration.num_blocks]}[config.head]
+    config_ = HeadConfig.for_layers(list(layers), calibration.importance, in_dim, config.proj_dim, config.head,
+                                    config.head_dropout)
     with torch.random.fork_rng(devices=[]):  # the head's initialisation from the seed; the caller's RNG untouched
         torch.manual_seed(config.seed)
         return DetectorHead(config_).to(backbone.device)
@@ -256,63 +271,22 @@ def _check_calibration(backbone: Backbone, cal: Calibration) -> None:
         raise ConfigError("finetune needs an untruncated backbone")
 
 
-def _check_classes(sample: LabelledSample, what: str) -> None:
-    counts = np.bincount(sample.labels, minlength=2)
-    if counts.min() < 1:
-        raise InputError(f"the {what} data has {counts[0]} real and {counts[1]} fake images; both are needed")
-
-
-def _choose_mask(backbone: Backbone, head: DetectorHead, params, train: LabelledSample, view: str,
-                 layers: list[int], config: FinetuneConfig) -> Mask:
-    need_s, need_t = needs_scores(config.strategy)
-    sensitivity = saliency = None
-    if need_s:
-        idx = _subsample(len(train.items), config.sensitivity_samples, config.seed)
-        sensitivity = intrinsic_sensitivity(backbone, params, _pixel_batches(backbone, train.subset(idx), config),
-                                            total=len(idx), target=config.sensitivity_target, layers=layers,
-                                            seed=config.seed, view=view)
-    if need_t:
-        idx = _subsample(len(train.items), config.saliency_samples, config.seed + 1)
-        saliency = task_saliency(backbone, head, params, _pixel_batches(backbone, train.subset(idx), config, labels=True),
-                                 total=len(idx), view=view, seed=config.seed)
-    return build_mask(config.strategy, params, config.rho, config.q, sensitivity, saliency, seed=config.seed)
-
-
-def _subsample(n: int, k: int, seed: int) -> list[int]:
-    if k >= n:
-        return list(range(n))
-    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].tolist())
-
-
-def _pixel_batches(backbone: Backbone, sample: LabelledSample, config: FinetuneConfig, labels: bool = False):
-    preprocess = Preprocess.from_dict(backbone.preprocessing())
-    dataset = ImageFiles(sample.paths, CropTransform(preprocess, 1))
-    device = backbone.device
-    for batch in loader(dataset, config.batch_size, config.workers, pin_memory=device.type == "cuda"):
-        if batch.pixels is None:
-            continue
-        pixels = batch.pixels.to(device, non_blocking=True)
-        if labels:
-            y = torch.as_tensor(sample.labels[[batch.items[i].index for i in batch.ok]])
-            yield pixels, y
-        else:
-            yield pixels
-
-
 def _attach(backbone: Backbone, params: dict[str, nn.Parameter], mask: Mask) -> dict[str, SparseDelta | DenseDelta]:
     return attach(backbone, params, mask.indices)
 
 
 
 def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, failures,
-            cal_overlap: int = 0) -> dict:
+            cal_overlap: int = 0, drift_count: int = 0, protocol: dict | None = None) -> dict:
+    protocol = protocol or validation_protocol(train, val)
     if run.best is None or run.best["val_logits"] is None:
         raise TrainingFailed("training ran no epoch; nothing to save")
     for name, values in run.best["deltas"].items():
         deltas[name].values.data.copy_(values)
     head.load_state_dict(run.best["head"])
     head.eval()
-    thresholds, logits, kept = fit_thresholds(backbone, head, val, calibration.view, config)
+    thresholds, logits, kept = fit_thresholds(backbone, head, val, calibration.view, config,
+                                              protocol["temperature_floor"])
     run.validation = {"paths": [val.paths[i] for i in kept], "labels": val.labels[kept], "logits": logits,
                       "best_epoch_logits": run.best["val_logits"]}
     centre = thresholds[DEFAULT_POLICY]
@@ -326,7 +300,7 @@ def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, 
         "backbone": backbone.identity(),
         "preprocessing": backbone.preprocessing(),
         "view": calibration.view,
-        "last_block": calibration.last_block,
+        "last_block": max(head.layers),
         "head": {"config": head.config.to_dict(), "layers": list(head.config.layers),
                  "gate": [float(w) for w in head.layer_weights().detach().cpu()]},
         "threshold": threshold,
@@ -334,7 +308,8 @@ def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, 
         "temperature": temperature,
         "thresholds": thresholds,
         "target_fpr": config.target_fpr,
-        "mask": {"strategy": mask.strategy, "rho": mask.rho, "q": mask.q, "trainable": mask.trainable,
+        "mask": {"strategy": mask.strategy, "rho": mask.rho, "q": mask.q, "normalisation": mask.normalisation,
+                 "select_by": config.select_by, "saliency_head": config.saliency_head, "trainable": mask.trainable,
                  "eligible": mask.eligible,
                  "per_block": {str(b): {"trainable": t, "eligible": e} for b, (t, e) in mask.per_block().items()},
                  "tensors": sorted(deltas)},
@@ -348,6 +323,9 @@ def _finish(run, deltas, head, val, calibration, backbone, mask, config, train, 
             "epochs": run.epoch,
             "steps": run.step,
             "validation": {k: v for k, v in best_metrics.items() if k.startswith("val_")},
+            "selection": protocol,
+            "retention": {**{k: best_metrics[k] for k in RETENTION_KEYS if k in best_metrics},
+                          "drift_images": drift_count},
             "skipped": len(failures),
             "arithmetic": "bf16" if backbone.device.type == "cuda" else "fp32",  # what fit_thresholds computed in
         },

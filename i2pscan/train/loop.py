@@ -56,6 +56,13 @@ class Trainer:
         preprocess = Preprocess.from_dict(backbone.preprocessing())
         self.transform = TrainTransform(preprocess, config.augment, config.seed)
         self.failures: dict[str, str] = {}
+        self.penalty: dict[str, torch.Tensor] = {}  # {tensor: weight of each tuned entry's delta^2}
+
+    def penalty_term(self) -> torch.Tensor | float:
+        """The sensitivity-weighted penalty on the delta, sum_i w_i delta_i^2 (0 without weights)."""
+        if not self.penalty:
+            return 0.0
+        return sum((w * self.deltas[n].values.float().square()).sum() for n, w in self.penalty.items())
 
     def _forward(self, pixels):
         # cached: a dense (``full``) parametrization is computed once per forward, not at every
@@ -88,7 +95,7 @@ class Trainer:
                     if not torch.isfinite(loss):
                         raise TrainingFailed(f"training diverged (loss {loss.item()}) in epoch {epoch + 1}, after step "
                                              f"{run.step}: lower `lr_backbone` / `lr_head`")
-                    (loss / c.accumulate).backward()
+                    ((loss + self.penalty_term()) / c.accumulate).backward()
                     micro += 1
                     total += loss.item() * len(labels)
                     count += len(labels)
@@ -127,6 +134,31 @@ def predict(backbone, head, sample: LabelledSample, view: str, batch_size: int, 
     return logits[policy], sample.labels[kept]
 
 
+def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC from ``n_pos`` positives and ``n_neg`` negatives."""
+    if not n_pos or not n_neg or math.isnan(auc):
+        return math.inf
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    return math.sqrt(max(var, 0.0))
+
+
+def better_epoch(entry: dict, best: dict | None, n_fake: int, n_real: int) -> bool:
+    """Whether epoch ``entry`` replaces the kept ``best``: a validation AUC more than one standard
+    error above the best's wins, one more than a standard error below loses, and between the two
+    (noise: on the training generators the AUC saturates from the first epoch) the lower
+    validation loss wins. A NaN AUC never replaces a number; the first epoch is always kept."""
+    if best is None:
+        return True
+    a, b = entry["val_auc"], best["val_auc"]
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(b) and not math.isnan(a)
+    se = auc_standard_error(b, n_fake, n_real)
+    if a > b + se or a < b - se:
+        return a > b
+    return entry["val_loss"] < best["val_loss"]
+
+
 def validation_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     if not np.all(np.isfinite(logits)):
         raise TrainingFailed("validation scores are not finite: training diverged; lower `lr_backbone` / `lr_head`")
@@ -141,33 +173,80 @@ def validation_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def warm_up_head(backbone: Backbone, head: DetectorHead, train: LabelledSample, view: str,
-                  config) -> None:
-    """Head-only training on frozen centre-crop features: a task loss needs a head (DESIGN §1.2 step 2)."""
-    if config.warmup_steps < 1:
+@dataclass
+class WarmupFeatures:
+    """Frozen-backbone features of the training images: view 0 their centre crops, views 1.. crops
+    under the training augmentation. The head warms up on all of them; the saliency probe fits the
+    centre crops (deterministic: a probe fitted on augmented crops changed with the seed)."""
+
+    features: dict[int, torch.Tensor]  # {block: [views * n, D]}, view-major
+    labels: np.ndarray  # [views * n]
+    views: int = 1
+
+    def view(self, v: int) -> tuple[dict[int, torch.Tensor], np.ndarray]:
+        """(features, labels) of view ``v`` alone."""
+        n = len(self.labels) // self.views
+        return {b: f[v * n:(v + 1) * n] for b, f in self.features.items()}, self.labels[v * n:(v + 1) * n]
+
+
+WARMUP_VIEW_EPOCHS = -1  # augmentation "epochs" -1, -2, ...: never those of training (0, 1, ...)
+
+
+def warmup_features(backbone: Backbone, train: LabelledSample, layers, view: str, config) -> WarmupFeatures:
+    """Tap ``layers`` over the centre crop and ``config.warmup_views - 1`` augmented crops of every
+    training image (images that fail to decode are left out of every view)."""
+    preprocess = Preprocess.from_dict(backbone.preprocessing())
+    chunks: dict[int, list[torch.Tensor]] = {b: [] for b in layers}
+    labels, kept = [], None
+    for v in range(config.warmup_views):
+        transform = None
+        if v:
+            transform = TrainTransform(preprocess, config.augment, config.seed)
+            transform.epoch = WARMUP_VIEW_EPOCHS - (v - 1)
+        ex = extract(backbone, train.paths, list(layers), view, config.batch_size, config.workers,
+                     description=f"warm-up: features ({v + 1}/{config.warmup_views})", transform=transform)
+        if kept is not None and ex.kept != kept:
+            raise InputError("the training images decoded differently between passes")
+        kept = ex.kept
+        for b in layers:
+            chunks[b].append(ex.features[b])
+        labels.append(train.labels[ex.kept])
+    if not kept:
+        raise InputError("none of the training images could be decoded")
+    return WarmupFeatures({b: torch.cat(c) for b, c in chunks.items()}, np.concatenate(labels), config.warmup_views)
+
+
+def warmup_steps(config, n: int) -> int:
+    """The head's warm-up steps: ``config.warmup_steps``, or by default three passes over the
+    ``n`` warm-up features (at least 100 steps), so that it scales with the data."""
+    if config.warmup_steps is not None:
+        return config.warmup_steps
+    return max(100, 3 * math.ceil(n / config.batch_size))
+
+
+def warm_up_head(head: DetectorHead, warm: WarmupFeatures, config, device: torch.device) -> None:
+    """Head-only training on frozen features of augmented crops (DESIGN §1.2 step 2), so that the
+    head that training starts from has already met the augmentation."""
+    steps = warmup_steps(config, len(warm.labels))
+    if steps < 1:
         return
     layers = list(head.config.layers)
-    ex = extract(backbone, train.paths, layers, view, config.batch_size, config.workers, description="warm-up: features")
-    if not ex.kept:
-        raise InputError("none of the training images could be decoded")
-    labels = torch.as_tensor(train.labels[ex.kept], dtype=torch.float32)
+    labels = torch.as_tensor(warm.labels, dtype=torch.float32)
     opt = torch.optim.AdamW(head.parameters(), lr=config.lr_head, weight_decay=config.head_weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    device = backbone.device
     head.train()
     batches_per_epoch = math.ceil(len(labels) / config.batch_size)
-    for step in range(config.warmup_steps):
+    for step in range(steps):
         if step % batches_per_epoch == 0:
             order = torch.randperm(len(labels), generator=generator)
         i = (step % batches_per_epoch) * config.batch_size
         idx = order[i:i + config.batch_size]
-        taps = {b: ex.features[b][idx].to(device) for b in layers}
+        taps = {b: warm.features[b][idx].to(device) for b in layers}
         logits, _ = head(taps)
         loss = nn.functional.binary_cross_entropy_with_logits(logits, labels[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-
 
 
 def supervised_contrastive(embedding: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:

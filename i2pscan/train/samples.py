@@ -209,6 +209,18 @@ def split_stratified(sample: LabelledSample, fraction: float, seed: int,
     return sorted(train), sorted(val)
 
 
+def split_by_subset(sample: LabelledSample, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, validation): whole subsets (generators) held out, ``fraction`` of them
+    (at least one, at most all but one), chosen by ``seed``. Needs two subsets or more."""
+    names = sorted({it.subset for it in sample.items})
+    if len(names) < 2:
+        raise ValueError("a split by subset needs two subsets or more")
+    n_val = min(max(int(round(len(names) * fraction)), 1), len(names) - 1)
+    held = set(random.Random(seed).sample(names, n_val))
+    val = [i for i, it in enumerate(sample.items) if it.subset in held]
+    train = [i for i, it in enumerate(sample.items) if it.subset not in held]
+    return train, val
+
 
 class FileSet:
     """File identities: the real path (symlinks resolved) and the size and sha256 of the bytes.

@@ -34,6 +34,7 @@ from i2pscan.model.device import autocast
 from i2pscan.model.sparse import SparseAttention
 
 STRATEGIES = ("i2p", "low-sensitivity", "task-fisher", "random", "head-only", "full")
+NORMALISATIONS = ("none", "tensor", "group")
 _CHUNK_BYTES = 1 << 28  # per-sample gradients held at once, per weight matrix
 
 
@@ -133,21 +134,27 @@ def _squared_grad_pass(backbone: Backbone, params: dict[str, nn.Parameter], batc
     return {n: s.div_(seen) for n, s in acc.items()}
 
 
-def projection(seed: int, position: int, dim: int) -> torch.Tensor:
-    """The random unit vector v of the image at ``position`` in the sensitivity sample."""
-    v = torch.randn(dim, generator=torch.Generator().manual_seed(seed * 1_000_003 + position), dtype=torch.float64)
+def projection(seed: int, position: int, dim: int, draw: int = 0) -> torch.Tensor:
+    """The random unit vector v of the image at ``position`` in the sensitivity sample (its
+    ``draw``-th, when several are averaged)."""
+    key = seed * 1_000_003 + position + draw * 104_729  # torch's CPU generator keeps 32 bits of its seed
+    v = torch.randn(dim, generator=torch.Generator().manual_seed(key), dtype=torch.float64)
     return (v / v.norm()).float()
 
 
 def intrinsic_sensitivity(backbone: Backbone, params: dict[str, nn.Parameter], batches: Iterable[torch.Tensor],
                           total: int, target: str = "embedding", layers: list[int] | None = None,
-                          seed: int = 0, view: str = "cls") -> dict[str, torch.Tensor]:
+                          seed: int = 0, view: str = "cls", projections: int = 1) -> dict[str, torch.Tensor]:
     """s_i for every weight in ``params``: how much the pretrained representation moves with it.
 
     ``target``: ``embedding`` (the projected CLIP image embedding; needs the untruncated backbone)
-    or ``taps`` (the concatenated features of ``layers``). Raises I2PError for a target that does
-    not depend on every tensor in ``params`` (``taps`` shallower than a tuned block).
+    or ``taps`` (the concatenated features of ``layers``). ``projections``: random unit vectors v
+    per image, averaged (one backward pass each; the estimate's variance over v falls as 1 / k).
+    Raises I2PError for a target that does not depend on every tensor in ``params`` (``taps``
+    shallower than a tuned block).
     """
+    if projections < 1:
+        raise ConfigError("`sensitivity_projections` must be at least 1")
     if target not in ("embedding", "taps"):
         raise ConfigError(f"sensitivity target must be embedding or taps, not {target!r}")
     if target == "taps":
@@ -166,19 +173,22 @@ def intrinsic_sensitivity(backbone: Backbone, params: dict[str, nn.Parameter], b
             else:
                 taps = backbone.taps(images, layers, view)
                 g = torch.cat([taps[b] for b in layers], dim=1)
-        v = torch.stack([projection(seed, start + i, g.shape[1]) for i in range(len(g))]).to(device)
-        (v * g.float()).sum().backward()
+        for draw in range(projections):
+            v = torch.stack([projection(seed, start + i, g.shape[1], draw) for i in range(len(g))]).to(device)
+            (v * g.float()).sum().backward(retain_graph=draw + 1 < projections)
         return len(images)
 
-    return _squared_grad_pass(backbone, params, batches, objective, "sensitivity", total)
+    scores = _squared_grad_pass(backbone, params, batches, objective, "sensitivity", total)
+    return {n: s.div_(projections) for n, s in scores.items()} if projections > 1 else scores
 
 
 def task_saliency(backbone: Backbone, head: nn.Module, params: dict[str, nn.Parameter], batches, total: int,
                   view: str = "cls", seed: int = 0) -> dict[str, torch.Tensor]:
-    """t_i: empirical Fisher of the per-image detection loss under the warmed-up head; ``batches``
-    yields (images, labels). Deterministic (``seed`` is accepted for symmetry and unused)."""
+    """t_i: empirical Fisher of the per-image detection loss under ``head`` (anything with
+    ``layers`` that maps {block: taps} to (logits, _): the saliency probe, or a warmed-up head);
+    ``batches`` yields (images, labels). Deterministic (``seed`` is accepted for symmetry and unused)."""
     device = backbone.device
-    layers = list(head.config.layers)
+    layers = list(head.layers)
 
     def objective(batch, start):
         images, labels = batch
@@ -202,7 +212,8 @@ def task_saliency(backbone: Backbone, head: nn.Module, params: dict[str, nn.Para
 class Mask:
     """Which entries of each eligible tensor are tuned: flat indices, ``None`` for all of it.
 
-    Tensors absent from ``indices`` are not tuned at all.
+    Tensors absent from ``indices`` are not tuned at all. ``normalisation``: how sensitivity was
+    put on one scale before ranking (NORMALISATIONS).
     """
 
     strategy: str
@@ -210,6 +221,7 @@ class Mask:
     numels: dict[str, int]  # every eligible tensor and its size
     rho: float
     q: float
+    normalisation: str = "none"
 
     @property
     def eligible(self) -> int:
@@ -239,15 +251,51 @@ def needs_scores(strategy: str) -> tuple[bool, bool]:
     return strategy in ("i2p", "low-sensitivity"), strategy in ("i2p", "task-fisher")
 
 
+def groups(name: str, shape) -> list[tuple[str, int, int]]:
+    """The groups whose sensitivities are put on one scale: (label, first, end) flat ranges of a
+    tensor. An attention in-projection is three groups (its q, k and v rows: their scales differ
+    about 30x); every other matrix is one. Blocks are never pooled: each tensor is its block's."""
+    numel = math.prod(shape)
+    if name.endswith("attn.in_proj_weight") and shape[0] % 3 == 0:
+        third = numel // 3
+        return [(f"{name}[{part}]", i * third, (i + 1) * third) for i, part in enumerate("qkv")]
+    return [(name, 0, numel)]
+
+
+def normalise(scores: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]:
+    """Sensitivities on one scale across tensors: ``none`` as measured; ``tensor`` or ``group``
+    (the q, k, v rows of an in-projection apart) as the within-group rank, (rank + 1) / size in
+    (0, 1], so that the fraction q with the lowest normalised value is the fraction q of every
+    group. Ties keep the order of the flat index."""
+    if how not in NORMALISATIONS:
+        raise ConfigError(f"`sensitivity_norm` must be one of {', '.join(NORMALISATIONS)}")
+    if how == "none":
+        return scores
+    out = {}
+    for name, s in scores.items():
+        flat = s.reshape(-1).float().cpu()
+        ranked = torch.empty_like(flat)
+        spans = groups(name, s.shape) if how == "group" else [(name, 0, flat.numel())]
+        for _, lo, hi in spans:
+            order = torch.sort(flat[lo:hi], stable=True).indices
+            ranks = torch.empty(hi - lo, dtype=torch.float32)
+            ranks[order] = torch.arange(1, hi - lo + 1, dtype=torch.float32) / (hi - lo)
+            ranked[lo:hi] = ranks
+        out[name] = ranked.reshape(s.shape)
+    return out
+
+
 def build_mask(strategy: str, params: dict[str, nn.Parameter], rho: float, q: float,
                sensitivity: dict[str, torch.Tensor] | None = None, saliency: dict[str, torch.Tensor] | None = None,
-               seed: int = 0) -> Mask:
+               seed: int = 0, normalisation: str = "none", select_by: str = "saliency") -> Mask:
     """Choose the tuned weights, ranking all eligible weights together (not per tensor).
 
     ``i2p``: among the fraction ``q`` with the lowest sensitivity, the ``rho`` (of all eligible
     weights) with the highest task saliency. ``low-sensitivity``: the ``rho`` lowest by
     sensitivity. ``task-fisher``: the ``rho`` highest by saliency. ``random``: ``rho`` at random.
-    ``head-only``: none. ``full``: all.
+    ``head-only``: none. ``full``: all. Sensitivity is first put on one scale across tensors
+    (``normalisation``, see :func:`normalise`). ``select_by`` ``ratio`` ranks i2p's candidates by
+    saliency per unit of (raw) sensitivity, t_i / s_i, instead of by saliency.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
@@ -260,13 +308,16 @@ def build_mask(strategy: str, params: dict[str, nn.Parameter], rho: float, q: fl
     total = sum(numels.values())
     k = max(1, int(round(rho * total)))
     if strategy == "head-only":
-        return Mask(strategy, {}, numels, rho, q)
+        return Mask(strategy, {}, numels, rho, q, normalisation)
     if strategy == "full":
-        return Mask(strategy, {n: None for n in names}, numels, rho, q)
+        return Mask(strategy, {n: None for n in names}, numels, rho, q, normalisation)
     need_s, need_t = needs_scores(strategy)
     if (need_s and sensitivity is None) or (need_t and saliency is None):
         missing = "sensitivity" if need_s and sensitivity is None else "saliency"
         raise ValueError(f"strategy {strategy} needs {missing} scores")
+    raw = sensitivity
+    if need_s:
+        sensitivity = normalise(sensitivity, normalisation)
 
     def flat(scores):
         return torch.cat([scores[n].reshape(-1).float().cpu() for n in names])
@@ -282,6 +333,8 @@ def build_mask(strategy: str, params: dict[str, nn.Parameter], rho: float, q: fl
         n_candidates = max(k, int(math.ceil(q * total)))
         threshold = torch.kthvalue(s, n_candidates).values if n_candidates < total else s.max()
         t = flat(saliency)
+        if select_by == "ratio":
+            t = t / flat(raw).clamp(min=torch.finfo(torch.float32).tiny)
         t = torch.where(s <= threshold, t, torch.tensor(float("-inf")))
         del s
         chosen = torch.topk(t, k, sorted=False).indices
@@ -292,4 +345,4 @@ def build_mask(strategy: str, params: dict[str, nn.Parameter], rho: float, q: fl
         lo, hi = torch.searchsorted(chosen, torch.tensor([offset, offset + numels[n]]))
         indices[n] = chosen[lo:hi] - offset
         offset += numels[n]
-    return Mask(strategy, indices, numels, rho, q)
+    return Mask(strategy, indices, numels, rho, q, normalisation)

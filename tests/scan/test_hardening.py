@@ -86,7 +86,7 @@ def test_resume_never_moves_a_finished_report_it_cannot_extend(detector_file, tm
     report = tmp_path / "r.parquet"
     assert run_cli("scan", tmp_path / "in", "-d", detector_file, "-o", report, "--workers", "0").exit_code in (0, 1)
     before = report.read_bytes()
-    r = run_cli("scan", tmp_path / "in", "-d", detector_file, "-o", report, "--resume", "--crops", "3")
+    r = run_cli("scan", tmp_path / "in", "-d", detector_file, "-o", report, "--resume", "--crops", "5")
     assert r.exit_code == 2 and "other crops" in r.stderr
     assert report.read_bytes() == before and not (tmp_path / "r.parquet.parts").exists()
     foreign = tmp_path / "foreign.parquet"

@@ -113,7 +113,7 @@ def test_ray_workers_killed_mid_scan_lose_and_duplicate_nothing(tmp_path, detect
     paths = [str(noise_image(tmp_path / f"{i:03d}.png", seed=i)) for i in range(96)]
     detector = Detector.load(detector_file)
     expected = []
-    run_scan(paths, None, detector, ScanOptions(workers=0, crops=4), on_row=expected.append)
+    run_scan(paths, None, detector, ScanOptions(workers=0, crops=5), on_row=expected.append)
     rows, killed = [], []
 
     def on_row(row):
@@ -124,7 +124,7 @@ def test_ray_workers_killed_mid_scan_lose_and_duplicate_nothing(tmp_path, detect
                     os.kill(pid, signal.SIGKILL)
                     killed.append(title)
 
-    run_scan(paths, None, detector, ScanOptions(crops=4), on_row=on_row,
+    run_scan(paths, None, detector, ScanOptions(crops=5), on_row=on_row,
              executor=lambda *args: RayExecutor("auto", *args, block_files=8))
     assert "_Scorer" in killed
     _same_rows(rows, expected)

@@ -92,13 +92,23 @@ def test_calibration_round_trip_and_determinism(tmp_path, toy_dir, tiny_backbone
     _, meta, tensors = tensorfile.read(tmp_path / "cal.safetensors", (KIND,))
     assert all(tensors[n].dtype == torch.float64 for n in ("auc", "accuracy", "fisher", "importance"))
     assert (meta["i2pscan_version"], meta["last_block"], meta["created"]) == (__version__, max(a.critical), a.created)
+    r = a.resampling
     assert meta["per_layer"] == [
         {"block": i + 1, "auc": float(a.scores.auc[i]), "accuracy": float(a.scores.accuracy[i]),
-         "fisher": float(a.scores.fisher[i]), "importance": float(a.importance[i])} for i in range(6)]
-    # a file written before "created" was recorded loads with an empty one
-    del meta["created"]
+         "fisher": float(a.scores.fisher[i]), "importance": float(a.importance[i]),
+         "auc_lo": float(r.auc_lo[i]), "auc_hi": float(r.auc_hi[i]), "auc_se": float(r.auc_se[i]),
+         "logo_auc": None} for i in range(6)]  # one generator: no leave-one-generator-out AUC
+    assert meta["selection"] == {"ranked_by": "out-of-fold", "stability": r.stability, "resamples": 200}
+    for name in ("auc_lo", "auc_hi", "auc_se", "logo_auc"):
+        np.testing.assert_array_equal(getattr(c.resampling, name), getattr(r, name))
+    assert (c.resampling.stability, c.resampling.ranked_by) == (r.stability, r.ranked_by)
+    # a file written before "created" and the resampling were recorded loads with neither
+    del meta["created"], meta["selection"]
+    for name in ("auc_lo", "auc_hi", "auc_se", "logo_auc"):
+        del tensors[name]
     tensorfile.write(tmp_path / "old.safetensors", KIND, tensors, meta)
-    assert Calibration.load(tmp_path / "old.safetensors").created == ""
+    old = Calibration.load(tmp_path / "old.safetensors")
+    assert old.created == "" and old.resampling is None
 
 
 def test_calibrate_skips_corrupt_files(tmp_path, toy_dir, tiny_backbone):

@@ -196,6 +196,15 @@ def test_mask_refusals_and_the_fixed_strategies():
     assert _chosen(build_mask("low-sensitivity", params, 0.001, 1.0, s, t)) == {lowest}
 
 
+def test_every_mask_records_the_normalisation_it_was_built_with():
+    """The detector file reports how sensitivity was scaled: masks that rank nothing (head-only,
+    full) record it too (mutmut: dropping the argument survived)."""
+    params, s, t = _toy_scores()
+    for strategy in ("head-only", "full", "random", "i2p"):
+        for norm in ("tensor", "group"):
+            assert build_mask(strategy, params, 0.1, 0.5, s, t, normalisation=norm).normalisation == norm
+
+
 def test_strategies_ask_for_exactly_the_scores_they_rank_by():
     assert {st: needs_scores(st) for st in STRATEGIES} == {
         "i2p": (True, True), "low-sensitivity": (True, False), "task-fisher": (False, True),
@@ -300,3 +309,73 @@ def test_chunks_of_per_sample_gradients_change_nothing(biased, monkeypatch):
     whole = intrinsic_sensitivity(backbone, params, [pixels], n, target="taps", layers=[1, 2])
     monkeypatch.setattr(sensitivity, "_CHUNK_BYTES", 1)
     _close(intrinsic_sensitivity(backbone, params, [pixels], n, target="taps", layers=[1, 2]), whole)
+
+
+# -- issue 18: several projections per image, sensitivity on one scale, the ratio rule ----------------
+
+
+def test_several_projections_average_their_per_image_oracles(two_blocks):
+    backbone, params, pixels = two_blocks
+
+    def one(i, draw):
+        def objective():
+            g = backbone.embed(pixels[i:i + 1])[0]
+            return (projection(7, i, g.shape[0], draw) * g).sum()
+        return objective
+
+    oracle = _oracle(params, [one(i, d) for i in range(6) for d in range(3)])
+    got = intrinsic_sensitivity(backbone, params, list(pixels.split([4, 2])), 6, seed=7, projections=3)
+    _close(got, oracle)
+    draws = [projection(7, 2, 16, d) for d in range(3)]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert torch.equal(draws[0], projection(7, 2, 16))  # draw 0 is the single projection of before
+    with pytest.raises(I2PError, match="^`sensitivity_projections` must be at least 1$"):
+        intrinsic_sensitivity(backbone, params, [pixels], 6, projections=0)
+
+
+def test_normalisation_ranks_within_each_group():
+    torch.manual_seed(0)
+    scores = {"transformer.resblocks.0.attn.in_proj_weight": torch.rand(6, 4) * torch.tensor([[1.0], [1], [30],
+                                                                                               [30], [900], [900]]),
+              "transformer.resblocks.0.mlp.c_fc.weight": torch.rand(3, 4) * 100}
+    assert sensitivity.normalise(scores, "none") is scores
+    for how, spans in (("group", {"transformer.resblocks.0.attn.in_proj_weight": [(0, 8), (8, 16), (16, 24)],
+                                  "transformer.resblocks.0.mlp.c_fc.weight": [(0, 12)]}),
+                       ("tensor", {"transformer.resblocks.0.attn.in_proj_weight": [(0, 24)],
+                                   "transformer.resblocks.0.mlp.c_fc.weight": [(0, 12)]})):
+        ranked = sensitivity.normalise(scores, how)
+        for name, parts in spans.items():
+            flat, got = scores[name].reshape(-1), ranked[name].reshape(-1)
+            for lo, hi in parts:
+                expect = (torch.argsort(torch.argsort(flat[lo:hi])) + 1).float() / (hi - lo)
+                torch.testing.assert_close(got[lo:hi], expect)
+    assert [g[0] for g in sensitivity.groups("transformer.resblocks.3.attn.in_proj_weight", (12, 4))] == [
+        "transformer.resblocks.3.attn.in_proj_weight[q]", "transformer.resblocks.3.attn.in_proj_weight[k]",
+        "transformer.resblocks.3.attn.in_proj_weight[v]"]
+    with pytest.raises(I2PError, match="^`sensitivity_norm` must be one of none, tensor, group$"):
+        sensitivity.normalise(scores, "rank")
+
+
+def test_group_normalised_i2p_takes_its_candidates_from_every_group_alike():
+    params, s, t = _toy_scores()
+    s["transformer.resblocks.1.mlp.c_fc.weight"] *= 1000  # one tensor type far more sensitive
+    raw = build_mask("i2p", params, 0.1, 0.25, s, t)
+    assert raw.tuned("transformer.resblocks.1.mlp.c_fc.weight") == 0 and raw.normalisation == "none"
+    fair = build_mask("i2p", params, 0.1, 0.25, s, t, normalisation="tensor")
+    assert fair.normalisation == "tensor" and fair.trainable == raw.trainable
+    ranked = sensitivity.normalise(s, "tensor")
+    cut = sorted(float(v) for n in params for v in ranked[n].reshape(-1))[int(np.ceil(0.25 * 62)) - 1]
+    candidates = {(n, i) for n in params for i, v in enumerate(ranked[n].reshape(-1)) if v <= cut}
+    assert {n for n, _ in candidates} == set(params)  # every tensor offers candidates
+    by_t = sorted(candidates, key=lambda key: -float(t[key[0]].reshape(-1)[key[1]]))
+    assert _chosen(fair) == set(by_t[:fair.trainable])
+
+
+def test_ratio_ranks_candidates_by_saliency_per_unit_of_sensitivity():
+    params, s, t = _toy_scores()
+    total, k = 62, 6
+    entries = [((n, i), float(s[n].reshape(-1)[i]), float(t[n].reshape(-1)[i])) for n in params
+               for i in range(params[n].numel())]
+    candidates = sorted(entries, key=lambda e: e[1])[:31]  # q 0.5
+    expect = {e[0] for e in sorted(candidates, key=lambda e: -e[2] / e[1])[:k]}
+    assert _chosen(build_mask("i2p", params, k / total, 0.5, s, t, select_by="ratio")) == expect
