@@ -24,7 +24,7 @@ LAYERS = [
     ("i2pscan.scan",),
     ("i2pscan.evaluate", "i2pscan.plots"),
     ("i2pscan.api",),
-    ("i2pscan.render",),
+    ("i2pscan.describe", "i2pscan.render"),
     ("i2pscan.cli",),
     ("i2pscan",),  # __init__ and __main__
 ]
