@@ -28,13 +28,15 @@ import torch
 
 from _table import machine, print_table
 from i2pscan.train import finetune as finetune_module
+from i2pscan.train import plan as plan_module
 from i2pscan.model.backbone import load_backbone
 from i2pscan.model.device import resolve_device
 from i2pscan.model.device import autocast
-from i2pscan.train.sensitivity import intrinsic_sensitivity
+from i2pscan.train.sensitivity import intrinsic_sensitivity, target_output
 
 
-def legacy_sensitivity(backbone, params, batches, total, target="embedding", layers=None, seed=0, view="cls"):
+def legacy_sensitivity(backbone, params, batches, total, target="embedding", layers=None, seed=0, view="cls",
+                       projections=1):
     """The estimator before issue 8: one backward per batch of sum_b <v_b, g(x_b)>, squared.
     Its cross terms have zero mean but a variance that grows with the batch size."""
     generator = torch.Generator().manual_seed(seed)
@@ -48,11 +50,7 @@ def legacy_sensitivity(backbone, params, batches, total, target="embedding", lay
             for p in params.values():
                 p.grad = None
             with autocast(device):
-                if target == "embedding":
-                    g = backbone.embed(images)
-                else:
-                    taps = backbone.taps(images, layers, view)
-                    g = torch.cat([taps[b] for b in layers], dim=1)
+                g = target_output(backbone, images, target, layers, view)
             v = torch.randn(g.shape, generator=generator).to(device)
             v = v / v.norm(dim=1, keepdim=True)
             (v * g.float()).sum().backward()
@@ -157,10 +155,10 @@ def part2(toy, device, samples, batch):
     sample = load_labelled(os.path.join(toy, "tconv", "train"))
     cal = calibrate(load_backbone("i2p-tiny", device=device), sample, CalibrateConfig(top_k=2, folds=3))
     rows = []
-    original = finetune_module.intrinsic_sensitivity
+    original = plan_module.intrinsic_sensitivity  # the name plan_mask calls
     for strategy in ("low-sensitivity", "i2p"):
         for label, estimator in (("old (batched)", legacy_sensitivity), ("new (per-sample)", original)):
-            finetune_module.intrinsic_sensitivity = estimator
+            plan_module.intrinsic_sensitivity = estimator
             try:
                 masks = []
                 for seed in (0, 1):
@@ -170,7 +168,7 @@ def part2(toy, device, samples, batch):
                     masks.append(finetune_module.plan_mask(load_backbone("i2p-tiny", device=device), cal, sample,
                                                            config))
             finally:
-                finetune_module.intrinsic_sensitivity = original
+                plan_module.intrinsic_sensitivity = original
             rows.append([strategy, label, batch, samples, _jaccard(*masks)])
     print_table(f"mask overlap (Jaccard) of seeds 0 and 1, rho 0.05, i2p-tiny, toy tconv ({len(sample.items)} images)",
                 ["strategy", "sensitivity", "batch", "samples", "Jaccard"], rows)

@@ -142,6 +142,15 @@ def projection(seed: int, position: int, dim: int, draw: int = 0) -> torch.Tenso
     return (v / v.norm()).float()
 
 
+def target_output(backbone, images, target: str, layers, view: str) -> torch.Tensor:
+    """What sensitivity measures the change of: CLIP's projected image embedding, or the tapped
+    features of ``layers`` side by side (``target`` "taps")."""
+    if target == "embedding":
+        return backbone.embed(images)
+    taps = backbone.taps(images, layers, view)
+    return torch.cat([taps[b] for b in layers], dim=1)
+
+
 def intrinsic_sensitivity(backbone: Backbone, params: dict[str, nn.Parameter], batches: Iterable[torch.Tensor],
                           total: int, target: str = "embedding", layers: list[int] | None = None,
                           seed: int = 0, view: str = "cls", projections: int = 1) -> dict[str, torch.Tensor]:
@@ -168,11 +177,7 @@ def intrinsic_sensitivity(backbone: Backbone, params: dict[str, nn.Parameter], b
 
     def objective(images, start):
         with autocast(device):
-            if target == "embedding":
-                g = backbone.embed(images)
-            else:
-                taps = backbone.taps(images, layers, view)
-                g = torch.cat([taps[b] for b in layers], dim=1)
+            g = target_output(backbone, images, target, layers, view)
         for draw in range(projections):
             v = torch.stack([projection(seed, start + i, g.shape[1], draw) for i in range(len(g))]).to(device)
             (v * g.float()).sum().backward(retain_graph=draw + 1 < projections)
