@@ -82,8 +82,8 @@ def _detector_rows(meta: dict) -> list[list]:
     ]
     sel = train.get("selection")
     if sel:
-        rows.append(["epoch, temperature, threshold", f"chosen on {sel['val_subsets']} " + (
-            f"(held-out generators; trained on {sel['train_subsets']})" if sel["validation"] == "held-out generators"
+        rows.append(["epoch, temperature, threshold", f"chosen on {_names(sel['val_subsets'])} " + (
+            f"(held-out generators; trained on {_names(sel['train_subsets'])})" if sel["validation"] == "held-out generators"
             else f"(in-distribution: temperature floored at {sel['temperature_floor']:g})")])
     if val:
         rows.append(["validation", ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))])
@@ -98,3 +98,7 @@ def _detector_rows(meta: dict) -> list[list]:
 
 def _vec(values) -> str:
     return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def _names(subsets) -> str:
+    return ", ".join(map(str, subsets)) if isinstance(subsets, (list, tuple)) else str(subsets)
