@@ -46,11 +46,9 @@ def make_report(path: Path, rows: int) -> None:
     from i2pscan.report.schema import META_KEY, SCHEMA
 
     rng = np.random.default_rng(0)
-    writer = pq.ParquetWriter(path, SCHEMA.append(pa.field("provenance", pa.string()))
-                              .append(pa.field("generator", pa.string())).append(pa.field("c2pa", pa.string()))
-                              .append(pa.field("provenance_detail", pa.string()))
-                              .with_metadata({META_KEY: json.dumps({"detector": {"threshold": 0.5}}).encode()}),
-                              compression="zstd")
+    # SCHEMA has the provenance columns (PROVENANCE_COLUMNS) since they joined the report
+    meta = {META_KEY: json.dumps({"detector": {"threshold": 0.5}}).encode()}
+    writer = pq.ParquetWriter(path, SCHEMA.with_metadata(meta), compression="zstd")
     classes = np.array(["none", "generated", "captured", "camera-exif", "ai-edited"])
     step = 100_000
     for start in range(0, rows, step):

@@ -103,7 +103,9 @@ def crop_origins(width: int, height: int, size: int, n: int, crop_mode: str = "i
     if n > len(origins):
         g = math.ceil(math.sqrt(n))
         grid = [(round(max_x * i / max(g - 1, 1)), round(max_y * j / max(g - 1, 1))) for j in range(g) for i in range(g)]
-        origins = origins[:1] + [o for o in grid if o != origins[0]]
+        if origins[0] in grid:  # the centre once, first; a grid that repeats itself keeps its repeats
+            grid.remove(origins[0])
+        origins = origins[:1] + grid
     return origins[:n]
 
 

@@ -170,6 +170,12 @@ def test_crop_origins():
     assert crop_origins(100, 80, 32, 5) == [(34, 24), (0, 0), (68, 0), (0, 48), (68, 48)]
     assert len(crop_origins(100, 80, 32, 10)) == 10
     assert crop_origins(10, 10, 32, 3) == [(0, 0)] * 3
+    # more than 5 crops of an image no larger than a crop: still n of them (the grid repeats the centre;
+    # with 1 origin instead of 9, combine()'s view(-1, 9) failed in finetune's threshold fit and in scans)
+    assert crop_origins(64, 64, 64, 9) == [(0, 0)] * 9
+    assert crop_origins(10, 10, 32, 9) == [(0, 0)] * 9
+    assert len(crop_origins(65, 65, 64, 9)) == 9
+    assert crop_origins(100, 80, 32, 9)[:2] == [(34, 24), (0, 0)] and len(crop_origins(100, 80, 32, 9)) == 9
 
 
 def test_train_transform_depends_only_on_seed_epoch_index():

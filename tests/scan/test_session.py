@@ -124,12 +124,15 @@ def test_crops_and_combine(tmp_path, detector_file, run_cli, chdir):
     noise_image(tmp_path / "big.png", size=200)
     noise_image(tmp_path / "small.png", size=20)  # smaller than the crop: padded
     scores = {}
-    for crops, combine in ((1, "mean"), (5, "mean"), (5, "max")):
+    for crops, combine in ((1, "mean"), (5, "mean"), (5, "max"), (9, "mean")):
         r = run_cli("scan", "big.png", "small.png", "-d", detector_file, "--crops", crops, "--combine", combine,
                     "--format", "jsonl", "--workers", "0")
         scores[(crops, combine)] = [json.loads(x)["logit"] for x in r.stdout.splitlines()]
     assert scores[(5, "max")][0] >= scores[(5, "mean")][0] != scores[(1, "mean")][0]
     assert scores[(5, "mean")][1] == pytest.approx(scores[(1, "mean")][1], abs=1e-5)  # all crops are the same
+    # more than 5 crops of an image no larger than a crop: 9 of the same crop (once, a single one, which
+    # combine() could not split into 9)
+    assert scores[(9, "mean")][1] == pytest.approx(scores[(1, "mean")][1], abs=1e-5)
 
 
 @pytest.mark.slow
